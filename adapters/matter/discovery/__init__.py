@@ -1,0 +1,1 @@
+"""Matter DNS-SD: operational advertising of the provider node."""

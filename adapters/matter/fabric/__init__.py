@@ -1,0 +1,1 @@
+"""Fabric administration: the chip SDK controller wrapper and the provider node's operational identity."""

@@ -1,0 +1,1 @@
+"""Matter security: crypto primitives, operational certificates, node credentials and the CASE handshake."""

@@ -1,0 +1,372 @@
+"""Matter TLV codec (Core spec Appendix A): Python values <-> TLV bytes, strict and typed.
+
+Mapping:
+  tags   None = anonymous, int 0..255 = context tag, ProfileTag(vendor_id, profile, tag) = fully qualified,
+         CommonProfileTag(tag), ImplicitProfileTag(tag)
+  values UInt (unsigned int), int (signed), bool, Float32 (single), float (double), str (UTF-8 string),
+         bytes (octet string), None (null), Struct (dict tag->value), Array (list of anonymous values),
+         TLVList (list of (tag, value) pairs). A plain dict encodes as Struct and a plain list as Array.
+
+The decoder returns UInt for unsigned integers and plain int for signed ones, Float32 for singles, and raises
+TLVError (a ValueError carrying the byte offset) for every malformed input; nothing else escapes it.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, NamedTuple
+
+__all__ = [
+    "MAX_DEPTH",
+    "Array",
+    "CommonProfileTag",
+    "Float32",
+    "ImplicitProfileTag",
+    "ProfileTag",
+    "Struct",
+    "TLVError",
+    "TLVList",
+    "Tag",
+    "UInt",
+    "decode",
+    "decode_element",
+    "encode",
+]
+
+MAX_DEPTH = 32  # containers nested deeper than this are refused (bounded recursion on hostile input)
+
+
+class TLVError(ValueError):
+    """Malformed TLV (decoding) or an unencodable value (encoding); `offset` is the byte offset concerned."""
+
+    def __init__(self, message: str, offset: int = -1) -> None:
+        super().__init__(f"{message} (at byte {offset})" if offset >= 0 else message)
+        self.offset = offset
+
+
+class ProfileTag(NamedTuple):
+    """Fully qualified tag: vendor id (16 bit), profile number (16 bit), tag number (32 bit)."""
+
+    vendor_id: int
+    profile: int
+    tag: int
+
+
+class CommonProfileTag(NamedTuple):
+    """Tag in the Matter common profile (tag number up to 32 bit)."""
+
+    tag: int
+
+
+class ImplicitProfileTag(NamedTuple):
+    """Tag in the profile implied by the context (tag number up to 32 bit)."""
+
+    tag: int
+
+
+Tag = None | int | ProfileTag | CommonProfileTag | ImplicitProfileTag
+
+
+class UInt(int):
+    """An integer encoded as TLV unsigned."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"UInt({int(self)})"
+
+
+class Float32(float):
+    """A float encoded as TLV single precision (plain float is double)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"Float32({float(self)!r})"
+
+
+class Struct(dict):  # type: ignore[type-arg]
+    """TLV structure: insertion-ordered mapping tag -> value (tags are unique and non-anonymous)."""
+
+    __slots__ = ()
+
+
+class Array(list):  # type: ignore[type-arg]
+    """TLV array: anonymous elements."""
+
+    __slots__ = ()
+
+
+class TLVList(list):  # type: ignore[type-arg]
+    """TLV list: ordered (tag, value) pairs, tags may repeat or be anonymous."""
+
+    __slots__ = ()
+
+
+# Element types (low 5 bits of the control byte)
+_INT = 0x00  # 0x00..0x03 signed, 1/2/4/8 bytes
+_UINT = 0x04  # 0x04..0x07
+_FALSE = 0x08
+_TRUE = 0x09
+_F32 = 0x0A
+_F64 = 0x0B
+_UTF8 = 0x0C  # 0x0C..0x0F, length 1/2/4/8 bytes
+_BYTES = 0x10  # 0x10..0x13
+_NULL = 0x14
+_STRUCT = 0x15
+_ARRAY = 0x16
+_LIST = 0x17
+_END = 0x18
+
+# Tag controls (high 3 bits of the control byte)
+_TC_ANON = 0
+_TC_CONTEXT = 1
+_TC_COMMON2 = 2
+_TC_COMMON4 = 3
+_TC_IMPLICIT2 = 4
+_TC_IMPLICIT4 = 5
+_TC_FQ6 = 6
+_TC_FQ8 = 7
+
+_TAG_LEN = (0, 1, 2, 4, 2, 4, 6, 8)
+_WIDTH = (1, 2, 4, 8)
+_INT_FMT_S = {1: "<b", 2: "<h", 4: "<i", 8: "<q"}
+_INT_FMT_U = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
+
+
+# ----------------------------------------------------------------------------------------------- encoding
+
+
+def _encode_tag(tag: Any, out: bytearray) -> int:
+    """Append the tag bytes; return the tag control (0..7)."""
+    if tag is None:
+        return _TC_ANON
+    if isinstance(tag, ProfileTag):
+        vid, prof, num = tag
+        if not (0 <= vid <= 0xFFFF and 0 <= prof <= 0xFFFF and 0 <= num <= 0xFFFFFFFF):
+            raise TLVError(f"fully qualified tag out of range: {tag!r}", len(out))
+        if num <= 0xFFFF:
+            out += struct.pack("<HHH", vid, prof, num)
+            return _TC_FQ6
+        out += struct.pack("<HHI", vid, prof, num)
+        return _TC_FQ8
+    if isinstance(tag, CommonProfileTag | ImplicitProfileTag):
+        num = tag.tag
+        if not (isinstance(num, int) and 0 <= num <= 0xFFFFFFFF):
+            raise TLVError(f"profile tag out of range: {tag!r}", len(out))
+        common = isinstance(tag, CommonProfileTag)
+        if num <= 0xFFFF:
+            out += struct.pack("<H", num)
+            return _TC_COMMON2 if common else _TC_IMPLICIT2
+        out += struct.pack("<I", num)
+        return _TC_COMMON4 if common else _TC_IMPLICIT4
+    if isinstance(tag, int) and not isinstance(tag, bool):
+        if not 0 <= tag <= 0xFF:
+            raise TLVError(f"context tag out of range 0..255: {tag}", len(out))
+        out.append(tag)
+        return _TC_CONTEXT
+    raise TLVError(f"not a TLV tag: {tag!r}", len(out))
+
+
+def _int_width(value: int, signed: bool) -> int:
+    for i, w in enumerate(_WIDTH):
+        bits = 8 * w
+        if signed:
+            if -(1 << (bits - 1)) <= value < (1 << (bits - 1)):
+                return i
+        elif 0 <= value < (1 << bits):
+            return i
+    raise TLVError(f"integer out of 64-bit range: {value}")
+
+
+def _len_width(n: int) -> int:
+    return _int_width(n, signed=False)
+
+
+def _encode(value: Any, tag: Any, out: bytearray, depth: int) -> None:
+    start = len(out)
+    if depth > MAX_DEPTH and isinstance(value, dict | list | tuple):
+        raise TLVError(f"nesting deeper than {MAX_DEPTH}", start)
+    out.append(0)  # control byte placeholder
+    tc = _encode_tag(tag, out)
+
+    def control(elem: int) -> None:
+        out[start] = (tc << 5) | elem
+
+    if value is None:
+        control(_NULL)
+    elif isinstance(value, bool):
+        control(_TRUE if value else _FALSE)
+    elif isinstance(value, UInt):
+        if value < 0:
+            raise TLVError(f"negative UInt: {int(value)}", start)
+        i = _int_width(value, signed=False)
+        control(_UINT + i)
+        out += struct.pack(_INT_FMT_U[_WIDTH[i]], value)
+    elif isinstance(value, int):
+        i = _int_width(value, signed=True)
+        control(_INT + i)
+        out += struct.pack(_INT_FMT_S[_WIDTH[i]], value)
+    elif isinstance(value, Float32):
+        control(_F32)
+        out += struct.pack("<f", value)
+    elif isinstance(value, float):
+        control(_F64)
+        out += struct.pack("<d", value)
+    elif isinstance(value, str):
+        try:
+            raw = value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise TLVError(f"string not encodable as UTF-8: {exc.reason}", start) from None
+        i = _len_width(len(raw))
+        control(_UTF8 + i)
+        out += struct.pack(_INT_FMT_U[_WIDTH[i]], len(raw)) + raw
+    elif isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        i = _len_width(len(raw))
+        control(_BYTES + i)
+        out += struct.pack(_INT_FMT_U[_WIDTH[i]], len(raw)) + raw
+    elif isinstance(value, dict):
+        control(_STRUCT)
+        for k, v in value.items():
+            if k is None:
+                raise TLVError("structure member with anonymous tag", len(out))
+            _encode(v, k, out, depth + 1)
+        out.append(_END)
+    elif isinstance(value, TLVList):
+        control(_LIST)
+        for item in value:
+            if not (isinstance(item, tuple) and len(item) == 2):
+                raise TLVError(f"TLVList items must be (tag, value) pairs, got {item!r}", len(out))
+            _encode(item[1], item[0], out, depth + 1)
+        out.append(_END)
+    elif isinstance(value, list | tuple):
+        control(_ARRAY)
+        for item in value:
+            _encode(item, None, out, depth + 1)
+        out.append(_END)
+    else:
+        raise TLVError(f"cannot encode {type(value).__name__} as TLV", start)
+
+
+def encode(value: Any, tag: Tag = None) -> bytes:
+    """Encode one element (with `tag`, anonymous by default) using minimal widths."""
+    out = bytearray()
+    _encode(value, tag, out, 1)
+    return bytes(out)
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+
+
+class _Reader:
+    __slots__ = ("data", "end")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.end = len(data)
+
+    def take(self, offset: int, n: int, what: str) -> int:
+        """Check that n bytes exist at offset; return offset + n."""
+        if offset + n > self.end:
+            raise TLVError(f"truncated {what}: need {n} bytes, have {self.end - offset}", offset)
+        return offset + n
+
+
+def _decode_tag(r: _Reader, tc: int, off: int) -> tuple[Any, int]:
+    n = _TAG_LEN[tc]
+    end = r.take(off, n, "tag")
+    d = r.data
+    if tc == _TC_ANON:
+        return None, end
+    if tc == _TC_CONTEXT:
+        return d[off], end
+    if tc == _TC_COMMON2:
+        return CommonProfileTag(int.from_bytes(d[off:end], "little")), end
+    if tc == _TC_COMMON4:
+        return CommonProfileTag(int.from_bytes(d[off:end], "little")), end
+    if tc in (_TC_IMPLICIT2, _TC_IMPLICIT4):
+        return ImplicitProfileTag(int.from_bytes(d[off:end], "little")), end
+    vid, prof = struct.unpack_from("<HH", d, off)
+    return ProfileTag(vid, prof, int.from_bytes(d[off + 4 : end], "little")), end
+
+
+def _decode(r: _Reader, off: int, depth: int) -> tuple[Any, Any, int]:
+    """Decode the element at off; return (tag, value, next offset). End-of-container is an error here."""
+    start = off
+    off = r.take(off, 1, "control byte")
+    ctl = r.data[start]
+    tc, et = ctl >> 5, ctl & 0x1F
+    if et > _END:
+        raise TLVError(f"reserved element type 0x{et:02x}", start)
+    if et == _END:
+        raise TLVError("unexpected end-of-container", start)
+    tag, off = _decode_tag(r, tc, off)
+    d = r.data
+    value: Any
+    if et < _FALSE:
+        w = _WIDTH[et & 3]
+        end = r.take(off, w, "integer")
+        signed = et < _UINT
+        raw = int.from_bytes(d[off:end], "little", signed=signed)
+        return tag, (raw if signed else UInt(raw)), end
+    if et == _FALSE or et == _TRUE:
+        return tag, et == _TRUE, off
+    if et == _F32:
+        end = r.take(off, 4, "float32")
+        return tag, Float32(struct.unpack_from("<f", d, off)[0]), end
+    if et == _F64:
+        end = r.take(off, 8, "float64")
+        return tag, struct.unpack_from("<d", d, off)[0], end
+    if et < _NULL:  # strings
+        w = _WIDTH[et & 3]
+        lend = r.take(off, w, "string length")
+        n = int.from_bytes(d[off:lend], "little")
+        end = r.take(lend, n, "string")
+        raw = bytes(d[lend:end])
+        if et < _BYTES:
+            try:
+                return tag, raw.decode("utf-8"), end
+            except UnicodeDecodeError as exc:
+                raise TLVError(f"invalid UTF-8 in string: {exc.reason}", lend + exc.start) from None
+        return tag, raw, end
+    if et == _NULL:
+        return tag, None, off
+    # containers
+    if depth >= MAX_DEPTH:
+        raise TLVError(f"nesting deeper than {MAX_DEPTH}", start)
+    container: Any = Struct() if et == _STRUCT else Array() if et == _ARRAY else TLVList()
+    while True:
+        if off >= r.end:
+            raise TLVError("truncated container: missing end-of-container", off)
+        if d[off] == _END:  # end-of-container must be anonymous: control byte exactly 0x18
+            return tag, container, off + 1
+        elem_off = off
+        ctag, cval, off = _decode(r, off, depth + 1)
+        if et == _STRUCT:
+            if ctag is None:
+                raise TLVError("anonymous element inside a structure", elem_off)
+            if ctag in container:
+                raise TLVError(f"duplicate tag {ctag!r} in structure", elem_off)
+            container[ctag] = cval
+        elif et == _ARRAY:
+            if ctag is not None:
+                raise TLVError(f"tagged element {ctag!r} inside an array", elem_off)
+            container.append(cval)
+        else:
+            container.append((ctag, cval))
+
+
+def decode_element(data: bytes, offset: int = 0) -> tuple[Any, Any, int]:
+    """Decode one element at `offset`; return (tag, value, offset after the element)."""
+    if not 0 <= offset <= len(data):
+        raise TLVError("offset outside data", offset)
+    return _decode(_Reader(bytes(data) if not isinstance(data, bytes) else data), offset, 0)
+
+
+def decode(data: bytes) -> Any:
+    """Decode exactly one top-level element (its tag is discarded); trailing bytes are an error."""
+    _tag, value, end = decode_element(data, 0)
+    if end != len(data):
+        raise TLVError(f"{len(data) - end} trailing bytes after the element", end)
+    return value

@@ -1,0 +1,1 @@
+"""Matter message layer: message/protocol headers, status reports, sessions, MRP, exchanges, UDP."""

@@ -1,0 +1,1 @@
+"""The update core: device records and their state machine, policy, rollouts, and the neutral interface."""

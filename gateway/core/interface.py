@@ -1,0 +1,175 @@
+"""The neutral update interface: the only thing adapters call (the contract between core and adapters).
+
+An adapter (Matter provider, Zigbee OTA server, the HTTP version query) turns protocol messages into these
+calls and maps the answers back onto its protocol. The core never learns what a ZCL frame or a BDX block is.
+
+Lifecycle of one update, as the adapter sees it:
+
+    observe(device)                                  -> device record created/refreshed (joins, attribute reads)
+    query(device, installed)                         -> Available(token, image, delay, consent...) | NotAvailable | Busy
+    open_image(token)                                -> ImageReader (random access, no per-transfer copy)
+    progress(token, offset, nbytes)                  -> Continue | Wait(retry_after)   (per block or batch)
+    download_complete(token) / download_failed(token, reason)
+    apply_request(token, new_version)                -> ApplyDecision(Proceed | AwaitNextAction | Discontinue, delay)
+    report_version(device, version, version_string)  -> the core verifies and marks Updated (or Failed at deadline)
+    status_report(device, StatusReport)              -> reference 003 "OTA Status Report" semantics
+
+Semantics follow reference 003 (Query Software Packages: installed package ids in, available packages and a
+callback interval out) and 002 (provider knobs: status, delays, consent, apply action).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.store.model import CatalogEntry, ProtocolName
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceKey:
+    """Identity of one device endpoint.
+
+    Zigbee: network = PAN id as "pan:1a2b" (or extended PAN), address = IEEE "aa:bb:..", endpoint = endpoint id.
+    Matter: network = "fabric:<compressed fabric id hex>", address = node id as 16 hex digits, endpoint = 0.
+    """
+
+    protocol: ProtocolName
+    network: str
+    address: str
+    endpoint: int
+
+    @property
+    def device_id(self) -> str:
+        """Stable string id used in CLI, API and cohort hashing."""
+        return f"{self.protocol}:{self.network}:{self.address}:{self.endpoint}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """What an adapter knows about a device; any field may be None when not yet read."""
+
+    key: DeviceKey
+    vendor_id: int | None = None  # Matter VendorID / Zigbee manufacturer code
+    product_id: int | None = None  # Matter ProductID / Zigbee image type
+    vendor_name: str | None = None
+    model: str | None = None
+    hardware_version: int | None = None
+    current_version: int | None = None
+    current_version_string: str | None = None
+    sleepy: bool | None = None  # True for sleepy end devices; routers / mains-powered are False
+    tags: tuple[str, ...] = ()
+    extra: dict[str, object] = field(
+        default_factory=dict
+    )  # e.g. {"min_block_period_ms": 0, "location": "DE"}
+
+
+@dataclass(frozen=True, slots=True)
+class Available:
+    token: bytes  # >= 8 bytes, unique per requestor and transfer
+    image: CatalogEntry
+    delay_s: int = 0  # DelayedActionTime before starting the download
+    consent_needed: bool = False
+    metadata: bytes | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NotAvailable:
+    callback_interval_s: int  # when to ask again (003 Callback Interval)
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    retry_after_s: int  # budget full, outside the download window, rollout not reached...
+    reason: str = ""
+
+
+QueryResult = Available | NotAvailable | Busy
+
+
+@dataclass(frozen=True, slots=True)
+class Continue:
+    """Keep transferring now."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Pause this transfer (Zigbee WAIT_FOR_DATA, BDX pacing) and come back after `retry_after_s`."""
+
+    retry_after_s: float
+    reason: str = ""
+
+
+ProgressDecision = Continue | Wait
+
+
+class ApplyAction(enum.IntEnum):
+    """Values match Matter ApplyUpdateActionEnum."""
+
+    PROCEED = 0
+    AWAIT_NEXT_ACTION = 1
+    DISCONTINUE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyDecision:
+    action: ApplyAction
+    delay_s: int = 0  # DelayedActionTime / Zigbee upgrade time offset
+    apply_at: float | None = None  # absolute wall time when action is PROCEED with a window
+    reason: str = ""
+
+
+class ReportedStatus(enum.StrEnum):
+    """Reference 003 "OTA Status Report" states."""
+
+    NOTIFIED = "Notified"
+    DOWNLOADING = "Downloading"
+    UPDATING = "Updating"
+    SUCCESSFULLY_UPDATED = "Successfully Updated"
+    FAILED_TO_UPDATE = "Failed to Update"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    status: ReportedStatus
+    percent: int | None = None
+    error: str | None = None
+
+
+class ImageReader(Protocol):
+    """Random-access read of one stored image; shared by all transfers of that image."""
+
+    size: int
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to `length` bytes at `offset` (fewer only at the end). Raises ValueError outside the image."""
+        ...
+
+
+class UpdateCoreInterface(Protocol):
+    """What the core offers adapters. Implemented by gateway.core.service.UpdateCore."""
+
+    async def observe(self, device: DeviceInfo) -> None: ...
+
+    async def device_left(self, key: DeviceKey) -> None: ...
+
+    async def query(self, device: DeviceInfo, installed: list[str] | None = None) -> QueryResult: ...
+
+    def open_image(self, token: bytes) -> ImageReader: ...
+
+    async def progress(self, token: bytes, offset: int, nbytes: int) -> ProgressDecision: ...
+
+    async def download_complete(self, token: bytes) -> None: ...
+
+    async def download_failed(self, token: bytes, reason: str) -> None: ...
+
+    async def apply_request(self, token: bytes, new_version: int) -> ApplyDecision: ...
+
+    async def report_version(
+        self, key: DeviceKey, version: int, version_string: str | None = None
+    ) -> None: ...
+
+    async def status_report(self, key: DeviceKey, report: StatusReport) -> None: ...

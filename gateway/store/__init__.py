@@ -1,0 +1,1 @@
+"""Image store: content-addressed blobs, the SQLite catalog, importers and version selection."""
