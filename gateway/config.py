@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -41,16 +41,163 @@ class ImagesConfig(Section):
 
 
 # ------------------------------------------------------------------------------------------ policy
-class PolicyConfig(Section):
-    """Update policy: which image, when and for whom (rules, windows, budgets)."""
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+VersionSpec = int | str
 
-    # owned by gateway/core/policy.py
+
+def _int_or_hex(v: Any) -> Any:
+    """Accept 4476, "4476" and "0x117c" alike (YAML users write ids both ways)."""
+    if isinstance(v, str):
+        try:
+            return int(v, 0)
+        except ValueError:
+            raise ValueError(f"expected an integer like 4476 or 0x117C, got {v!r}") from None
+    return v
+
+
+def _as_list(v: Any) -> Any:
+    return [v] if v is not None and not isinstance(v, list) else v
+
+
+class PolicySelector(Section):
+    """Which devices a rule or rollout covers. Every key set must match; a list matches any of its items.
+
+    `model` and `devices` take shell-style patterns (`TRADFRI*`, `zigbee:pan:1a2b:*`); `tags` needs every tag.
+    """
+
+    protocol: Literal["matter", "zigbee"] | None = None
+    vendor_id: list[int] | None = Field(None, description="Matter VendorID / Zigbee manufacturer code")
+    product_id: list[int] | None = Field(None, description="Matter ProductID / Zigbee image type")
+    model: list[str] | None = None
+    devices: list[str] | None = Field(None, description="device ids (protocol:network:address:endpoint)")
+    networks: list[str] | None = Field(None, description="e.g. pan:1a2b or fabric:<cfid hex>")
+    tags: list[str] | None = None
+
+    @field_validator("vendor_id", "product_id", mode="before")
+    @classmethod
+    def _ids(cls, v: Any) -> Any:
+        v = _as_list(v)
+        return [_int_or_hex(x) for x in v] if isinstance(v, list) else v
+
+    @field_validator("model", "devices", "networks", "tags", mode="before")
+    @classmethod
+    def _lists(cls, v: Any) -> Any:
+        return _as_list(v)
+
+
+class PolicyRule(Section):
+    """One policy rule. Matching rules apply in file order; a later rule's keys override an earlier one's,
+    except `block_versions`, which accumulate. Unset keys (null) leave the value from earlier rules/defaults.
+
+    Version specs: an integer (numeric version), ">=N" / ">N" / "<=N" / "<N" / "==N", "A..B" (inclusive numeric
+    range) or a shell pattern over the version string ("1.2.*").
+    """
+
+    name: str | None = None
+    match: PolicySelector = Field(default_factory=PolicySelector)
+    allow_versions: list[VersionSpec] | None = Field(None, description="only these versions may be offered")
+    block_versions: list[VersionSpec] = Field(default_factory=list, description="never offer these versions")
+    pin_version: VersionSpec | None = Field(None, description="offer exactly this version (numeric or string)")
+    allow_downgrade: bool | None = None
+    require_consent: bool | None = None
+    auto_approve: bool | None = Field(
+        None, description="offer the newest allowed image without a rollout (false: only rollouts/pins update)"
+    )
+    download_window: str | None = Field(None, description="name in policy.windows, or 'always'")
+    apply_window: str | None = Field(None, description="name in policy.windows, or 'always'")
+
+
+class TimeWindow(Section):
+    """A recurring local-time window. `end` <= `start` crosses midnight; `days` names the day the window opens."""
+
+    days: list[Weekday] = Field(default_factory=lambda: list(_DAYS))  # type: ignore[arg-type]
+    start: str = Field("00:00", description="HH:MM local time")
+    end: str = Field("24:00", description="HH:MM local time (24:00 = end of day)")
+    timezone: str | None = Field(None, description="IANA zone, e.g. Europe/Berlin; default policy.timezone")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        m = re.fullmatch(r"(\d{1,2}):(\d{2})", v)
+        if not m or int(m.group(1)) > 24 or int(m.group(2)) > 59 or (int(m.group(1)) == 24 and m.group(2) != "00"):
+            raise ValueError("expected HH:MM between 00:00 and 24:00")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str | None) -> str | None:
+        return _check_tz(v) if v is not None else v
+
+
+def _check_tz(v: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {v!r} (expected an IANA name like Europe/Berlin or UTC)") from None
+    return v
+
+
+class BudgetConfig(Section):
+    """Concurrent transfers allowed; devices beyond a budget get Busy/Wait with a retry time, never an error."""
+
+    global_: int = Field(16, alias="global", ge=1, description="transfers at once, all protocols")
+    per_protocol: dict[Literal["matter", "zigbee"], int] = Field(default_factory=dict)
+    per_network: dict[str, int] = Field(default_factory=dict, description="e.g. {'pan:1a2b': 1}")
+    per_network_default: int | None = Field(4, ge=1, description="per Zigbee PAN / Matter fabric unless listed")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True)
+
+    @field_validator("per_protocol", "per_network")
+    @classmethod
+    def _positive(cls, v: dict[str, int]) -> dict[str, int]:
+        for k, n in v.items():
+            if n < 1:
+                raise ValueError(f"budget for {k!r} must be >= 1, got {n}")
+        return v
+
+
+class PolicyConfig(Section):
+    """Owned by gateway/core/policy.py: update rules, time windows, concurrency budgets, timers."""
 
     callback_interval_s: int = Field(86400, ge=60, description="NotAvailable: when a device should ask again")
     busy_retry_s: int = Field(120, ge=1, description="Busy: when a device held back should retry")
     verify_deadline_s: int = Field(1800, ge=10, description="time for a device to report the new version")
     stale_transfer_s: int = Field(3600, ge=10, description="an in-flight transfer silent this long expires")
     allow_downgrade: bool = False
+    auto_approve: bool = Field(True, description="without a rollout, offer the newest allowed image")
+    require_consent: bool = False
+    timezone: str = Field("UTC", description="default zone for windows")
+    windows: dict[str, TimeWindow] = Field(default_factory=dict, description="named recurring windows")
+    download_window: str | None = Field(None, description="window name for downloads (null = any time)")
+    apply_window: str | None = Field(None, description="window name for installing (null = any time)")
+    max_apply_delay_s: int = Field(
+        86400, ge=0, description="longer apply delays are sent as AwaitNextAction and asked again"
+    )
+    retry_backoff_s: int = Field(300, ge=0, description="after a failure, wait this long (doubling) to retry")
+    progress_persist_s: float = Field(5.0, ge=0, description="write transfer offsets at most this often")
+    sweep_interval_s: float = Field(30.0, gt=0, description="how often timers are checked")
+    rules: list[PolicyRule] = Field(default_factory=list)
+    budgets: BudgetConfig = Field(default_factory=BudgetConfig)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        return _check_tz(v)
+
+    @model_validator(mode="after")
+    def _window_names(self) -> PolicyConfig:
+        known = set(self.windows) | {"always"}
+        refs = [("download_window", self.download_window), ("apply_window", self.apply_window)]
+        for i, rule in enumerate(self.rules):
+            refs += [(f"rules[{i}].download_window", rule.download_window)]
+            refs += [(f"rules[{i}].apply_window", rule.apply_window)]
+        for where, name in refs:
+            if name is not None and name not in known:
+                raise ValueError(f"{where}: unknown window {name!r}; defined: {', '.join(sorted(known))}")
+        return self
 
 
 # ------------------------------------------------------------------------------------------ matter
@@ -67,18 +214,55 @@ class MatterConfig(Section):
 # ------------------------------------------------------------------------------------------ zigbee
 class ZigbeeRadioConfig(Section):
     type: Literal["ezsp", "znp", "deconz", "zigate", "xbee"] = "ezsp"
-    device: str = "/dev/ttyUSB0"
+    device: str = Field("/dev/ttyUSB0", description="serial path, or socket://HOST:PORT for a networked radio")
     baudrate: int = Field(115200, gt=0)
     flow_control: Literal["hardware", "software"] | None = None
+    startup_timeout_s: float = Field(60.0, gt=0, description="give up starting the radio after this long")
+
+
+class ZigbeeBlockCap(Section):
+    """Largest Image Block data size served to one manufacturer (optionally one model)."""
+
+    manufacturer: int = Field(..., ge=0, le=0xFFFF, description="Zigbee manufacturer code")
+    model: str | None = Field(None, description="Basic cluster model id; unset = every model")
+    max_block_bytes: int = Field(..., ge=1, le=255)
+
+
+class ZigbeeStallTimeout(Section):
+    """How long one manufacturer's devices may go silent mid-download before the transfer counts as stalled."""
+
+    manufacturer: int = Field(..., ge=0, le=0xFFFF)
+    timeout_s: float = Field(..., gt=0)
 
 
 class ZigbeeConfig(Section):
-    """Zigbee OTA Upgrade server on zigpy (radio, pacing, block sizes)."""
-
-    # owned by adapters/zigbee
+    """Owned by adapters/zigbee (extended there)."""
 
     enabled: bool = False
     radio: ZigbeeRadioConfig = Field(default_factory=ZigbeeRadioConfig)
+    database: str = Field("zigbee.db", description="zigpy's device database, a file name inside data_dir")
+    default_max_block_bytes: int = Field(64, ge=1, le=255, description="block size cap when no rule matches")
+    block_size_caps: list[ZigbeeBlockCap] = Field(default_factory=list, description="per manufacturer/model")
+    min_learned_block_bytes: int = Field(
+        32, ge=1, le=255, description="floor for caps learned from devices that fail with a block size"
+    )
+    stall_timeout_s: float = Field(60.0, gt=0, description="silence mid-download that counts as a stall")
+    stall_timeouts: list[ZigbeeStallTimeout] = Field(default_factory=list, description="per manufacturer")
+    min_block_period_ms: int = Field(
+        0, ge=0, le=0xFFFF, description="pacing: MinimumBlockPeriod pushed to devices (0 = no pacing)"
+    )
+    page_response_spacing_min_ms: int = Field(0, ge=0, le=0xFFFF, description="floor for Image Page spacing")
+    notify_query_jitter: int = Field(100, ge=1, le=100, description="QueryJitter sent in Image Notify")
+    notify_broadcast_threshold: int = Field(
+        10, ge=1, description="notify this many devices or more with one broadcast instead of unicasts"
+    )
+    reboot_wait_s: float = Field(
+        60.0, ge=0, description="after the upgrade time, wait this long before reading the version back"
+    )
+    readback_attempts: int = Field(3, ge=0, description="version read-back attempts after an upgrade")
+    apply_recheck_s: float = Field(
+        60.0, gt=0, description="when policy says 'wait', ask it again this often (unless it says when)"
+    )
 
 
 # --------------------------------------------------------------------------------------------- api

@@ -13,6 +13,7 @@ TLVError (a ValueError carrying the byte offset) for every malformed input; noth
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any, NamedTuple
 
@@ -77,9 +78,16 @@ class UInt(int):
 
 
 class Float32(float):
-    """A float encoded as TLV single precision (plain float is double)."""
+    """A float encoded as TLV single precision (plain float is double); its value is rounded to single."""
 
     __slots__ = ()
+
+    def __new__(cls, value: float = 0.0) -> Float32:
+        try:
+            rounded = struct.unpack("<f", struct.pack("<f", value))[0]
+        except OverflowError:  # finite doubles beyond single range become infinities, as in C
+            rounded = math.copysign(math.inf, value)
+        return super().__new__(cls, rounded)
 
     def __repr__(self) -> str:
         return f"Float32({float(self)!r})"
@@ -303,14 +311,13 @@ def _decode(r: _Reader, off: int, depth: int) -> tuple[Any, Any, int]:
         raise TLVError("unexpected end-of-container", start)
     tag, off = _decode_tag(r, tc, off)
     d = r.data
-    value: Any
     if et < _FALSE:
         w = _WIDTH[et & 3]
         end = r.take(off, w, "integer")
         signed = et < _UINT
         raw = int.from_bytes(d[off:end], "little", signed=signed)
         return tag, (raw if signed else UInt(raw)), end
-    if et == _FALSE or et == _TRUE:
+    if et in (_FALSE, _TRUE):
         return tag, et == _TRUE, off
     if et == _F32:
         end = r.take(off, 4, "float32")

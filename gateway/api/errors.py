@@ -25,17 +25,27 @@ class ApiError(Exception):
     """A failure the client caused or must know about; rendered as JSON with `status`."""
 
     def __init__(
-        self, status: int, code: str, message: str, *, field: str | None = None, **extra: Any
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
     ) -> None:
         super().__init__(message)
+        self.headers = headers
         self.status = status
         self.code = code
         self.message = message
         self.field = field
         self.extra = extra
 
-    def response(self, headers: dict[str, str] | None = None) -> web.Response:
-        return error_response(self.status, self.code, self.message, field=self.field, headers=headers, **self.extra)
+    def response(self) -> web.Response:
+        return error_response(
+            self.status, self.code, self.message, field=self.field, headers=self.headers, **self.extra
+        )
 
 
 def error_response(

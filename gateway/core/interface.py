@@ -73,6 +73,7 @@ class Available:
     consent_needed: bool = False
     metadata: bytes | None = None
     reason: str = ""
+    resume_offset: int = 0       # (additive) highest contiguous offset the device already acknowledged
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,23 @@ class StatusReport:
     status: ReportedStatus
     percent: int | None = None
     error: str | None = None
+
+
+class UnknownToken(LookupError):
+    """(additive) The token is not a live transfer: never issued, or its episode ended (failed, cancelled,
+    updated, superseded by a new offer). Raised by open_image and progress; adapters abort the transfer
+    (Zigbee status ABORT, BDX StatusReport). download_complete/download_failed on an ended token are no-ops."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferInfo:
+    """(additive) What `active_transfer(key)` returns: lets an adapter re-attach to a transfer after a restart."""
+
+    token: bytes
+    image: CatalogEntry
+    state: str                   # gateway.core.states.DeviceState value
+    acked_offset: int            # resume point: highest contiguous offset acknowledged
+    bytes_sent: int
 
 
 class ImageReader(Protocol):

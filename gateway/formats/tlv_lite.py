@@ -117,7 +117,9 @@ class _Reader:
         if pos + n > len(self.data):
             raise self.fail(f"TLV {what} runs past the end of the TLV data", pos)
 
-    def make(self, tag: Tag, kind: TlvType, value: TlvValue, start: int, value_pos: int, end: int) -> TlvElement:
+    def make(
+        self, tag: Tag, kind: TlvType, value: TlvValue, start: int, value_pos: int, end: int
+    ) -> TlvElement:
         return TlvElement(tag, kind, value, self.base + start, self.base + value_pos, self.base + end)
 
     def uint(self, pos: int, width: int, what: str) -> int:
@@ -216,6 +218,10 @@ class TlvWriter:
     def __init__(self) -> None:
         self._buf = bytearray()
         self._open: list[TlvType] = []
+
+    def __len__(self) -> int:
+        """Bytes written so far (the offset the next element will start at)."""
+        return len(self._buf)
 
     def _control(self, tag: Tag, element_type: int) -> None:
         if tag is None:

@@ -1,0 +1,494 @@
+"""The chip SDK controller (fabric admin) in an isolated worker process, driven over JSON lines.
+
+Why a subprocess: the SDK writes `/data/chip_*.ini` (a fixed path), aborts the process if its stack is not shut
+down, and keeps global state. So `ControllerRunner` starts `python -m adapters.matter.fabric.controller --worker`
+inside its own mount namespace (`unshare -m`) with a private directory `<data_dir>/controller/` (0700) bind-mounted
+over `/data`; the SDK's storage JSON (which holds the example issuer's CA keys in plaintext) lives there too, and
+the worker runs with umask 077 so every file it creates is owner-only. Optionally the worker runs in a network
+namespace (`netns=`, via `ip netns exec`). Needs root (for the mount namespace) and an existing `/data` mount point
+(created 0700 when missing).
+
+Parent API (synchronous; wrap in `asyncio.to_thread` from async code):
+
+    with ControllerRunner(data_dir, netns=None) as ctl:
+        info = ctl.init_fabric(fabric_id=1, vendor_id=0xFFF1, controller_node_id=112233)
+        chain = ctl.issue_noc_chain(csr_der, node_id)          # NOCChain(noc, icac, rcac, ipk_epoch_key)
+        der = ctl.chip_to_x509(tlv_cert); tlv_cert = ctl.x509_to_chip(der)
+        ctl.establish_case(node_id, timeout_ms=20000)          # operational discovery + CASE to a node
+        ctl.read_attribute(node_id, 0, "BasicInformation", "VendorID")
+        ctl.invoke(node_id, 0, "OtaSoftwareUpdateProvider", "QueryImage", {...})
+        ctl.call("any_op", **args)                             # raw access, incl. ops from --ops-module
+
+Worker protocol: one JSON object per line. Request `{"id": n, "op": name, "args": {...}}`; reply
+`{"id": n, "ok": true, "result": ...}` or `{"id": n, "ok": false, "error": message, "type": exception class}`.
+Bytes travel as hex strings. Ops: `init`, `fabric_info`, `issue_noc`, `chip_to_x509`, `x509_to_chip`,
+`establish_case`, `read_attribute`, `invoke`, `shutdown`. `ops_module="pkg.mod"` loads extra ops from
+`pkg.mod.OPS: dict[str, Callable[[WorkerState, dict], Any | Awaitable[Any]]]`. The worker always shuts the
+controller, CA manager and stack down before exiting (also when stdin closes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ControllerError",
+    "ControllerRunner",
+    "NOCChain",
+    "runner_unavailable_reason",
+]
+
+_REPO_ROOT = Path(__file__).resolve().parents[3]
+_MOUNT_POINT = Path("/data")
+
+
+class ControllerError(RuntimeError):
+    """The worker failed an operation, died, or could not be started."""
+
+
+@dataclass(frozen=True)
+class NOCChain:
+    """An operational certificate chain minted by the fabric's issuer (Matter TLV certificates)."""
+
+    noc: bytes
+    icac: bytes | None
+    rcac: bytes
+    ipk_epoch_key: bytes
+    fabric_id: int
+    vendor_id: int
+
+
+def runner_unavailable_reason() -> str | None:
+    """None when ControllerRunner can work here, else a human-readable reason (for pytest skips)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "needs root (mount namespace for a private /data)"
+    if shutil.which("unshare") is None:
+        return "unshare(1) not installed"
+    try:
+        import chip.native  # noqa: F401
+    except Exception as exc:  # the SDK's native deps (libnl) missing shows up here
+        return f"chip SDK not importable: {type(exc).__name__}: {exc}"
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        return f"unshare -m not permitted: {probe.stderr.decode(errors='replace').strip()}"
+    return None
+
+
+class ControllerRunner:
+    """Owns one worker process; see the module docstring."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        netns: str | None = None,
+        ops_module: str | None = None,
+        timeout_s: float = 60.0,
+        python: str = sys.executable,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.private_dir = self.data_dir / "controller"
+        self.netns = netns
+        self.ops_module = ops_module
+        self.timeout_s = timeout_s
+        self.python = python
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._next_id = 0
+        self._buf = b""
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        if self._proc is not None:
+            return
+        reason = runner_unavailable_reason()
+        if reason:
+            raise ControllerError(f"cannot start the chip controller worker: {reason}")
+        for d in (self.data_dir, self.private_dir):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
+        if not _MOUNT_POINT.exists():
+            _MOUNT_POINT.mkdir(mode=0o700)
+        cmd: list[str] = []
+        if self.netns:
+            cmd += ["ip", "netns", "exec", self.netns]
+        cmd += [
+            "unshare", "-m", "--propagation", "private",
+            "sh", "-c", 'd="$1"; shift; mount --bind "$d" /data && exec "$@"', "sh", str(self.private_dir),
+            self.python, "-m", "adapters.matter.fabric.controller", "--worker",
+        ]
+        if self.ops_module:
+            cmd += ["--ops-module", self.ops_module]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        log = open(self.private_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+        os.chmod(self.private_dir / "worker.log", 0o600)
+        try:
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=str(_REPO_ROOT), env=env,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self.call("ping")
+
+    def close(self) -> None:
+        """Shut the SDK down cleanly (shutdown op), then reap the worker; kill its process group on timeout."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if proc.poll() is None:
+                self._proc = proc
+                with contextlib.suppress(ControllerError):
+                    self.call("shutdown", _timeout=30.0)
+                self._proc = None
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        finally:
+            for stream in (proc.stdin, proc.stdout):
+                if stream:
+                    stream.close()
+
+    def __enter__(self) -> ControllerRunner:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------- calls
+
+    def call(self, op: str, _timeout: float | None = None, **args: Any) -> Any:
+        """Run one worker op and return its result; ControllerError on failure."""
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.stdout is None:
+            raise ControllerError("worker not started")
+        self._next_id += 1
+        rid = self._next_id
+        try:
+            proc.stdin.write(json.dumps({"id": rid, "op": op, "args": args}).encode() + b"\n")
+            proc.stdin.flush()
+        except BrokenPipeError:
+            raise ControllerError(f"worker died (exit {proc.poll()}); see {self.private_dir / 'worker.log'}") from None
+        deadline = time.monotonic() + (self.timeout_s if _timeout is None else _timeout)
+        fd = proc.stdout.fileno()
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl >= 0:
+                line, self._buf = self._buf[:nl], self._buf[nl + 1 :]
+                try:
+                    reply = json.loads(line)
+                except ValueError:
+                    continue  # not ours (defensive: the worker keeps fd 1 for JSON only)
+                if reply.get("id") != rid:
+                    continue
+                if reply.get("ok"):
+                    return reply.get("result")
+                raise ControllerError(f"{op}: {reply.get('type', 'Error')}: {reply.get('error')}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ControllerError(f"{op}: no reply within the timeout")
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise ControllerError(
+                        f"{op}: worker exited (code {proc.wait()}); see {self.private_dir / 'worker.log'}"
+                    )
+                self._buf += chunk
+
+    def init_fabric(
+        self,
+        *,
+        fabric_id: int = 1,
+        vendor_id: int = 0xFFF1,
+        controller_node_id: int = 112233,
+        maximize_cert_chains: bool = False,
+        paa_trust_store: str | None = None,
+    ) -> dict[str, Any]:
+        """Create (first run) or load (later runs) the CA, the fabric admin and the controller."""
+        return dict(
+            self.call(
+                "init",
+                fabric_id=fabric_id,
+                vendor_id=vendor_id,
+                controller_node_id=controller_node_id,
+                maximize_cert_chains=maximize_cert_chains,
+                paa_trust_store=paa_trust_store or str(self.private_dir / "paa"),
+            )
+        )
+
+    def issue_noc_chain(self, csr_der: bytes, node_id: int) -> NOCChain:
+        r = self.call("issue_noc", csr_der=csr_der.hex(), node_id=node_id)
+        return NOCChain(
+            noc=bytes.fromhex(r["noc"]),
+            icac=bytes.fromhex(r["icac"]) if r.get("icac") else None,
+            rcac=bytes.fromhex(r["rcac"]),
+            ipk_epoch_key=bytes.fromhex(r["ipk_epoch_key"]),
+            fabric_id=int(r["fabric_id"]),
+            vendor_id=int(r["vendor_id"]),
+        )
+
+    def chip_to_x509(self, cert: bytes) -> bytes:
+        return bytes.fromhex(self.call("chip_to_x509", cert=cert.hex()))
+
+    def x509_to_chip(self, der: bytes) -> bytes:
+        return bytes.fromhex(self.call("x509_to_chip", der=der.hex()))
+
+    def establish_case(self, node_id: int, timeout_ms: int = 20000) -> None:
+        self.call("establish_case", node_id=node_id, timeout_ms=timeout_ms, _timeout=timeout_ms / 1000 + 30)
+
+    def read_attribute(self, node_id: int, endpoint: int, cluster: str, attribute: str) -> Any:
+        return self.call("read_attribute", node_id=node_id, endpoint=endpoint, cluster=cluster, attribute=attribute)
+
+    def invoke(self, node_id: int, endpoint: int, cluster: str, command: str, fields: dict[str, Any] | None = None,
+               timeout_ms: int = 20000) -> Any:
+        return self.call("invoke", node_id=node_id, endpoint=endpoint, cluster=cluster, command=command,
+                         fields=fields or {}, timeout_ms=timeout_ms, _timeout=timeout_ms / 1000 + 30)
+
+
+# =============================================================================================== worker side
+
+
+def _jsonable(value: Any) -> Any:
+    """Best-effort JSON form of SDK results (dataclasses -> dicts, bytes -> hex, enums -> ints)."""
+    import dataclasses
+    import enum
+
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).hex()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(getattr(k, "__name__", k)): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
+
+
+class WorkerState:
+    """SDK objects held by the worker (passed to every op)."""
+
+    def __init__(self) -> None:
+        self.stack: Any = None
+        self.ca_manager: Any = None
+        self.ca: Any = None
+        self.admin: Any = None
+        self.controller: Any = None
+        self.fabric_id = 0
+        self.vendor_id = 0
+        self.rcac: bytes | None = None
+
+    def require_controller(self) -> Any:
+        if self.controller is None:
+            raise RuntimeError("call init first")
+        return self.controller
+
+    def shutdown(self) -> None:
+        for obj in (self.controller, self.ca_manager, self.stack):
+            if obj is not None:
+                with contextlib.suppress(Exception):
+                    obj.Shutdown()
+        self.controller = self.ca_manager = self.stack = self.admin = self.ca = None
+
+
+def _ensure_stack(st: WorkerState) -> None:
+    if st.stack is not None:
+        return
+    from chip.CertificateAuthority import CertificateAuthorityManager
+    from chip.ChipStack import ChipStack
+
+    st.stack = ChipStack(persistentStoragePath="/data/chip-storage.json", enableServerInteractions=False)
+    st.ca_manager = CertificateAuthorityManager(st.stack, st.stack.GetStorageManager())
+    st.ca_manager.LoadAuthoritiesFromStorage()
+
+
+async def _op_init(st: WorkerState, a: dict[str, Any]) -> Any:
+    if st.controller is not None:
+        return await _op_fabric_info(st, a)
+    _ensure_stack(st)
+    fabric_id, vendor_id = int(a.get("fabric_id", 1)), int(a.get("vendor_id", 0xFFF1))
+    cas = st.ca_manager.activeCaList
+    st.ca = cas[0] if cas else st.ca_manager.NewCertificateAuthority(
+        maximizeCertChains=bool(a.get("maximize_cert_chains", False))
+    )
+    admins = [ad for ad in st.ca.adminList if ad.fabricId == fabric_id]
+    st.admin = admins[0] if admins else st.ca.NewFabricAdmin(vendorId=vendor_id, fabricId=fabric_id)
+    paa = str(a.get("paa_trust_store") or "/data/paa")
+    os.makedirs(paa, mode=0o700, exist_ok=True)
+    st.controller = st.admin.NewController(nodeId=int(a.get("controller_node_id", 112233)), paaTrustStorePath=paa)
+    st.fabric_id, st.vendor_id = fabric_id, st.admin.vendorId
+    return await _op_fabric_info(st, a)
+
+
+async def _op_fabric_info(st: WorkerState, a: dict[str, Any]) -> Any:
+    ctrl = st.require_controller()
+    return {
+        "fabric_id": st.fabric_id,
+        "vendor_id": st.vendor_id,
+        "controller_node_id": ctrl.nodeId,
+        "compressed_fabric_id": ctrl.GetCompressedFabricId(),
+        "rcac": st.rcac.hex() if st.rcac else None,
+    }
+
+
+async def _op_issue_noc(st: WorkerState, a: dict[str, Any]) -> Any:
+    import chip.clusters as Clusters
+    from chip.tlv import TLVWriter
+
+    ctrl = st.require_controller()
+    w = TLVWriter()
+    w.put(None, {1: bytes.fromhex(a["csr_der"]), 2: os.urandom(32)})
+    resp = Clusters.OperationalCredentials.Commands.CSRResponse(
+        NOCSRElements=bytes(w.encoding), attestationSignature=b"\x00" * 64
+    )
+    chain = await ctrl.IssueNOCChain(resp, int(a["node_id"]))
+    if not chain.nocBytes or not chain.rcacBytes:
+        raise RuntimeError("IssueNOCChain returned no certificates")
+    st.rcac = bytes(chain.rcacBytes)
+    return {
+        "noc": bytes(chain.nocBytes).hex(),
+        "icac": bytes(chain.icacBytes).hex() if chain.icacBytes else None,
+        "rcac": bytes(chain.rcacBytes).hex(),
+        "ipk_epoch_key": bytes(chain.ipkBytes).hex() if chain.ipkBytes else None,
+        "fabric_id": st.fabric_id,
+        "vendor_id": st.vendor_id,
+    }
+
+
+async def _op_chip_to_x509(st: WorkerState, a: dict[str, Any]) -> Any:
+    from chip.credentials import cert
+
+    return cert.convert_chip_cert_to_x509_cert(bytes.fromhex(a["cert"])).hex()
+
+
+async def _op_x509_to_chip(st: WorkerState, a: dict[str, Any]) -> Any:
+    from chip.credentials import cert
+
+    return cert.convert_x509_cert_to_chip_cert(bytes.fromhex(a["der"])).hex()
+
+
+async def _op_establish_case(st: WorkerState, a: dict[str, Any]) -> Any:
+    ctrl = st.require_controller()
+    await ctrl.GetConnectedDevice(int(a["node_id"]), allowPASE=False, timeoutMs=int(a.get("timeout_ms", 20000)))
+    return True
+
+
+async def _op_read_attribute(st: WorkerState, a: dict[str, Any]) -> Any:
+    import chip.clusters as Clusters
+
+    ctrl = st.require_controller()
+    cluster = getattr(Clusters, a["cluster"])
+    attribute = getattr(cluster.Attributes, a["attribute"])
+    endpoint = int(a["endpoint"])
+    res = await ctrl.ReadAttribute(int(a["node_id"]), [(endpoint, attribute)])
+    return _jsonable(res[endpoint][cluster][attribute])
+
+
+async def _op_invoke(st: WorkerState, a: dict[str, Any]) -> Any:
+    import chip.clusters as Clusters
+
+    ctrl = st.require_controller()
+    cluster = getattr(Clusters, a["cluster"])
+    command = getattr(cluster.Commands, a["command"])(**dict(a.get("fields") or {}))
+    res = await ctrl.SendCommand(int(a["node_id"]), int(a["endpoint"]), command,
+                                 interactionTimeoutMs=int(a.get("timeout_ms", 20000)))
+    return _jsonable(res)
+
+
+async def _op_ping(st: WorkerState, a: dict[str, Any]) -> Any:
+    return "pong"
+
+
+_OPS: dict[str, Any] = {
+    "ping": _op_ping,
+    "init": _op_init,
+    "fabric_info": _op_fabric_info,
+    "issue_noc": _op_issue_noc,
+    "chip_to_x509": _op_chip_to_x509,
+    "x509_to_chip": _op_x509_to_chip,
+    "establish_case": _op_establish_case,
+    "read_attribute": _op_read_attribute,
+    "invoke": _op_invoke,
+}
+
+
+async def _worker_main(ops_module: str | None) -> None:
+    import asyncio
+    import importlib
+    import inspect
+
+    os.umask(0o077)
+    # fd 1 is reserved for JSON replies; the SDK's C logging goes to fd 1, so point fd 1 at stderr.
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    import chip.native
+
+    chip.native.Init()
+    ops = dict(_OPS)
+    if ops_module:
+        ops.update(importlib.import_module(ops_module).OPS)
+    st = WorkerState()
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                break
+            try:
+                req = json.loads(line)
+                rid = req.get("id")
+            except ValueError as exc:
+                out.write(json.dumps({"id": None, "ok": False, "error": str(exc), "type": "ValueError"}) + "\n")
+                continue
+            if req.get("op") == "shutdown":
+                st.shutdown()
+                out.write(json.dumps({"id": rid, "ok": True, "result": True}) + "\n")
+                break
+            try:
+                fn = ops[req["op"]]
+                res = fn(st, dict(req.get("args") or {}))
+                if inspect.isawaitable(res):
+                    res = await res
+                out.write(json.dumps({"id": rid, "ok": True, "result": res}) + "\n")
+            except Exception as exc:
+                out.write(json.dumps({"id": rid, "ok": False, "error": str(exc), "type": type(exc).__name__}) + "\n")
+    finally:
+        st.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import asyncio
+
+    p = argparse.ArgumentParser(description="chip SDK controller worker (JSON lines on stdin/stdout)")
+    p.add_argument("--worker", action="store_true", required=True)
+    p.add_argument("--ops-module")
+    args = p.parse_args(argv)
+    asyncio.run(_worker_main(args.ops_module))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The aiohttp application factory: middlewares, the route table, the dashboard and the app's shared state.
+
+`create_app(services)` is all the composition root (gateway/service.py) and the tests need. `ApiServices`
+carries what handlers use: the update core, the image store, the config, the clock, the token and a callback
+reporting component health. Handlers reach it through `services(request)`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gateway.api.auth import TOKEN_KEY, auth_middleware
+from gateway.api.errors import error_middleware
+from gateway.api.openapi import RouteTable, build_document
+from gateway.api.sse import EventHub
+from gateway.clock import Clock, SystemClock
+from gateway.config import Config
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def gateway_version() -> str:
+    try:
+        return dist_version("otagw")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass
+class ApiServices:
+    """Everything the HTTP handlers need; built by the composition root or a test."""
+
+    core: Any                    # gateway.core.service.UpdateCore
+    store: Any                   # gateway.store.store.ImageStore
+    config: Config
+    token: str
+    clock: Clock = field(default_factory=SystemClock)
+    health: Callable[[], dict[str, Any]] = field(default=lambda: {})
+    hub: EventHub | None = None  # built by create_app when None
+    progress_interval: float = 0.25
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+SERVICES_KEY: web.AppKey[ApiServices] = web.AppKey("otagw_services", ApiServices)
+HUB_KEY: web.AppKey[EventHub] = web.AppKey("otagw_hub", EventHub)
+DOC_KEY: web.AppKey[dict[str, Any]] = web.AppKey("otagw_openapi", dict)
+TABLE_KEY: web.AppKey[RouteTable] = web.AppKey("otagw_routes", RouteTable)
+
+
+def services(request: web.Request) -> ApiServices:
+    return request.app[SERVICES_KEY]
+
+
+def route_table() -> RouteTable:
+    """Every API operation, from the route modules (imported here so the table is built once per call)."""
+    from gateway.api import routes_devices, routes_images, routes_query, routes_rollouts, routes_system
+
+    table = RouteTable()
+    for module in (routes_system, routes_images, routes_devices, routes_rollouts, routes_query):
+        module.declare(table)
+    return table
+
+
+def create_app(svc: ApiServices) -> web.Application:
+    """The complete API + dashboard application for `svc`."""
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=1 << 20)
+    app[SERVICES_KEY] = svc
+    app[TOKEN_KEY] = svc.token
+    hub = svc.hub or EventHub(svc.core.subscribe, progress_interval=svc.progress_interval)
+    svc.hub = hub
+    app[HUB_KEY] = hub
+    table = route_table()
+    table.register(app)
+    app[TABLE_KEY] = table
+    app[DOC_KEY] = build_document(table.ops, title="otagw", version=gateway_version())
+    app.router.add_static("/static/", STATIC_DIR, name="static", append_version=False)
+
+    async def _start_hub(app: web.Application) -> None:
+        await hub.start()
+
+    async def _stop_hub(app: web.Application) -> None:
+        await hub.close()
+
+    app.on_startup.append(_start_hub)
+    # on_shutdown runs before aiohttp waits for open handlers: end the event streams there
+    app.on_shutdown.append(_stop_hub)
+    return app

@@ -1,0 +1,138 @@
+"""API authentication: resolving the bearer token and the middleware that checks every request.
+
+Where the token comes from, first match wins: env `OTAGW_API_TOKEN`, config `api.token`, else the file
+`<data_dir>/api-token`, generated (owner-only, 0600) on the first run. The log names the file, never the token.
+
+How a request proves it:
+- `Authorization: Bearer <token>`: scripts, Prometheus, the CLI.
+- the `otagw_session` cookie: the dashboard. `GET /login?token=<token>` (or the login form's POST) checks the
+  token, sets the cookie (HttpOnly, SameSite=Strict) and redirects to `/` so the token leaves the address bar.
+  The cookie holds HMAC-SHA256(token, "otagw-session"), not the token itself, and dies with the token.
+  Unsafe methods authenticated by cookie must also carry `X-OTAGW-CSRF: 1`, a header another origin's page
+  cannot add without a CORS pre-flight this server never grants.
+- `?token=<token>` on the event stream only (`/api/v1/events`), for EventSource clients that can neither set
+  headers nor hold a cookie.
+
+Exempt: `/healthz`, the dashboard's static assets (the same files that ship in the package) and the login page.
+Comparisons are constant-time (`hmac.compare_digest`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.api.errors import ApiError, Handler
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "OTAGW_API_TOKEN"
+TOKEN_FILE = "api-token"
+COOKIE = "otagw_session"
+CSRF_HEADER = "X-OTAGW-CSRF"
+QUERY_TOKEN_PATHS = frozenset({"/api/v1/events"})
+PUBLIC_PATHS = frozenset({"/healthz", "/login", "/favicon.ico"})
+PUBLIC_PREFIXES = ("/static/",)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+TOKEN_KEY: web.AppKey[str] = web.AppKey("otagw_api_token", str)
+
+
+class TokenError(Exception):
+    """The token file exists but cannot be used (unreadable, empty, or readable by others)."""
+
+
+def resolve_token(config_token: str | None, data_dir: Path) -> tuple[str, str]:
+    """Return (token, where it came from). May create `<data_dir>/api-token` (0600)."""
+    env = os.environ.get(TOKEN_ENV, "").strip()
+    if env:
+        return env, f"environment variable {TOKEN_ENV}"
+    if config_token:
+        return config_token, "config api.token"
+    path = data_dir / TOKEN_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_token_file(path), str(path)
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(token + "\n")
+    log.info("generated a new API token", extra={"fields": {"token_file": str(path)}})
+    return token, str(path)
+
+
+def _read_token_file(path: Path) -> str:
+    try:
+        st = path.stat()
+        if st.st_mode & 0o077:
+            raise TokenError(f"{path}: token file is readable by others (mode {st.st_mode & 0o777:o}); chmod 600 it")
+        token = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TokenError(f"{path}: cannot read the API token: {exc}") from None
+    if len(token) < 16:
+        raise TokenError(f"{path}: API token is empty or shorter than 16 characters")
+    return token
+
+
+def token_matches(expected: str, given: str | None) -> bool:
+    if not given:
+        return False
+    return hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8"))
+
+
+def session_value(token: str) -> str:
+    """The dashboard cookie's value for `token`."""
+    return hmac.new(token.encode("utf-8"), b"otagw-session", "sha256").hexdigest()
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def authenticate(request: web.Request, token: str) -> str | None:
+    """Which credential authenticated `request` ("bearer", "cookie", "query"), or None."""
+    if token_matches(token, _bearer(request)):
+        return "bearer"
+    if token_matches(session_value(token), request.cookies.get(COOKIE)):
+        return "cookie"
+    if request.path in QUERY_TOKEN_PATHS and token_matches(token, request.query.get("token")):
+        return "query"
+    return None
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if is_public(request.path):
+        return await handler(request)
+    token = request.app[TOKEN_KEY]
+    how = authenticate(request, token)
+    if how is None:
+        if request.path == "/" and request.method in SAFE_METHODS:
+            # the dashboard without a session: show the login page instead of a JSON 401
+            raise web.HTTPSeeOther("/login")
+        given = "Authorization" in request.headers or COOKIE in request.cookies or "token" in request.query
+        raise ApiError(
+            401,
+            "unauthorized",
+            "invalid API token" if given else "missing API token (Authorization: Bearer <token>)",
+            field="Authorization",
+            headers={"WWW-Authenticate": 'Bearer realm="otagw"'},
+        )
+    if how == "cookie" and request.method not in SAFE_METHODS and request.headers.get(CSRF_HEADER) != "1":
+        raise ApiError(403, "csrf", f"cookie-authenticated {request.method} needs header {CSRF_HEADER}: 1",
+                       field=CSRF_HEADER)
+    return await handler(request)

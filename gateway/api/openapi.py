@@ -1,0 +1,280 @@
+"""The API's route table and the OpenAPI 3.1 document generated from it.
+
+Each route module declares its operations with `RouteTable.op(...)`: method, path, the pydantic models of its
+query, JSON body and responses. `create_app` registers exactly these operations on the aiohttp router, the
+handlers parse requests with the same models (`parse_body`, `parse_query`) and answer through them (`reply`),
+and `build_document` turns the same table into `/api/v1/openapi.json`. So the document cannot drift from what
+the server accepts and returns; the tests check the router against the document and validate response bodies
+against its schemas.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import models_json_schema
+
+from gateway.api.errors import ApiError, Handler, from_validation_error
+
+M = TypeVar("M", bound=BaseModel)
+
+API_PREFIX = "/api/v1"
+MAX_JSON_BODY = 1 << 20
+
+
+class Model(BaseModel):
+    """Base of request models: unknown fields are errors (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="machine-readable reason, e.g. invalid_field, not_found, image_in_use")
+    message: str
+    field: str | None = Field(description="the request part at fault: JSON path, query parameter or header")
+    details: list[ErrorDetail] | None = None
+    defect: str | None = Field(None, description="image validation: what is wrong with the file")
+    offset: int | None = Field(None, description="image validation: byte offset of the defect")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorInfo
+
+
+@dataclass(frozen=True)
+class Resp:
+    """One documented response: a pydantic model (JSON) or a bare content type (binary, text, event stream)."""
+
+    description: str
+    model: type[BaseModel] | None = None
+    content_type: str | None = None
+    many: bool = False  # the body is a JSON array of `model`
+
+
+def err(description: str) -> Resp:
+    """A documented error response (body: `ErrorBody`)."""
+    return Resp(description, ErrorBody)
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    handler: Handler
+    operation_id: str
+    summary: str
+    tag: str
+    responses: Mapping[int, Resp]
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    raw_body: str | None = None  # content type of a streamed (non-JSON) request body
+    auth: bool = True
+    description: str = ""
+
+
+@dataclass
+class RouteTable:
+    ops: list[Operation] = field(default_factory=list)
+
+    def op(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        tag: str,
+        responses: Mapping[int, Resp],
+        query: type[BaseModel] | None = None,
+        body: type[BaseModel] | None = None,
+        raw_body: str | None = None,
+        auth: bool = True,
+        operation_id: str | None = None,
+    ) -> Any:
+        def deco(handler: Handler) -> Handler:
+            self.ops.append(
+                Operation(
+                    method=method.upper(),
+                    path=path,
+                    handler=handler,
+                    operation_id=operation_id or handler.__name__.lstrip("_"),
+                    summary=summary,
+                    tag=tag,
+                    responses=responses,
+                    query=query,
+                    body=body,
+                    raw_body=raw_body,
+                    auth=auth,
+                    description=(handler.__doc__ or "").strip(),
+                )
+            )
+            return handler
+
+        return deco
+
+    def register(self, app: web.Application) -> None:
+        for o in self.ops:
+            app.router.add_route(o.method, o.path, o.handler, name=o.operation_id)
+
+
+# ------------------------------------------------------------------------------------ request/response helpers
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    """The JSON body validated by `model`; 400 for unparsable JSON, 422 naming the field for invalid values."""
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise ApiError(413, "too_large", f"JSON body larger than {MAX_JSON_BODY} bytes", field="body")
+    raw = await request.content.read(MAX_JSON_BODY + 1)
+    if len(raw) > MAX_JSON_BODY:
+        raise ApiError(413, "too_large", f"JSON body larger than {MAX_JSON_BODY} bytes", field="body")
+    try:
+        data = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}", field="body") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_json", "body must be a JSON object", field="body")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+def parse_query(request: web.Request, model: type[M]) -> M:
+    """Query parameters validated by `model` (repeated keys become lists for list fields)."""
+    data: dict[str, Any] = {}
+    for key in request.query:
+        values = request.query.getall(key)
+        info = model.model_fields.get(key)
+        is_list = info is not None and "list" in str(info.annotation)
+        data[key] = values if is_list else values[-1]
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+def reply(payload: BaseModel | Sequence[BaseModel], status: int = 200) -> web.Response:
+    if isinstance(payload, BaseModel):
+        body: Any = payload.model_dump(mode="json")
+    else:
+        body = [p.model_dump(mode="json") for p in payload]
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+
+
+# ----------------------------------------------------------------------------------------- the document
+_PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
+REF = "#/components/schemas/{model}"
+
+
+def openapi_path(path: str) -> str:
+    """aiohttp `/x/{ref:[^/]+}` -> OpenAPI `/x/{ref}`."""
+    return _PARAM.sub(lambda m: "{" + m.group(1) + "}", path)
+
+
+def build_document(ops: Sequence[Operation], *, title: str, version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for `ops`."""
+    pairs: list[tuple[type[BaseModel], Any]] = [(ErrorBody, "serialization")]
+    for o in ops:
+        if o.body is not None:
+            pairs.append((o.body, "validation"))
+        if o.query is not None:
+            pairs.append((o.query, "validation"))
+        for r in o.responses.values():
+            if r.model is not None:
+                pairs.append((r.model, "serialization"))
+    unique = list(dict.fromkeys(pairs))
+    keymap, defs = models_json_schema(unique, ref_template=REF)
+    components = defs.get("$defs", {})
+
+    def ref(model: type[BaseModel], mode: str) -> dict[str, Any]:
+        return dict(keymap[(model, mode)])  # type: ignore[index]
+
+    paths: dict[str, dict[str, Any]] = {}
+    for o in ops:
+        item: dict[str, Any] = {
+            "operationId": o.operation_id,
+            "summary": o.summary,
+            "tags": [o.tag],
+            "responses": {},
+        }
+        if o.description:
+            item["description"] = o.description
+        params: list[dict[str, Any]] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _PARAM.findall(o.path)
+        ]
+        if o.query is not None:
+            qschema = components[ref(o.query, "validation")["$ref"].rsplit("/", 1)[1]]
+            required = set(qschema.get("required", []))
+            for name, prop in qschema.get("properties", {}).items():
+                prop = dict(prop)
+                p: dict[str, Any] = {"name": name, "in": "query", "required": name in required}
+                if "description" in prop:
+                    p["description"] = prop.pop("description")
+                prop.pop("title", None)
+                p["schema"] = prop
+                params.append(p)
+        if params:
+            item["parameters"] = params
+        if o.body is not None:
+            item["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref(o.body, "validation")}},
+            }
+        elif o.raw_body is not None:
+            item["requestBody"] = {
+                "required": True,
+                "content": {o.raw_body: {"schema": {"type": "string", "format": "binary"}}},
+            }
+        for status, r in sorted(o.responses.items()):
+            entry: dict[str, Any] = {"description": r.description}
+            if r.model is not None:
+                schema = ref(r.model, "serialization")
+                if r.many:
+                    schema = {"type": "array", "items": schema}
+                entry["content"] = {"application/json": {"schema": schema}}
+            elif r.content_type is not None:
+                entry["content"] = {r.content_type: {"schema": {"type": "string"}}}
+            item["responses"][str(status)] = entry
+        errors = {400, 401, 422} if (o.body or o.query) else {401}
+        if not o.auth:
+            errors.discard(401)
+        for status in sorted(errors):
+            item["responses"].setdefault(
+                str(status),
+                {
+                    "description": "error",
+                    "content": {"application/json": {"schema": ref(ErrorBody, "serialization")}},
+                },
+            )
+        if not o.auth:
+            item["security"] = []
+        paths.setdefault(openapi_path(o.path), {})[o.method.lower()] = item
+
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": title,
+            "version": version,
+            "description": (
+                "otagw gateway API. Authenticate with `Authorization: Bearer <token>` (the token is in "
+                "`<data_dir>/api-token` unless set by `api.token` or `OTAGW_API_TOKEN`). The event stream also "
+                "accepts `?token=`; the dashboard uses a session cookie set by `/login`."
+            ),
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": paths,
+    }

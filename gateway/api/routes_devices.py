@@ -1,0 +1,165 @@
+"""Device routes: the fleet list with filters, one device with its transition history, and the update plan.
+
+Devices of both protocols are one list (the core's OTA_Device records); the transfer token is never exposed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from gateway.api.app import services
+from gateway.api.errors import ApiError
+from gateway.api.openapi import API_PREFIX, Model, Resp, RouteTable, err, parse_query, reply
+from gateway.api.routes_images import maybe_await
+from gateway.core.states import DeviceState
+
+
+class DeviceOut(BaseModel):
+    device_id: str
+    protocol: Literal["matter", "zigbee"]
+    network: str
+    address: str
+    endpoint: int
+    state: DeviceState
+    state_since: float
+    state_reason: str
+    resume_state: DeviceState | None
+    vendor_id: int | None
+    product_id: int | None
+    vendor_name: str | None
+    model: str | None
+    hardware_version: int | None
+    current_version: int | None
+    current_version_string: str | None
+    sleepy: bool | None
+    tags: list[str]
+    extra: dict[str, Any]
+    target_image_id: str | None
+    target_version: int | None
+    target_version_string: str | None
+    target_size: int | None
+    bytes_sent: int = Field(description="every byte served, repeats included (over-counts, per reference 004)")
+    acked_offset: int = Field(description="highest contiguous offset acknowledged: the resume point")
+    percent: int | None = Field(description="acked_offset as a percentage of the target image")
+    last_progress_at: float | None
+    apply_at: float | None
+    verify_deadline: float | None
+    rollout_id: str | None
+    rollout_wave: int | None
+    attempts: int
+    failures: int
+    next_retry_at: float | None
+    last_error: str | None
+    reported_status: str | None
+    reported_percent: int | None
+    first_seen: float
+    last_seen: float
+    last_query: float | None
+    present: bool
+
+
+class HistoryOut(BaseModel):
+    at: float
+    old_state: str | None
+    new_state: str
+    reason: str
+    image_id: str | None
+    version: int | None
+    offset: int | None
+
+
+class DeviceDetail(DeviceOut):
+    history: list[HistoryOut]
+
+
+class DeviceQuery(Model):
+    protocol: Literal["matter", "zigbee"] | None = None
+    state: list[DeviceState] | None = Field(None, description="repeatable: any of these states")
+    network: str | None = Field(None, description="shell pattern, e.g. pan:* or fabric:1a2b*")
+    model: str | None = Field(None, description="shell pattern over the model name")
+    vendor_id: int | None = None
+    product_id: int | None = None
+    rollout_id: str | None = None
+    present: bool | None = None
+
+
+class PlanItem(BaseModel):
+    device_id: str
+    protocol: str
+    current_version: int | None
+    action: str = Field(description="what the core would do next for this device")
+    image_id: str | None = None
+    version: int | None = None
+    version_string: str | None = None
+    rollout_id: str | None = None
+    wave: int | None = None
+    reason: str = ""
+
+
+def device_dict(rec: Any) -> dict[str, Any]:
+    data: dict[str, Any] = rec.to_dict() if hasattr(rec, "to_dict") else dict(rec)
+    data.pop("token", None)
+    data.pop("token_issued_at", None)
+    return data
+
+
+def device_out(rec: Any) -> DeviceOut:
+    return DeviceOut.model_validate(device_dict(rec))
+
+
+def matches(rec: Any, q: DeviceQuery) -> bool:
+    return (
+        (q.protocol is None or rec.protocol == q.protocol)
+        and (q.state is None or rec.state in q.state)
+        and (q.network is None or fnmatch.fnmatchcase(rec.network, q.network))
+        and (q.model is None or (rec.model is not None and fnmatch.fnmatchcase(rec.model, q.model)))
+        and (q.vendor_id is None or rec.vendor_id == q.vendor_id)
+        and (q.product_id is None or rec.product_id == q.product_id)
+        and (q.rollout_id is None or rec.rollout_id == q.rollout_id)
+        and (q.present is None or rec.present == q.present)
+    )
+
+
+async def all_devices(core: Any) -> list[Any]:
+    return list(await maybe_await(core.list_devices()))
+
+
+async def list_devices(request: web.Request) -> web.Response:
+    """Device records of both protocols, filtered by the query parameters (all must match)."""
+    q = parse_query(request, DeviceQuery)
+    recs = [r for r in await all_devices(services(request).core) if matches(r, q)]
+    recs.sort(key=lambda r: (r.protocol, r.device_id))
+    return reply([device_out(r) for r in recs])
+
+
+async def show_device(request: web.Request) -> web.Response:
+    """One device record and its state transitions (oldest first)."""
+    core = services(request).core
+    device_id = request.match_info["device_id"]
+    rec = await maybe_await(core.get_device(device_id))
+    if rec is None:
+        raise ApiError(404, "not_found", f"no device {device_id!r}", field="device_id")
+    history = await maybe_await(core.history(device_id))
+    data = device_dict(rec)
+    data["history"] = [h.to_dict() if hasattr(h, "to_dict") else h for h in history]
+    return reply(DeviceDetail.model_validate(data))
+
+
+async def plan(request: web.Request) -> web.Response:
+    """What the core would offer each device now (policy, catalog and rollouts applied; nothing changes)."""
+    items = await maybe_await(services(request).core.plan())
+    return reply([PlanItem.model_validate(i.to_dict() if hasattr(i, "to_dict") else i) for i in items])
+
+
+def declare(t: RouteTable) -> None:
+    p = f"{API_PREFIX}/devices"
+    t.op("GET", p, summary="List devices", tag="devices", query=DeviceQuery,
+         responses={200: Resp("device records", DeviceOut, many=True)})(list_devices)
+    t.op("GET", p + "/{device_id}", summary="Show a device with its history", tag="devices",
+         responses={200: Resp("the record", DeviceDetail), 404: err("no such device")})(show_device)
+    t.op("GET", f"{API_PREFIX}/plan", summary="Update plan", tag="devices",
+         responses={200: Resp("one item per device", PlanItem, many=True)})(plan)

@@ -1,0 +1,134 @@
+"""System routes: health, metrics, the OpenAPI document, the event stream, and the dashboard + its login.
+
+`/healthz` is the one route without authentication (load balancers, Docker HEALTHCHECK). The dashboard page
+needs a session (cookie from `/login`); its static assets under `/static/` are public package files.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from gateway.api.app import DOC_KEY, HUB_KEY, STATIC_DIR, gateway_version, services
+from gateway.api.auth import COOKIE, session_value, token_matches
+from gateway.api.metrics import CONTENT_TYPE, render, take_snapshot
+from gateway.api.openapi import API_PREFIX, Resp, RouteTable, reply
+from gateway.api.sse import stream
+
+
+class AdapterHealth(BaseModel):
+    state: Literal["disabled", "unavailable", "starting", "running", "failed", "stopping", "stopped"]
+    error: str | None = Field(None, description="why the adapter is not running, in one line")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded", "starting", "stopping"] = Field(
+        description="ok: core and every enabled adapter run; degraded: an enabled adapter could not start"
+    )
+    version: str
+    core: Literal["starting", "running", "stopping", "stopped"]
+    adapters: dict[str, AdapterHealth]
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness and component states; no authentication. 503 while the core is not running."""
+    info = services(request).health()
+    adapters = info.get("adapters", {})
+    core = info.get("core", "running")
+    if core != "running":
+        status = "stopping" if core in ("stopping", "stopped") else "starting"
+    elif any(a.get("state") in ("failed", "unavailable") for a in adapters.values()):
+        status = "degraded"
+    else:
+        status = "ok"
+    body = Health(status=status, version=gateway_version(), core=core, adapters=adapters)
+    return reply(body, status=200 if core == "running" else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition of the gateway's counters."""
+    from gateway.api.routes_devices import all_devices
+    from gateway.api.routes_rollouts import all_rollouts
+
+    svc = services(request)
+    adapters = {name: str(a.get("state")) for name, a in svc.health().get("adapters", {}).items()}
+    snap = await take_snapshot(svc.core, await all_rollouts(svc.core), await all_devices(svc.core),
+                               request.app[HUB_KEY].clients, adapters)
+    resp = web.Response(body=render(snap))
+    resp.headers["Content-Type"] = CONTENT_TYPE
+    return resp
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """This document."""
+    return web.Response(text=json.dumps(request.app[DOC_KEY]), content_type="application/json")
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: device state changes, transfer progress (coalesced), rollout and image changes.
+
+    EventSource cannot set headers: this route also accepts `?token=<token>` (or the dashboard cookie)."""
+    hub = request.app[HUB_KEY]
+    return await stream(request, hub, {"seq": hub.seq, "version": gateway_version()})
+
+
+async def dashboard(request: web.Request) -> web.FileResponse:
+    """The dashboard page (needs the session cookie; without it redirects to /login)."""
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store"})
+
+
+def _login_page(message: str = "", status: int = 200) -> web.Response:
+    html = (STATIC_DIR / "login.html").read_text(encoding="utf-8")
+    text = html.replace("<!--MESSAGE-->", f'<p class="error">{message}</p>' if message else "")
+    return web.Response(text=text, content_type="text/html", status=status, headers={"Cache-Control": "no-store"})
+
+
+def _logged_in(request: web.Request, token: str) -> web.Response:
+    resp = web.HTTPSeeOther("/")
+    resp.set_cookie(
+        COOKIE, session_value(token), httponly=True, samesite="Strict", path="/", secure=request.secure
+    )
+    return resp
+
+
+async def login_page(request: web.Request) -> web.Response:
+    """The login form; `?token=<token>` logs in directly (sets the session cookie, redirects to /)."""
+    token = services(request).token
+    given = request.query.get("token")
+    if given is None:
+        return _login_page()
+    if token_matches(token, given):
+        raise _logged_in(request, token)
+    return _login_page("That token is not valid.", status=401)
+
+
+async def login(request: web.Request) -> web.Response:
+    """Form post of the login page (field `token`)."""
+    token = services(request).token
+    form = await request.post()
+    given = form.get("token")
+    if isinstance(given, str) and token_matches(token, given.strip()):
+        raise _logged_in(request, token)
+    return _login_page("That token is not valid.", status=401)
+
+
+def declare(t: RouteTable) -> None:
+    html = Resp("HTML page", content_type="text/html")
+    t.op("GET", "/healthz", summary="Health and adapter states", tag="system", auth=False,
+         responses={200: Resp("serving", Health), 503: Resp("not serving", Health)})(healthz)
+    t.op("GET", "/metrics", summary="Prometheus metrics", tag="system",
+         responses={200: Resp("text exposition format", content_type="text/plain")})(metrics)
+    t.op("GET", f"{API_PREFIX}/openapi.json", summary="This OpenAPI document", tag="system",
+         responses={200: Resp("OpenAPI 3.1 document", content_type="application/json")})(openapi)
+    t.op("GET", f"{API_PREFIX}/events", summary="Live event stream (SSE)", tag="system",
+         responses={200: Resp("text/event-stream", content_type="text/event-stream")})(events)
+    t.op("GET", "/", summary="Dashboard", tag="dashboard",
+         responses={200: html, 303: Resp("no session: go to /login")})(dashboard)
+    t.op("GET", "/login", summary="Dashboard login", tag="dashboard", auth=False,
+         responses={200: html, 303: Resp("logged in: go to /"), 401: html})(login_page)
+    t.op("POST", "/login", summary="Dashboard login (form post)", tag="dashboard", auth=False,
+         operation_id="login_post", raw_body="application/x-www-form-urlencoded",
+         responses={303: Resp("logged in: go to /"), 401: html})(login)

@@ -1,0 +1,123 @@
+// A matter.js device with the OTA Software Update Requestor: the independent Matter peer for otagw's provider tests.
+//
+// Usage: node ota_requestor_device.mjs --dir DIR [--port 5540] [--vendor-id 0xFFF1] [--product-id 0x8000]
+//        [--version 1] [--version-string 1.0] [--passcode 20202021] [--discriminator 3840]
+//
+// Prints one JSON object per line on stdout, prefixed "OTAGW-EVENT ", for the test driving it:
+//   {"event":"ready","version":N,"manualPairingCode":"...","qrPairingCode":"...","port":P,"commissioned":bool}
+//   {"event":"update-state","state":S,"progress":P}
+//   {"event":"applied","version":N,"sha256":"...","size":BYTES,"path":"..."}   (downloaded image saved to DIR)
+//   {"event":"restarted","version":N}
+// "Applying" an update stops the node and starts it again from the same storage with the new SoftwareVersion,
+// as a real device does after a reboot; the requestor then reports VersionApplied / NotifyUpdateApplied itself.
+//
+// With OTA_FAST=1 the spec-allowed random waits (announce jitter 1–600 s, etc.) collapse to their minimum so
+// tests do not wait minutes (Math.random() is pinned to 0 in this process only).
+import { createHash } from "node:crypto";
+import { mkdirSync, readFileSync, writeFileSync, existsSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+
+import { Environment, ServerNode, VendorId } from "@matter/main";
+import { OtaSoftwareUpdateRequestorServer } from "@matter/main/behaviors/ota-software-update-requestor";
+import { OnOffLightDevice } from "@matter/main/devices/on-off-light";
+
+const { values: args } = parseArgs({
+    options: {
+        dir: { type: "string" },
+        port: { type: "string", default: "5540" },
+        "vendor-id": { type: "string", default: "0xFFF1" },
+        "product-id": { type: "string", default: "0x8000" },
+        version: { type: "string", default: "1" },
+        "version-string": { type: "string", default: "" },
+        passcode: { type: "string", default: "20202021" },
+        discriminator: { type: "string", default: "3840" },
+    },
+});
+if (!args.dir) {
+    console.error("--dir is required");
+    process.exit(2);
+}
+if (process.env.OTA_FAST === "1") Math.random = () => 0;
+
+const dir = args.dir;
+mkdirSync(dir, { recursive: true });
+const versionFile = join(dir, "installed-version.json");
+// matter.js logs to stdout too: event lines carry a prefix the driver filters on.
+const emit = obj => process.stdout.write("OTAGW-EVENT " + JSON.stringify(obj) + "\n");
+
+function installedVersion() {
+    if (existsSync(versionFile)) return JSON.parse(readFileSync(versionFile, "utf8"));
+    const version = Number(args.version);
+    return { version, versionString: args["version-string"] || `${version}.0` };
+}
+
+let restartRequested = null;
+
+class TestOtaRequestor extends OtaSoftwareUpdateRequestorServer {
+    async applyUpdate(newSoftwareVersion, fileDesignator) {
+        const blob = await fileDesignator.openBlob();
+        const bytes = new Uint8Array(await blob.arrayBuffer());
+        const path = join(dir, `applied-${newSoftwareVersion}.ota`);
+        writeFileSync(path, bytes);
+        const sha256 = createHash("sha256").update(bytes).digest("hex");
+        emit({ event: "applied", version: newSoftwareVersion, sha256, size: bytes.length, path });
+        writeFileSync(
+            versionFile,
+            JSON.stringify({ version: newSoftwareVersion, versionString: `${newSoftwareVersion}.0` }),
+        );
+        // "Reboot" after the command returns: the main loop below stops and restarts the node.
+        restartRequested?.();
+    }
+}
+
+Environment.default.vars.set("storage.path", join(dir, "storage"));
+
+async function startNode() {
+    const { version, versionString } = installedVersion();
+    const node = await ServerNode.create(ServerNode.RootEndpoint.with(TestOtaRequestor), {
+        id: "otagw-test-device",
+        network: { port: Number(args.port) },
+        commissioning: { passcode: Number(args.passcode), discriminator: Number(args.discriminator) },
+        productDescription: { name: "otagw test device", deviceType: OnOffLightDevice.deviceType },
+        basicInformation: {
+            vendorName: "otagw tests",
+            vendorId: VendorId(Number(args["vendor-id"])),
+            productName: "OTA test light",
+            productId: Number(args["product-id"]),
+            nodeLabel: "otagw test device",
+            hardwareVersion: 1,
+            softwareVersion: version,
+            softwareVersionString: versionString,
+            serialNumber: `otagw-${args.port}`,
+            uniqueId: `otagw-test-${args.port}`,
+        },
+        otaSoftwareUpdateRequestor: { updateQueryInterval: 24 * 3600 * 1000 },
+    });
+    await node.add(OnOffLightDevice);
+    node.events.otaSoftwareUpdateRequestor?.updateState$Changed?.on(state => {
+        emit({ event: "update-state", state, progress: node.state.otaSoftwareUpdateRequestor.updateStateProgress });
+    });
+    return { node, version };
+}
+
+let first = true;
+for (;;) {
+    const { node, version } = await startNode();
+    const restarted = new Promise(resolve => (restartRequested = resolve));
+    await node.start();
+    const codes = node.state.commissioning.pairingCodes;
+    emit({
+        event: first ? "ready" : "restarted",
+        version,
+        manualPairingCode: codes.manualPairingCode,
+        qrPairingCode: codes.qrPairingCode,
+        port: Number(args.port),
+        commissioned: node.state.commissioning.commissioned,
+    });
+    first = false;
+    await restarted;
+    // Let the ApplyUpdateRequest exchange finish before the "reboot".
+    await new Promise(resolve => setTimeout(resolve, 500));
+    await node.close();
+}
