@@ -253,6 +253,9 @@ class ZigbeeConfig(Section):
     )
     page_response_spacing_min_ms: int = Field(0, ge=0, le=0xFFFF, description="floor for Image Page spacing")
     notify_query_jitter: int = Field(100, ge=1, le=100, description="QueryJitter sent in Image Notify")
+    notify_interval_s: float = Field(
+        300.0, gt=0, description="how often devices with an update due (and not yet offered) get Image Notify"
+    )
     notify_broadcast_threshold: int = Field(
         10, ge=1, description="notify this many devices or more with one broadcast instead of unicasts"
     )

@@ -156,7 +156,6 @@ class Gateway:
 
         if cfg.api.enabled:
             await self._start_api()
-        self._tasks.append(asyncio.create_task(self._sweeper(), name="otagw-sweep"))
         running = [a.slot.name for a in self.adapters if a.state == "running"]
         log.info("otagw is serving", extra={"fields": {"adapters": ",".join(running) or "none",
                                                        "api": self.api_url or "disabled"}})
@@ -233,18 +232,6 @@ class Gateway:
         self.api_url = f"http://{shown}:{bound[1]}"
         log.info("API and dashboard listening", extra={"fields": {"url": self.api_url,
                                                                    "token": self.token_source}})
-
-    async def _sweeper(self) -> None:
-        """Expire stale transfers and missed verification deadlines once a minute (core.sweep)."""
-        sweep = getattr(self.core, "sweep", None)
-        if sweep is None:
-            return
-        while True:
-            await self.clock.sleep(60.0)
-            try:
-                await _maybe_await(sweep())
-            except Exception:
-                log.exception("core sweep failed")
 
     # -------------------------------------------------------------------------------------------- stop
     async def stop(self) -> None:

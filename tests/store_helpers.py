@@ -31,8 +31,12 @@ def matter_image(
     )
 
 
-def zigbee_image(mfr: int = 0x117C, itype: int = 0x2811, version: int = 0x100, size: int = 2000, **kw: Any) -> bytes:
-    return build_zigbee_image(payload(size, version), manufacturer_code=mfr, image_type=itype, file_version=version, **kw)
+def zigbee_image(
+    mfr: int = 0x117C, itype: int = 0x2811, version: int = 0x100, size: int = 2000, **kw: Any
+) -> bytes:
+    return build_zigbee_image(
+        payload(size, version), manufacturer_code=mfr, image_type=itype, file_version=version, **kw
+    )
 
 
 def entry(

@@ -57,7 +57,11 @@ def test_explain_names_reasons() -> None:
     best, why = explain_selection(cands, matter_dev(5))
     assert best is None
     assert why.startswith("none of 3 candidates applies: ")
-    assert "(20) is marked invalid" in why and "(2) would be a downgrade" in why and "(5) is the installed version" in why
+    assert (
+        "(20) is marked invalid" in why
+        and "(2) would be a downgrade" in why
+        and "(5) is the installed version" in why
+    )
 
 
 # ------------------------------------------------------------------------------------------- zigbee

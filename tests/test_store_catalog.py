@@ -190,7 +190,13 @@ async def test_add_file_creates_complete_entry_and_is_idempotent(store: ImageSto
 
 async def test_zigbee_entry_fields(store: ImageStore) -> None:
     data = zigbee_image(
-        0x1135, 0x0000, 0x201000A0, header_string="FLS-PP3 RGBW", destination="00:12:4b:00:01:ab:cd:ef", min_hw=1, max_hw=3
+        0x1135,
+        0x0000,
+        0x201000A0,
+        header_string="FLS-PP3 RGBW",
+        destination="00:12:4b:00:01:ab:cd:ef",
+        min_hw=1,
+        max_hw=3,
     )
     e = (await store.add_bytes(data, file_name="z.zigbee", source="api")).entry
     assert e.package_id == f"zigbee:1135:0000:201000a0:00124b0001abcdef:{e.sha256[:16]}"
@@ -237,7 +243,9 @@ async def test_add_stream_oversize_or_broken_leaves_nothing(store: ImageStore) -
         for i in range(0, len(data), 1000):
             yield data[i : i + 1000]
 
-    with pytest.raises(ImageTooLargeError, match=rf"up.ota: image larger than the maximum of {len(data) - 1} bytes"):
+    with pytest.raises(
+        ImageTooLargeError, match=rf"up.ota: image larger than the maximum of {len(data) - 1} bytes"
+    ):
         await store.add_stream(chunks(), file_name="up.ota", source="api", max_size=len(data) - 1)
     assert _files(store.blobs.root) == []
 
@@ -355,6 +363,7 @@ async def test_failure_at_commit_removes_new_blob_but_keeps_shared_one(
     store: ImageStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = zigbee_image()
+
     async def broken_commit(self: aiosqlite.Connection) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
@@ -427,7 +436,15 @@ _CRASHER = textwrap.dedent(
     """
 )
 
-_STEPS = ["write", "fsync-file", "before-rename", "after-rename", "dir-fsync", "before-commit", "after-commit"]
+_STEPS = [
+    "write",
+    "fsync-file",
+    "before-rename",
+    "after-rename",
+    "dir-fsync",
+    "before-commit",
+    "after-commit",
+]
 
 
 @pytest.mark.parametrize("step", _STEPS)
@@ -438,7 +455,10 @@ async def test_crash_at_any_step_leaves_nothing_or_a_complete_entry(tmp_path: Pa
     data_dir = tmp_path / "data"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-c", _CRASHER, str(data_dir), str(src), step], env=env, capture_output=True, timeout=60
+        [sys.executable, "-c", _CRASHER, str(data_dir), str(src), step],
+        env=env,
+        capture_output=True,
+        timeout=60,
     )
     assert proc.returncode == 77, proc.stderr.decode()
 

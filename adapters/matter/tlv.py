@@ -315,8 +315,8 @@ def _decode(r: _Reader, off: int, depth: int) -> tuple[Any, Any, int]:
         w = _WIDTH[et & 3]
         end = r.take(off, w, "integer")
         signed = et < _UINT
-        raw = int.from_bytes(d[off:end], "little", signed=signed)
-        return tag, (raw if signed else UInt(raw)), end
+        num = int.from_bytes(d[off:end], "little", signed=signed)
+        return tag, (num if signed else UInt(num)), end
     if et in (_FALSE, _TRUE):
         return tag, et == _TRUE, off
     if et == _F32:

@@ -51,6 +51,7 @@ from gateway.core.interface import (
     Busy,
     DeviceInfo,
     DeviceKey,
+    UnknownToken,
     UpdateCoreInterface,
     Wait,
 )
@@ -120,6 +121,7 @@ class ZigbeeAdapter:
             for cluster in self._takeover.ensure(device):
                 await self._observe(self._info(cluster))
         self._spawn(self._stall_watchdog(), "stall watchdog")
+        self._spawn(self._notify_loop(), "notify due devices")
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -329,7 +331,13 @@ class ZigbeeAdapter:
         await self._report_version(key, int(cmd.current_file_version))
         result = await self.core.query(info)
         if isinstance(result, Available):
-            tr = self._new_transfer(cluster, result)
+            try:
+                tr = self._new_transfer(cluster, result)
+            except UnknownToken as exc:
+                LOGGER.warning("%s: core offered an image it cannot open: %s", key.device_id, exc)
+                await self._send("Query Next Image Response", cluster, cluster.query_next_image_response(
+                    status=S.NO_IMAGE_AVAILABLE, tsn=hdr.tsn))
+                return
             await self._send("Query Next Image Response", cluster, cluster.query_next_image_response(
                 status=S.SUCCESS, manufacturer_code=tr.manufacturer_code, image_type=tr.image_type,
                 file_version=tr.file_version, image_size=tr.size, tsn=hdr.tsn,
@@ -375,12 +383,22 @@ class ZigbeeAdapter:
             else base.current_version,
             current_version_string=base.current_version_string, sleepy=base.sleepy, extra=base.extra,
         )
-        result = await self.core.query(info)
+        active = getattr(self.core, "active_transfer", None)
+        ti = active(key) if callable(active) else None
+        if ti is not None and ti.image.numeric_version == file_version and \
+                ti.state in ("querying", "downloading", "downloaded", "waiting_to_apply"):
+            result: Any = Available(ti.token, ti.image, 0, resume_offset=ti.acked_offset,
+                                    reason="re-attached to the live transfer")
+        else:
+            result = await self.core.query(info)
         if not isinstance(result, Available):
             LOGGER.info("%s asks for blocks of 0x%08x but the core has nothing for it (%s)", key.device_id,
                         file_version, type(result).__name__)
             return None
-        tr = self._new_transfer(cluster, result)
+        try:
+            tr = self._new_transfer(cluster, result)
+        except UnknownToken:
+            return None
         if not tr.matches(manufacturer_code, image_type, file_version):
             LOGGER.info("%s asks for 0x%08x but the core now offers 0x%08x", key.device_id, file_version,
                         tr.file_version)
@@ -459,7 +477,20 @@ class ZigbeeAdapter:
         tr.last_activity_mono = max(tr.last_activity_mono, self.clock.monotonic())
         if not await self._pre_block_checks(cluster, tr, hdr.tsn):
             return
-        await self._serve_block(cluster, tr, offset, int(cmd.maximum_data_size), hdr.tsn, int(cmd.manufacturer_code))
+        try:
+            await self._serve_block(cluster, tr, offset, int(cmd.maximum_data_size), hdr.tsn,
+                                    int(cmd.manufacturer_code))
+        except UnknownToken as exc:
+            # the core ended this episode (expired, cancelled, superseded): one fresh attempt, else ABORT
+            LOGGER.info("%s: %s", tr.key.device_id, exc)
+            self.state.transfers.pop(tr.key, None)
+            tr2 = await self._resume(cluster, cmd.manufacturer_code, cmd.image_type, cmd.file_version)
+            if tr2 is None or not await self._pre_block_checks(cluster, tr2, hdr.tsn):
+                if tr2 is None:
+                    await self._send("ABORT", cluster, cluster.image_block_response(status=S.ABORT, tsn=hdr.tsn))
+                return
+            await self._serve_block(cluster, tr2, offset, int(cmd.maximum_data_size), hdr.tsn,
+                                    int(cmd.manufacturer_code))
 
     async def _image_page(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> None:
         tr = await self._transfer_for(cluster, cmd)
@@ -493,7 +524,13 @@ class ZigbeeAdapter:
             while offset < end and self.state.transfers.get(tr.key) is tr and tr.status is TransferStatus.DOWNLOADING:
                 n = min(self.state.block_size(int(cmd.manufacturer_code), tr.model, int(cmd.maximum_data_size)),
                         end - offset)
-                if not await self._serve_block(cluster, tr, offset, n, tsn, int(cmd.manufacturer_code)):
+                try:
+                    if not await self._serve_block(cluster, tr, offset, n, tsn, int(cmd.manufacturer_code)):
+                        return
+                except UnknownToken as exc:
+                    LOGGER.info("%s: %s", tr.key.device_id, exc)
+                    self.state.transfers.pop(tr.key, None)
+                    await self._send("ABORT", cluster, cluster.image_block_response(status=S.ABORT, tsn=tsn))
                     return
                 offset += n
                 tsn = None
@@ -738,6 +775,33 @@ class ZigbeeAdapter:
             results[key] = await self._send("Image Notify", cluster, cluster.image_notify(
                 query_jitter=100, retries=0, **fields))
         return results
+
+    async def notify_due(self) -> int:
+        """Image Notify the devices of this PAN the core says have an update due and were not offered it yet
+        (`core.devices_to_notify()`, when the core offers it): unicast a few, broadcast for many."""
+        due = getattr(self.core, "devices_to_notify", None)
+        if self.app is None or not callable(due):
+            return 0
+        pan = self._pan()
+        keys = [k for k in due() if k.protocol == "zigbee" and k.network == pan]
+        if not keys:
+            return 0
+        results = await self.notify(keys)
+        mark = getattr(self.core, "mark_notified", None)
+        if callable(mark):
+            for key in keys:
+                if results.get(key, not results):   # broadcast ({}): all count as notified
+                    await mark(key, "Image Notify sent" + (" (broadcast)" if not results else ""))
+        return len(keys)
+
+    async def _notify_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.config.notify_interval_s)
+            async with self._busy():
+                try:
+                    await self.notify_due()
+                except Exception:  # a failed notify round is retried next interval
+                    LOGGER.exception("Image Notify round failed")
 
     async def _broadcast_notify(self, fields: dict[str, Any]) -> None:
         assert self.app is not None

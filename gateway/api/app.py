@@ -23,6 +23,8 @@ from gateway.api.openapi import RouteTable, build_document
 from gateway.api.sse import EventHub
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
+from gateway.core.service import UpdateCore
+from gateway.store.store import ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,8 @@ def gateway_version() -> str:
 class ApiServices:
     """Everything the HTTP handlers need; built by the composition root or a test."""
 
-    core: Any                    # gateway.core.service.UpdateCore
-    store: Any                   # gateway.store.store.ImageStore
+    core: UpdateCore
+    store: ImageStore
     config: Config
     token: str
     clock: Clock = field(default_factory=SystemClock)

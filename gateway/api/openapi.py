@@ -46,6 +46,7 @@ class ErrorInfo(BaseModel):
     details: list[ErrorDetail] | None = None
     defect: str | None = Field(None, description="image validation: what is wrong with the file")
     offset: int | None = Field(None, description="image validation: byte offset of the defect")
+    max_size: int | None = Field(None, description="upload too large: the limit in bytes")
 
 
 class ErrorBody(BaseModel):

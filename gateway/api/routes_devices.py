@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from gateway.api.app import services
 from gateway.api.errors import ApiError
 from gateway.api.openapi import API_PREFIX, Model, Resp, RouteTable, err, parse_query, reply
-from gateway.api.routes_images import maybe_await
+from gateway.core.records import DeviceRecord
 from gateway.core.states import DeviceState
 
 
@@ -87,31 +87,33 @@ class DeviceQuery(Model):
     present: bool | None = None
 
 
-class PlanItem(BaseModel):
+class PlanItemOut(BaseModel):
     device_id: str
-    protocol: str
+    state: DeviceState
     current_version: int | None
-    action: str = Field(description="what the core would do next for this device")
-    image_id: str | None = None
-    version: int | None = None
-    version_string: str | None = None
-    rollout_id: str | None = None
-    wave: int | None = None
-    reason: str = ""
+    current_version_string: str | None
+    outcome: Literal["update", "later", "in_progress", "none", "left"] = Field(
+        description="update: offered now; later: window, back-off, budget or paused rollout; in_progress; "
+        "none: nothing to offer (see reason); left: the device left the network"
+    )
+    image_id: str | None
+    version_string: str | None
+    when: float | None = Field(description="epoch seconds; null when unknown or never")
+    reason: str
 
 
-def device_dict(rec: Any) -> dict[str, Any]:
-    data: dict[str, Any] = rec.to_dict() if hasattr(rec, "to_dict") else dict(rec)
+def device_dict(rec: DeviceRecord) -> dict[str, Any]:
+    data = rec.to_dict()
     data.pop("token", None)
     data.pop("token_issued_at", None)
     return data
 
 
-def device_out(rec: Any) -> DeviceOut:
+def device_out(rec: DeviceRecord) -> DeviceOut:
     return DeviceOut.model_validate(device_dict(rec))
 
 
-def matches(rec: Any, q: DeviceQuery) -> bool:
+def matches(rec: DeviceRecord, q: DeviceQuery) -> bool:
     return (
         (q.protocol is None or rec.protocol == q.protocol)
         and (q.state is None or rec.state in q.state)
@@ -124,14 +126,10 @@ def matches(rec: Any, q: DeviceQuery) -> bool:
     )
 
 
-async def all_devices(core: Any) -> list[Any]:
-    return list(await maybe_await(core.list_devices()))
-
-
 async def list_devices(request: web.Request) -> web.Response:
     """Device records of both protocols, filtered by the query parameters (all must match)."""
     q = parse_query(request, DeviceQuery)
-    recs = [r for r in await all_devices(services(request).core) if matches(r, q)]
+    recs = [r for r in services(request).core.list_devices() if matches(r, q)]
     recs.sort(key=lambda r: (r.protocol, r.device_id))
     return reply([device_out(r) for r in recs])
 
@@ -140,19 +138,17 @@ async def show_device(request: web.Request) -> web.Response:
     """One device record and its state transitions (oldest first)."""
     core = services(request).core
     device_id = request.match_info["device_id"]
-    rec = await maybe_await(core.get_device(device_id))
+    rec = core.get_device(device_id)
     if rec is None:
         raise ApiError(404, "not_found", f"no device {device_id!r}", field="device_id")
-    history = await maybe_await(core.history(device_id))
     data = device_dict(rec)
-    data["history"] = [h.to_dict() if hasattr(h, "to_dict") else h for h in history]
+    data["history"] = [h.to_dict() for h in await core.history(device_id)]
     return reply(DeviceDetail.model_validate(data))
 
 
 async def plan(request: web.Request) -> web.Response:
     """What the core would offer each device now (policy, catalog and rollouts applied; nothing changes)."""
-    items = await maybe_await(services(request).core.plan())
-    return reply([PlanItem.model_validate(i.to_dict() if hasattr(i, "to_dict") else i) for i in items])
+    return reply([PlanItemOut.model_validate(i.to_dict()) for i in services(request).core.plan()])
 
 
 def declare(t: RouteTable) -> None:
@@ -162,4 +158,4 @@ def declare(t: RouteTable) -> None:
     t.op("GET", p + "/{device_id}", summary="Show a device with its history", tag="devices",
          responses={200: Resp("the record", DeviceDetail), 404: err("no such device")})(show_device)
     t.op("GET", f"{API_PREFIX}/plan", summary="Update plan", tag="devices",
-         responses={200: Resp("one item per device", PlanItem, many=True)})(plan)
+         responses={200: Resp("one item per device", PlanItemOut, many=True)})(plan)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import re
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -32,10 +31,6 @@ from gateway.store.errors import (
 from gateway.store.model import CatalogEntry
 
 CHUNK = 64 * 1024
-
-
-async def maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
 
 
 class PackageManifest(BaseModel):
@@ -127,11 +122,9 @@ def store_error(exc: StoreError, field: str = "ref") -> ApiError:
 async def lookup(request: web.Request) -> CatalogEntry:
     ref = request.match_info["ref"]
     try:
-        entry = await maybe_await(services(request).store.get(ref))
+        entry: CatalogEntry = await services(request).store.get(ref)
     except StoreError as exc:
         raise store_error(exc) from None
-    if entry is None:
-        raise ApiError(404, "not_found", f"no image matches {ref!r}", field="ref")
     return entry
 
 
@@ -139,7 +132,7 @@ async def lookup(request: web.Request) -> CatalogEntry:
 async def list_images(request: web.Request) -> web.Response:
     """Every catalog entry, optionally of one protocol."""
     q = parse_query(request, ImageListQuery)
-    entries = await maybe_await(services(request).store.list(protocol=q.protocol))
+    entries = await services(request).store.list(protocol=q.protocol)
     return reply([image_out(e) for e in entries])
 
 
@@ -163,6 +156,8 @@ async def upload_image(request: web.Request) -> web.Response:
         result = await svc.store.add_stream(chunks(), file_name=q.file_name, source="api", max_size=max_size)
     except StoreError as exc:
         raise store_error(exc, field="body") from None
+    if result.created:
+        await svc.core.catalog_changed()
     body = UploadResult(created=result.created, image=image_out(result.entry))
     resp = reply(body, status=201 if result.created else 200)
     resp.headers["Location"] = f"{API_PREFIX}/images/{result.entry.image_id}"
@@ -172,7 +167,7 @@ async def upload_image(request: web.Request) -> web.Response:
 async def show_image(request: web.Request) -> web.Response:
     """One image by id (16 hex digits) or a unique SHA-256 prefix."""
     entry = await lookup(request)
-    in_use = bool(await maybe_await(services(request).core.image_in_use(entry.image_id)))
+    in_use = bool(services(request).core.image_in_use(entry.image_id))
     return reply(image_out(entry, in_use=in_use))
 
 
@@ -180,13 +175,15 @@ async def delete_image(request: web.Request) -> web.Response:
     """Remove an image from the catalog; 409 while a transfer, rollout or pending update uses it."""
     svc = services(request)
     entry = await lookup(request)
-    if await maybe_await(svc.core.image_in_use(entry.image_id)):
-        raise ApiError(409, "image_in_use", f"image {entry.image_id} is in use by a transfer or rollout",
+    users = svc.core.image_users(entry.image_id)
+    if users:
+        raise ApiError(409, "image_in_use", f"image {entry.image_id} is in use by {', '.join(users)}",
                        field="ref")
     try:
-        await maybe_await(svc.store.remove(entry.image_id))
+        await svc.store.remove(entry.image_id)
     except StoreError as exc:
         raise store_error(exc) from None
+    await svc.core.catalog_changed()
     return web.Response(status=204)
 
 
@@ -241,9 +238,7 @@ async def download_image(request: web.Request) -> web.StreamResponse:
             await resp.write(data)
             offset += len(data)
     finally:
-        close = getattr(reader, "close", None)
-        if close is not None:
-            await maybe_await(close())
+        reader.close()
     await resp.write_eof()
     return resp
 

@@ -15,9 +15,10 @@ from pydantic import BaseModel, Field
 from gateway.api.app import services
 from gateway.api.errors import ApiError
 from gateway.api.openapi import API_PREFIX, Model, Resp, RouteTable, err, parse_body, reply
-from gateway.api.routes_images import maybe_await, store_error
+from gateway.api.routes_images import store_error
 from gateway.config import PolicySelector
-from gateway.core.rollouts import RolloutError
+from gateway.core.rollouts import Rollout, RolloutError, RolloutStatus
+from gateway.core.service import UpdateCore
 from gateway.store.errors import StoreError
 
 
@@ -38,7 +39,7 @@ class RolloutCreate(Model):
 class WaveOut(BaseModel):
     index: int
     spec: str = Field(description='the wave size as given ("1", "10%")')
-    state: Literal["pending", "open", "soaking", "done", "halted"]
+    state: Literal["pending", "open", "soaking", "done", "halted", "aborted"]
     members: int
     offered: int
     updated: int
@@ -72,28 +73,41 @@ class RolloutOut(BaseModel):
     waves: list[WaveOut]
 
 
-def rollout_out(data: dict[str, Any]) -> RolloutOut:
+def wave_state(r: Rollout, index: int) -> str:
+    """Where wave `index` stands, from the rollout's status and current wave."""
+    if r.status == RolloutStatus.COMPLETED or index < r.current_wave:
+        return "done"
+    if index > r.current_wave:
+        return "aborted" if r.status == RolloutStatus.ABORTED else "pending"
+    if r.status in (RolloutStatus.HALTED, RolloutStatus.ABORTED):
+        return "halted" if r.status == RolloutStatus.HALTED else "aborted"
+    return "soaking" if r.wave_completed_at is not None else "open"
+
+
+def rollout_out(core: UpdateCore, r: Rollout) -> RolloutOut:
+    data = r.to_dict()
+    stats = core.rollout_progress(r.rollout_id)
+    data["waves"] = [
+        {**st, "index": i, "spec": str(spec), "state": wave_state(r, i)}
+        for i, (spec, st) in enumerate(zip(r.waves, stats, strict=True))
+    ]
     return RolloutOut.model_validate(data)
 
 
-async def _rollout(core: Any, rollout_id: str) -> dict[str, Any]:
-    try:
-        data = await maybe_await(core.rollout_status(rollout_id))
-    except RolloutError as exc:
-        raise ApiError(404, "not_found", str(exc), field="rollout_id") from None
-    if data is None:
+def _rollout(core: UpdateCore, rollout_id: str) -> Rollout:
+    r = core.get_rollout(rollout_id)
+    if r is None:
         raise ApiError(404, "not_found", f"no rollout {rollout_id!r}", field="rollout_id")
-    return dict(data)
+    return r
 
 
-async def all_rollouts(core: Any) -> list[dict[str, Any]]:
-    items = await maybe_await(core.list_rollouts())
-    return [await _rollout(core, r.rollout_id) for r in items]
+def all_rollouts(core: UpdateCore) -> list[RolloutOut]:
+    return [rollout_out(core, r) for r in core.list_rollouts()]
 
 
 async def list_rollouts(request: web.Request) -> web.Response:
     """Every rollout, oldest first, with per-wave counts."""
-    return reply([rollout_out(r) for r in await all_rollouts(services(request).core)])
+    return reply(all_rollouts(services(request).core))
 
 
 async def create_rollout(request: web.Request) -> web.Response:
@@ -111,25 +125,27 @@ async def create_rollout(request: web.Request) -> web.Response:
     except RolloutError as exc:
         msg = str(exc)
         raise ApiError(422, "invalid_rollout", msg, field="waves" if msg.startswith("wave") else None) from None
-    resp = reply(rollout_out(await _rollout(core, r.rollout_id)), status=201)
+    resp = reply(rollout_out(core, r), status=201)
     resp.headers["Location"] = f"{API_PREFIX}/rollouts/{r.rollout_id}"
     return resp
 
 
 async def show_rollout(request: web.Request) -> web.Response:
     """One rollout with per-wave counts."""
-    return reply(rollout_out(await _rollout(services(request).core, request.match_info["rollout_id"])))
+    core = services(request).core
+    return reply(rollout_out(core, _rollout(core, request.match_info["rollout_id"])))
 
 
 async def _command(request: web.Request, verb: str) -> web.Response:
     core = services(request).core
     rollout_id = request.match_info["rollout_id"]
-    await _rollout(core, rollout_id)  # 404 before 409
+    _rollout(core, rollout_id)  # 404 before 409
+    command = {"pause": core.pause_rollout, "resume": core.resume_rollout, "abort": core.abort_rollout}[verb]
     try:
-        await getattr(core, f"{verb}_rollout")(rollout_id)
+        r = await command(rollout_id)
     except RolloutError as exc:
         raise ApiError(409, "rollout_state", str(exc), field="rollout_id") from None
-    return reply(rollout_out(await _rollout(core, rollout_id)))
+    return reply(rollout_out(core, r))
 
 
 async def pause_rollout(request: web.Request) -> web.Response:

@@ -50,13 +50,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition of the gateway's counters."""
-    from gateway.api.routes_devices import all_devices
     from gateway.api.routes_rollouts import all_rollouts
 
     svc = services(request)
     adapters = {name: str(a.get("state")) for name, a in svc.health().get("adapters", {}).items()}
-    snap = await take_snapshot(svc.core, await all_rollouts(svc.core), await all_devices(svc.core),
-                               request.app[HUB_KEY].clients, adapters)
+    snap = take_snapshot(svc.core, [r.model_dump() for r in all_rollouts(svc.core)], request.app[HUB_KEY].clients,
+                         adapters)
     resp = web.Response(body=render(snap))
     resp.headers["Content-Type"] = CONTENT_TYPE
     return resp

@@ -82,9 +82,16 @@ def _check_file_name(name: str) -> str:
     return name
 
 
-def _printable(text: str) -> str | None:
-    text = text.strip()
-    return text if text and text.isprintable() and "\ufffd" not in text else None
+def _header_description(raw: bytes) -> str | None:
+    """The Zigbee header string when it is text (printable, NUL-padded); some vendors put binary data there."""
+    text, _, padding = raw.partition(b"\x00")
+    if padding.strip(b"\x00"):
+        return None
+    try:
+        decoded = text.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+    return decoded if decoded and decoded.isprintable() else None
 
 
 def entry_from_image(
@@ -147,7 +154,7 @@ def entry_from_image(
         bucket="zigbee",
         name=f"Zigbee {z.manufacturer_code:04X}:{z.image_type:04X} {version_string}",
         version=version_string,
-        description=_printable(z.header_text),
+        description=_header_description(z.header_string),
         protocol="zigbee",
         vendor_id=z.manufacturer_code,
         product_id=z.image_type,

@@ -46,7 +46,7 @@ def test_load_refuses_group_or_world_accessible_files(tmp_path: Path) -> None:
     creds.save(tmp_path / "c")
     key = tmp_path / "c" / "fabric-1.key"
     os.chmod(key, 0o640)
-    with pytest.raises(CredentialsError, match=r"fabric-1.key: mode 0640 .* chmod 0600"):
+    with pytest.raises(CredentialsError, match=r"fabric-1\.key: mode 0640 .*chmod 0600"):
         OperationalCredentials.load(tmp_path / "c", 1)
     os.chmod(key, 0o600)
     os.chmod(tmp_path / "c", 0o755)
@@ -57,7 +57,7 @@ def test_load_refuses_group_or_world_accessible_files(tmp_path: Path) -> None:
 def test_load_reports_missing_and_corrupt_files(tmp_path: Path) -> None:
     creds = DevCA().credentials(1)
     creds.save(tmp_path)
-    with pytest.raises(CredentialsError, match="fabric-2.key: missing"):
+    with pytest.raises(CredentialsError, match=r"fabric-2\.key: missing"):
         OperationalCredentials.load(tmp_path, 2)
     (tmp_path / "fabric-1.json").write_text("{not json")
     with pytest.raises(CredentialsError, match="corrupt"):

@@ -17,6 +17,9 @@ from netns import NetnsPair, netns_pair  # noqa: F401  (fixture; tests/matter is
 from adapters.matter.discovery.dnssd import OperationalName
 from adapters.matter.fabric.controller import ControllerError, ControllerRunner, runner_unavailable_reason
 from adapters.matter.fabric.identity import mint_credentials
+from adapters.matter.interaction.acl import AccessControl
+from adapters.matter.interaction.clusters import OtaStatus, ProvisionalProvider, build_provider_node
+from adapters.matter.interaction.server import IMServer
 from adapters.matter.node import ProviderNode
 
 pytestmark = pytest.mark.interop
@@ -44,8 +47,12 @@ async def test_chip_controller_case_and_foreign_fabric_refused(
         await _call(ctl.start)
         await _call(ctl.init_fabric, fabric_id=1, vendor_id=0xFFF1, controller_node_id=CONTROLLER_NODE_ID)
         creds = await _call(mint_credentials, ctl, NODE_ID)
+        provider = ProvisionalProvider()
+        registry, _ota = build_provider_node(
+            delegate=provider, acl=AccessControl.default([1], admins={1: [CONTROLLER_NODE_ID]}))
         with pair.enter(pair.a):
             node = ProviderNode([creds], interfaces=[pair.a.iface], port=5540)
+            node.exchanges.register(1, IMServer(registry, now=node.clock.monotonic), secure=True)
             await node.start()
 
         # 1. resolve by operational DNS-SD + CASE
@@ -55,7 +62,16 @@ async def test_chip_controller_case_and_foreign_fabric_refused(
         s = sessions[0]
         assert (s.peer_node_id, s.fabric_index, s.local_node_id) == (CONTROLLER_NODE_ID, 1, NODE_ID)
 
-        # 2. a controller on another fabric: we advertise under its compressed fabric id too, so it reaches
+        # 2. Interaction Model over that session: invoke QueryImage (provisional handler) and read an attribute
+        resp = await _call(ctl.invoke, NODE_ID, 0, "OtaSoftwareUpdateProvider", "QueryImage",
+                           {"vendorID": 0xFFF1, "productID": 0x8000, "softwareVersion": 1,
+                            "protocolsSupported": [0]})
+        assert resp["status"] == OtaStatus.NOT_AVAILABLE, resp
+        assert [(q.vendor_id, q.product_id, q.software_version) for q in provider.queries] == [(0xFFF1, 0x8000, 1)]
+        vendor = await _call(ctl.read_attribute, NODE_ID, 0, "BasicInformation", "VendorID")
+        assert vendor == 0xFFF1
+
+        # 3. a controller on another fabric: we advertise under its compressed fabric id too, so it reaches
         #    CASE, and our responder must refuse (no shared trust root)
         info2 = await _call(ctl2.start)
         info2 = await _call(ctl2.init_fabric, fabric_id=2, vendor_id=0xFFF1, controller_node_id=445566)

@@ -65,8 +65,8 @@ def _status(code: Status) -> Outgoing:
 def chunk_reports(reports: list[AttributeReport], max_payload: int) -> list[ReportData]:
     """Split reports over ReportData messages each encoding to <= max_payload bytes (one report may exceed it
     alone; it then travels alone). The last chunk has SuppressResponse set, the others MoreChunkedMessages."""
-    # fixed part: the message with an empty AttributeReports array and both flags set
-    overhead = len(ReportData([], more_chunked=True, suppress_response=True).encode()) + 3  # array tag + end
+    # fixed part: the message with one flag set (every chunk carries exactly one of MoreChunked / Suppress)
+    overhead = len(ReportData([], more_chunked=True).encode()) + 3  # + AttributeReports array control, tag, end
     chunks: list[list[AttributeReport]] = [[]]
     size = overhead
     for r in reports:

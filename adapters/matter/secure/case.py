@@ -501,7 +501,7 @@ class CASEResponder:
         except crypto.CryptoError:
             raise CASEError("Sigma3: encrypted3 does not authenticate") from None
         tbe = TBEData.decode(plain, "TBEData3", with_resumption=False)
-        chain = certs.validate_chain(tbe.noc, tbe.icac, fabric.rcac, now=self._now())
+        chain = certs.validate_chain(tbe.noc, tbe.icac, fabric.rcac_cert, now=self._now())
         if chain.fabric_id != fabric.fabric_id:
             raise CASEError(f"initiator NOC is on fabric 0x{chain.fabric_id:X}, not 0x{fabric.fabric_id:X}")
         signed = tbs_data(tbe.noc, tbe.icac, self._peer_eph_pub, self._eph_pub)

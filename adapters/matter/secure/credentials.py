@@ -63,6 +63,11 @@ class OperationalCredentials:
             raise CredentialsError(f"fabric index must be 1..254, got {self.fabric_index}")
 
     @property
+    def rcac_cert(self) -> certs.MatterCertificate:
+        """The decoded trusted root (kept decoded: CASE validates every peer chain against it)."""
+        return self._rcac_cert
+
+    @property
     def root_public_key(self) -> bytes:
         return self._rcac_cert.public_key
 

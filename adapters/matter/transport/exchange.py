@@ -75,7 +75,7 @@ class ExchangeHandler(Protocol):
     def receive(self, opcode: int, payload: bytes, protocol_id: int) -> Any: ...
 
 
-HandlerFactory = Callable[[SessionContext], ExchangeHandler]
+HandlerFactory = Callable[[SessionContext], Any]  # returns an ExchangeHandler (duck typed)
 
 
 @dataclass(eq=False)

@@ -84,6 +84,7 @@ class DeviceStats:
     unexpected_responses: list[tuple[int, str]] = field(default_factory=list)
     default_responses: list[tuple[int, int, int]] = field(default_factory=list)  # (tsn, command, status)
     notifies: int = 0
+    timeouts: int = 0
     upgrade_end_responses: list[tuple[int, int]] = field(default_factory=list)  # (current_time, upgrade_time)
     applied_at: list[float] = field(default_factory=list)                      # wall time of each apply
     responses_per_tsn: Counter[int] = field(default_factory=Counter)
@@ -469,6 +470,7 @@ class SimOtaDevice:
                 getter.cancel()
         if getter in done and not getter.cancelled():
             return getter.result()
+        self.stats.timeouts += 1
         return None
 
     async def _exchange(self, send: Any, accept: Any) -> tuple[foundation.ZCLHeader, Any] | None:
