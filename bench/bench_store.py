@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.formats import build_matter_image  # noqa: E402
-from gateway.store.catalog import make_image_id, make_package_id  # noqa: E402
-from gateway.store.model import CatalogEntry, DeviceDescriptor  # noqa: E402
-from gateway.store.selection import SelectionIndex, select_image  # noqa: E402
-from gateway.store.store import ImageStore  # noqa: E402
+from gateway.formats import build_matter_image
+from gateway.store.catalog import make_image_id, make_package_id
+from gateway.store.model import CatalogEntry, DeviceDescriptor, ProtocolName
+from gateway.store.selection import SelectionIndex, select_image
+from gateway.store.store import ImageStore
 
 MIB = 1 << 20
 
@@ -51,7 +51,7 @@ async def bench_import(size_mib: int, rounds: int) -> float:
 
 
 def _entry(i: int, rng: random.Random) -> CatalogEntry:
-    protocol = "matter" if i % 2 else "zigbee"
+    protocol: ProtocolName = "matter" if i % 2 else "zigbee"
     vendor = rng.randrange(0x1000, 0x1000 + 50)
     product = rng.randrange(0, 40)
     if protocol == "zigbee" and rng.random() < 0.01:

@@ -201,6 +201,25 @@ class PolicyConfig(Section):
 
 
 # ------------------------------------------------------------------------------------------ matter
+class MatterTestMode(Section):
+    """Provider test mode: the knobs of the CHIP reference ota-provider-app (reference 002), per device or global.
+
+    Like the reference app, `query_status`, `apply_action`, the delays and `user_consent_state` apply to the first
+    response only (then normal behaviour) unless `first_only` is false. `ignore_*` drop that many commands
+    without a response.
+    """
+
+    query_status: Literal["update_available", "busy", "not_available"] | None = None
+    apply_action: Literal["proceed", "await_next_action", "discontinue"] | None = None
+    delayed_query_action_time_s: int | None = Field(None, ge=0, le=0xFFFF_FFFF)
+    delayed_apply_action_time_s: int | None = Field(None, ge=0, le=0xFFFF_FFFF)
+    user_consent_needed: bool = Field(False, description="UserConsentNeeded when the requestor can consent")
+    user_consent_state: Literal["granted", "denied", "deferred"] | None = None
+    ignore_query_image: int = Field(0, ge=0, description="QueryImage commands to leave unanswered")
+    ignore_apply_update: int = Field(0, ge=0, description="ApplyUpdateRequest commands to leave unanswered")
+    first_only: bool = Field(True, description="knobs shape only the first response, as in the reference app")
+
+
 class MatterConfig(Section):
     """Matter OTA Provider node on the gateway's own fabric."""
 
@@ -209,6 +228,40 @@ class MatterConfig(Section):
     enabled: bool = True
     port: int = Field(5540, ge=0, le=65535, description="UDP port of the provider node (0 = any)")
     interfaces: list[str] = Field(default_factory=list, description="DNS-SD interfaces (empty = all)")
+    # --- fabric admin + provider identity (owned by adapters/matter/adapter.py, fabric/admin.py)
+    node_id: int = Field(0x0000_0000_0A11_0001, ge=1, le=0xFFFF_FFEF_FFFF_FFFF,
+                         description="operational node id of the provider node on the gateway's fabric")
+    fabric_id: int = Field(1, ge=1, description="fabric id of the gateway's own fabric")
+    vendor_id: int = Field(0xFFF1, ge=0, le=0xFFFE, description="admin vendor id written into the fabric")
+    controller_node_id: int = Field(112233, ge=1, le=0xFFFF_FFEF_FFFF_FFFF,
+                                    description="node id of the fabric admin (chip SDK controller)")
+    paa_trust_store: Path | None = Field(None, description="directory of PAA certificates (DER) for attestation")
+    announce: bool = Field(True, description="send AnnounceOTAProvider when an update is due for a node")
+    max_transfers: int = Field(64, ge=1, description="concurrent BDX transfers the provider serves")
+    bdx_block_size: int = Field(1024, ge=64, le=8192, description="max BDX block size offered")
+    test_mode: MatterTestMode | None = Field(None, description="reference-provider test knobs for every requestor")
+    test_mode_devices: dict[str, MatterTestMode] = Field(
+        default_factory=dict, description="per-requestor test knobs, keyed by node id (decimal or 0x hex)")
+
+    @field_validator("test_mode_devices", mode="before")
+    @classmethod
+    def _node_id_keys(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        out: dict[str, Any] = {}
+        for k, knobs in v.items():
+            try:
+                nid = k if isinstance(k, int) else int(str(k), 0)
+            except ValueError:
+                raise ValueError(f"test_mode_devices: key {k!r} is not a node id (decimal or 0x hex)") from None
+            if not 1 <= nid <= 0xFFFF_FFEF_FFFF_FFFF:
+                raise ValueError(f"test_mode_devices: node id {k!r} outside the operational range")
+            out[f"{nid:016X}"] = knobs
+        return out
+
+    def test_mode_for(self, node_id: int) -> MatterTestMode | None:
+        """The knobs for one requestor: its own entry, else the global one, else None."""
+        return self.test_mode_devices.get(f"{node_id:016X}", self.test_mode)
 
 
 # ------------------------------------------------------------------------------------------ zigbee

@@ -301,6 +301,10 @@ class Gateway:
         return True
 
     # --------------------------------------------------------------------------------------------- run
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -323,7 +327,7 @@ class Gateway:
             log.info("SIGHUP received: reloading policy")
             task = asyncio.create_task(reload_task(), name="otagw-reload")
             self._tasks.append(task)
-            task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+            task.add_done_callback(self._forget_task)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -184,6 +184,12 @@ def _independently_applicable(e: CatalogEntry, d: DeviceDescriptor, allow_downgr
     return e.numeric_version > d.current_version or allow_downgrade
 
 
+def _spec(e: CatalogEntry) -> tuple[bool, int, bool, int]:
+    """Specificity restated: device-specific file, then exact fields, then model restriction, then version."""
+    exact = sum(1 for v in (e.vendor_id, e.product_id) if v != 0xFFFF)
+    return (e.destination is not None, exact, bool(e.model_ids), e.numeric_version)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(zigbee_entries(), max_size=12), zigbee_devices(), st.booleans())
 def test_property_result_is_applicable_and_maximal(
@@ -195,13 +201,11 @@ def test_property_result_is_applicable_and_maximal(
         assert applicable == []
         return
     assert _independently_applicable(got, dev, allow_downgrade)
-    assert all(rank(e, dev) <= rank(got, dev) for e in applicable)
+    assert all(_spec(e) <= _spec(got) for e in applicable)
+    assert rank(got, dev) == max(rank(e, dev) for e in applicable)
     # among equally specific entries, the version is the highest
-    same_spec = [e for e in applicable if rank(e, dev)[:3] == rank(got, dev)[:3]]
+    same_spec = [e for e in applicable if _spec(e)[:3] == _spec(got)[:3]]
     assert got.numeric_version == max(e.numeric_version for e in same_spec)
-    # destination-specific beats everything else; exact beats wildcard
-    if any(e.destination for e in applicable):
-        assert got.destination is not None
     assert SelectionIndex.build(entries).select(dev, allow_downgrade=allow_downgrade) == got
 
 

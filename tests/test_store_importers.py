@@ -77,6 +77,7 @@ async def test_import_directory_recursively_reports_each_file(store: ImageStore,
 
 
 # ------------------------------------------------------------------------------------------- otaImageList
+# Verbatim from reference 002, with each otaURL made relative to the list file.
 SDK_EXAMPLE = """{ "foo": 1, // ignored by parser
   "deviceSoftwareVersionModel":
   [
@@ -87,7 +88,7 @@ SDK_EXAMPLE = """{ "foo": 1, // ignored by parser
       { "vendorId": 1, "productId": 1, "softwareVersion": 50, "softwareVersionString": "1.1.1", "cDVersionNumber": 18, "softwareVersionValid": false, "minApplicableSoftwareVersion": 0, "maxApplicableSoftwareVersion": 100, "otaURL": "ota_v50.bin" }
   ]
 }
-"""  # noqa: E501  (verbatim from reference 002, with otaURL made relative)
+"""
 
 SDK_VERSIONS = {10: "1.0.0", 20: "1.0.1", 30: "1.0.2", 40: "1.1.0", 50: "1.1.1"}
 

@@ -10,14 +10,16 @@ of `otagw_bytes_served_total` bytes/s.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Iterable, Iterator, Mapping
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from gateway.core.service import UpdateCore
 
 # core counter name -> (metric name, help, label, kind)
 COUNTERS: dict[str, tuple[str, str, str, str]] = {
@@ -53,6 +55,8 @@ class SnapshotCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         snap = self.snap
         for key, (name, doc, label, kind) in COUNTERS.items():
+            if key not in snap.counters and key == "blocks_served":
+                continue  # only once the core counts blocks
             values = dict(snap.counters.get(key, {}))
             for default in PROTOCOLS if label == "protocol" else OUTCOMES:
                 values.setdefault(default, 0)
@@ -77,12 +81,10 @@ class SnapshotCollector(Collector):
             labels=["rollout", "wave", "wave_state", "outcome"],
         )
         for r in snap.rollouts:
-            for w in r.get("wave_stats", []):
+            for w in r["waves"]:
                 for outcome in ("members", "updated", "failed", "in_progress"):
-                    waves.add_metric(
-                        [str(r["rollout_id"]), str(w.get("index", w.get("wave"))), str(w.get("state", "")), outcome],
-                        float(w.get(outcome, 0)),
-                    )
+                    waves.add_metric([str(r["rollout_id"]), str(w["index"]), str(w["state"]), outcome],
+                                     float(w[outcome]))
         yield waves
         fails = GaugeMetricFamily(
             "otagw_device_failures", "Consecutive failed update episodes of a device (only devices with any)",
@@ -100,19 +102,8 @@ class SnapshotCollector(Collector):
         yield up
 
 
-def _counters(core: Any) -> dict[str, dict[str, int]]:
-    raw: Any = getattr(core, "counters", None)
-    if callable(raw):
-        raw = raw()
-    if raw is None:
-        return {}
-    if hasattr(raw, "to_dict"):
-        raw = raw.to_dict()
-    return {k: {str(lk): int(lv) for lk, lv in v.items()} for k, v in raw.items() if isinstance(v, Mapping)}
-
-
-async def _maybe(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def render(snap: Snapshot) -> bytes:
@@ -121,15 +112,14 @@ def render(snap: Snapshot) -> bytes:
     return generate_latest(registry)
 
 
-async def take_snapshot(core: Any, rollouts: Iterable[dict[str, Any]], devices: Iterable[Any],
-                        sse_clients: int, adapters: dict[str, str]) -> Snapshot:
-    failures = {}
-    for d in devices:
-        n = getattr(d, "failures", 0) or 0
-        if n:
-            failures[str(d.device_id)] = int(n)
-    return Snapshot(counters=_counters(core), rollouts=list(rollouts), device_failures=failures,
-                    sse_clients=sse_clients, adapters=adapters)
+def take_snapshot(core: UpdateCore, rollouts: list[dict[str, Any]], sse_clients: int,
+                  adapters: dict[str, str]) -> Snapshot:
+    counters = {k: {str(lk): int(lv) for lk, lv in v.items()} for k, v in core.metrics().items()}
+    # the core counts decisions by answer type (Available, NotAvailable, Busy)
+    counters["decisions"] = {_snake(k): v for k, v in counters.get("decisions", {}).items()}
+    failures = {d.device_id: d.failures for d in core.list_devices() if d.failures}
+    return Snapshot(counters=counters, rollouts=rollouts, device_failures=failures, sse_clients=sse_clients,
+                    adapters=adapters)
 
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST

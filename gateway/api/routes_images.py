@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import re
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field
 from gateway.api.app import services
 from gateway.api.errors import ApiError
 from gateway.api.openapi import API_PREFIX, Model, Resp, RouteTable, err, parse_query, reply
+from gateway.core.interface import ImageReader, UnknownToken, Wait
 from gateway.store.errors import (
     AmbiguousRefError,
     CorruptBlobError,
@@ -85,6 +87,14 @@ class UploadResult(BaseModel):
 
 class ImageListQuery(Model):
     protocol: Literal["matter", "zigbee"] | None = None
+
+
+class DownloadQuery(Model):
+    transfer: str | None = Field(
+        None, pattern=r"^[0-9a-fA-F]{16,128}$",
+        description="the transfer token from /api/v1/query (hex): the download then counts as that device's "
+        "transfer (progress, budget, completion), as over Matter or Zigbee",
+    )
 
 
 class UploadQuery(Model):
@@ -194,51 +204,80 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", name) or "image.ota"
 
 
+def _parse_range(header: str | None, size: int) -> tuple[int, int, bool]:
+    """(start, end inclusive, partial) for a single `bytes=` range."""
+    if not header:
+        return 0, size - 1, False
+    m = _RANGE.fullmatch(header.strip())
+    if not m or (not m.group(1) and not m.group(2)):
+        raise ApiError(416, "bad_range", "expected Range: bytes=START-END", field="Range")
+    if m.group(1):
+        start = int(m.group(1))
+        end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+    else:
+        start, end = max(0, size - int(m.group(2))), size - 1
+    if start > end or start >= size:
+        raise ApiError(416, "bad_range", f"range outside the image of {size} bytes", field="Range",
+                       headers={"Content-Range": f"bytes */{size}"})
+    return start, end, True
+
+
 async def download_image(request: web.Request) -> web.StreamResponse:
-    """The image file, with its SHA-256 as ETag; a single `Range: bytes=a-b` is honoured (206)."""
+    """The image file, with its SHA-256 as ETag; a single `Range: bytes=a-b` is honoured (206).
+
+    With `?transfer=<token>` (an IP device that got the token from /api/v1/query) every chunk is reported to the
+    core as transfer progress, so budgets, pausing, the dashboard and metrics see it like a Zigbee or Matter
+    transfer; a paused or over-budget transfer gets 503 with Retry-After before any byte is sent."""
     svc = services(request)
+    q = parse_query(request, DownloadQuery)
     entry = await lookup(request)
-    size = entry.size
-    start, end = 0, size - 1
-    status = 200
-    header = request.headers.get("Range")
-    if header:
-        m = _RANGE.fullmatch(header.strip())
-        if not m or (not m.group(1) and not m.group(2)):
-            raise ApiError(416, "bad_range", "expected Range: bytes=START-END", field="Range")
-        if m.group(1):
-            start = int(m.group(1))
-            end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
-        else:
-            start, end = max(0, size - int(m.group(2))), size - 1
-        if start > end or start >= size:
-            raise ApiError(416, "bad_range", f"range outside the image of {size} bytes", field="Range",
-                           headers={"Content-Range": f"bytes */{size}"})
-        status = 206
-    try:
-        reader = await asyncio.to_thread(svc.store.open_reader, entry)
-    except StoreError as exc:
-        raise store_error(exc) from None
-    resp = web.StreamResponse(status=status)
+    start, end, partial = _parse_range(request.headers.get("Range"), entry.size)
+    token = bytes.fromhex(q.transfer) if q.transfer else None
+    reader: ImageReader
+    if token is not None:
+        try:
+            reader = svc.core.open_image(token)
+        except UnknownToken as exc:
+            raise ApiError(409, "unknown_transfer", str(exc), field="transfer") from None
+        info = next((d for d in svc.core.list_devices({"image_id": entry.image_id}) if d.token == token), None)
+        if info is None:
+            raise ApiError(409, "unknown_transfer", f"the transfer is not for image {entry.image_id}",
+                           field="transfer")
+        decision = await svc.core.progress(token, start, 0)
+        if isinstance(decision, Wait):
+            retry = max(1, math.ceil(decision.retry_after_s))
+            raise ApiError(503, "wait", decision.reason or "transfer held back", field="transfer",
+                           headers={"Retry-After": str(retry)})
+    else:
+        try:
+            reader = await asyncio.to_thread(svc.store.open_reader, entry)
+        except StoreError as exc:
+            raise store_error(exc) from None
+    resp = web.StreamResponse(status=206 if partial else 200)
     resp.content_type = entry.content_type or "application/octet-stream"
     resp.content_length = end - start + 1
     resp.headers["ETag"] = f'"{entry.sha256}"'
     resp.headers["Accept-Ranges"] = "bytes"
     resp.headers["Content-Disposition"] = f'attachment; filename="{_safe_name(entry.file_name)}"'
-    if status == 206:
-        resp.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    if partial:
+        resp.headers["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
     try:
         await resp.prepare(request)
         offset = start
         while offset <= end:
-            n = min(CHUNK, end - offset + 1)
-            data = await asyncio.to_thread(reader.read, offset, n)
+            data = await asyncio.to_thread(reader.read, offset, min(CHUNK, end - offset + 1))
             if not data:
                 break
+            if token is not None and isinstance(await svc.core.progress(token, offset, len(data)), Wait):
+                break  # paused mid-way: the client resumes with a Range request later
             await resp.write(data)
             offset += len(data)
+        if token is not None and offset == entry.size:
+            await svc.core.download_complete(token)
     finally:
-        reader.close()
+        close = getattr(reader, "close", None)
+        if close is not None:
+            close()
     await resp.write_eof()
     return resp
 
@@ -258,7 +297,8 @@ def declare(t: RouteTable) -> None:
     t.op("DELETE", p + "/{ref}", summary="Delete an image", tag="images",
          responses={204: Resp("deleted"), 404: err("no such image"),
                     409: err("in use")})(delete_image)
-    t.op("GET", p + "/{ref}/download", summary="Download an image", tag="images",
+    t.op("GET", p + "/{ref}/download", summary="Download an image", tag="images", query=DownloadQuery,
          responses={200: Resp("the file", content_type="application/octet-stream"),
                     206: Resp("part of the file", content_type="application/octet-stream"),
-                    416: err("bad range")})(download_image)
+                    409: err("transfer token not live or not for this image"),
+                    416: err("bad range"), 503: err("transfer held back (Retry-After)")})(download_image)

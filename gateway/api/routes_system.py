@@ -85,7 +85,7 @@ def _login_page(message: str = "", status: int = 200) -> web.Response:
     return web.Response(text=text, content_type="text/html", status=status, headers={"Cache-Control": "no-store"})
 
 
-def _logged_in(request: web.Request, token: str) -> web.Response:
+def _logged_in(request: web.Request, token: str) -> web.HTTPSeeOther:
     resp = web.HTTPSeeOther("/")
     resp.set_cookie(
         COOKIE, session_value(token), httponly=True, samesite="Strict", path="/", secure=request.secure

@@ -277,7 +277,7 @@ class UpdateCore:
         for r, old in await self._reload_rollouts():
             self._publish("rollout", rollout_id=r.rollout_id, new=r.status.value, reason="changed by another process")
             if self.role == "gateway" and old != r.status:
-                await self._sync_rollout_devices(r, f"rollout {r.rollout_id} {r.status.value}")
+                await self._sync_rollout_devices(r, f"rollout {r.rollout_id} {r.status.value}: {r.status_reason}")
                 if old is None and r.status == RolloutStatus.ACTIVE:
                     await self._announce_wave(r)
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
+from gateway.config import ImagesConfig
 from gateway.formats import MatterOtaImage, OtaFormatError, ZigbeeOtaImage, detect_protocol
 from gateway.store.errors import ImageRejectedError, ImportListError, StoreError
 from gateway.store.model import CatalogEntry
@@ -43,6 +44,7 @@ from gateway.store.store import ImageStore
 __all__ = [
     "FileResult",
     "ImportReport",
+    "import_configured_sources",
     "import_ota_image_list",
     "import_paths",
     "import_z2m_index",
@@ -467,4 +469,23 @@ async def import_z2m_index(store: ImageStore, index_path: Path) -> ImportReport:
         if notes:
             extra["release_notes_url"] = notes
         report.results.append(await _add(store, label, local, source=source, extra=extra, check=check))
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- config
+async def import_configured_sources(store: ImageStore, images: ImagesConfig) -> ImportReport:
+    """Import everything the `images` config section names (directories, otaImageLists, z2m indexes).
+
+    A list file that cannot be read at all becomes one failed result instead of stopping the others.
+    """
+    report = ImportReport()
+    report.results.extend((await import_paths(store, images.directories, source="config")).results)
+    for path, importer in [
+        *((p, import_ota_image_list) for p in images.ota_image_lists),
+        *((p, import_z2m_index) for p in images.z2m_indexes),
+    ]:
+        try:
+            report.results.extend((await importer(store, path)).results)
+        except ImportListError as exc:
+            report.results.append(FileResult(str(path), "failed", message=str(exc)))
     return report

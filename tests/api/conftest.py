@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.api.app import ApiServices, create_app
 from gateway.clock import ManualClock
 from gateway.config import Config, parse_config
+from gateway.core.service import UpdateCore
 from gateway.formats import build_matter_image, build_zigbee_image
 from gateway.store.store import ImageStore
 from tests.api.schema import check, response_schema
@@ -80,40 +81,13 @@ def make_config(tmp_path: Path, **sections: Any) -> Config:
     return parse_config(data)
 
 
-class _StubCore:  # TEMPORARY until gateway.core.service lands
-    def __init__(self, config: Any, store: Any, clock: Any) -> None:
-        from gateway.core.events import Counters, EventBus
-
-        self.bus = EventBus()
-        self.counters = Counters()
-        self.in_use: set[str] = set()
-
-    async def start(self) -> None: ...
-    async def stop(self) -> None:
-        self.bus.close()
-
-    def subscribe(self) -> Any:
-        return self.bus.subscribe()
-
-    def image_in_use(self, image_id: str) -> bool:
-        return image_id in self.in_use
-
-    async def list_devices(self) -> list[Any]:
-        return []
-
-
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[ApiHarness]:
-    try:
-        from gateway.core.service import UpdateCore
-    except ModuleNotFoundError:
-        UpdateCore = _StubCore  # type: ignore[assignment,misc]  # noqa: N806
-
     config = make_config(tmp_path, images={"max_upload_mib": 1})
     clock = ManualClock()
     store = ImageStore(config.data_dir, clock=clock)
     await store.open()
-    core = UpdateCore(config, store, clock)
+    core = UpdateCore(config, store, clock, auto_sweep=False)
     await core.start()
     app = create_app(ApiServices(core=core, store=store, config=config, token=TOKEN, clock=clock,
                                  health=lambda: {"core": "running", "adapters": {

@@ -121,8 +121,11 @@ async def test_bad_refs_and_queries(harness: ApiHarness) -> None:
 async def test_delete_refused_while_in_use(harness: ApiHarness) -> None:
     h = harness
     img = (await upload(h, zigbee_image()))["image"]
-    h.core.in_use.add(img["image_id"])  # replaced by a real transfer once the core lands
+    rollout = await h.call("POST", "/api/v1/rollouts", 201, json={"image": img["image_id"], "waves": ["100%"]})
     body = await h.call("DELETE", f"/api/v1/images/{img['image_id']}", 409)
     assert body["error"]["code"] == "image_in_use"
+    assert rollout["rollout_id"] in body["error"]["message"]
     shown = await h.call("GET", f"/api/v1/images/{img['image_id']}", 200)
     assert shown["in_use"] is True
+    await h.call("POST", f"/api/v1/rollouts/{rollout['rollout_id']}/abort", 200)
+    await h.call("DELETE", f"/api/v1/images/{img['image_id']}", 204)

@@ -505,3 +505,31 @@ def test_receiver_checks_sender() -> None:
     r.start()
     r.receive(Opcode.RECEIVE_ACCEPT, ReceiveAccept(0, RD, 1024).encode())
     assert report_code(r.receive(Opcode.BLOCK, Block(1, b"x").encode())) == BdxStatus.BAD_BLOCK_COUNTER
+
+
+def test_bdx_server_factory_binds_designators_to_the_peer() -> None:
+    from adapters.matter.bdx.sender import BdxServer
+    from adapters.matter.transport.exchange import SessionContext
+
+    reader = MemoryReader(IMAGE)
+    log: list[tuple[str, int]] = []
+
+    class Obs:
+        def progress(self, sender: BdxSender, offset: int, nbytes: int) -> None:
+            log.append(("progress", sender.context.peer_node_id))
+
+        def complete(self, sender: BdxSender) -> None:
+            log.append(("complete", sender.context.peer_node_id))
+
+        def failed(self, sender: BdxSender, code: BdxStatus, reason: str) -> None:
+            log.append(("failed", code))
+
+    server = BdxServer(lambda d, ctx: reader if (d, ctx.peer_node_id) == (b"img", 7) else None,
+                       now=FakeTime(), max_transfers=1, observer=Obs())
+    owner = SessionContext(1, 7, (), 1, True)
+    stranger = SessionContext(1, 8, (), 2, True)
+    assert report_code(server(stranger).receive(Opcode.RECEIVE_INIT, init_bytes())) \
+        == BdxStatus.FILE_DESIGNATOR_UNKNOWN
+    assert server.slots.in_use == 0  # the failed attempt released its slot
+    pump(BdxReceiver(b"img", now=FakeTime()), s := server(owner))
+    assert s.state is SenderState.DONE and ("complete", 7) in log and server.slots.in_use == 0

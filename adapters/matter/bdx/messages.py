@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 __all__ = [
     "BDX_PROTOCOL_ID",
@@ -365,7 +365,7 @@ class BlockEOF(_DataBlock):
 BdxMessage = (SendInit | ReceiveInit | SendAccept | ReceiveAccept | BlockQuery | BlockAck | BlockAckEOF
               | BlockQueryWithSkip | Block | BlockEOF)
 
-_BY_OPCODE: dict[int, type] = {
+_BY_OPCODE: dict[int, Any] = {
     cls.OPCODE: cls
     for cls in (SendInit, ReceiveInit, SendAccept, ReceiveAccept, BlockQuery, BlockAck, BlockAckEOF,
                 BlockQueryWithSkip, Block, BlockEOF)

@@ -75,10 +75,15 @@ def runner_unavailable_reason() -> str | None:
         return "needs root (mount namespace for a private /data)"
     if shutil.which("unshare") is None:
         return "unshare(1) not installed"
-    try:
-        import chip.native  # noqa: F401
-    except Exception as exc:  # the SDK's native deps (libnl) missing shows up here
-        return f"chip SDK not importable: {type(exc).__name__}: {exc}"
+    # Checked without importing the SDK here: its native library is large and belongs in the worker only.
+    import ctypes.util
+    import importlib.util
+
+    if importlib.util.find_spec("chip") is None:
+        return "chip SDK (home-assistant-chip-core) not installed"
+    for lib in ("nl-3", "nl-route-3"):
+        if ctypes.util.find_library(lib) is None:
+            return f"lib{lib} missing (apt-get install -y libnl-3-200 libnl-route-3-200)"
     probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False)
     if probe.returncode != 0:
         return f"unshare -m not permitted: {probe.stderr.decode(errors='replace').strip()}"

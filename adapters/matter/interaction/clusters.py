@@ -231,7 +231,7 @@ class QueryImageResponse:
     @classmethod
     def from_fields(cls, fields: Struct) -> QueryImageResponse:
         f = _F(fields, "QueryImageResponse")
-        return cls(OtaStatus(f.uint(0, "Status", 8)), f.uint(1, "DelayedActionTime", 32, False),
+        return cls(OtaStatus(f.uint(0, "Status", 8) or 0), f.uint(1, "DelayedActionTime", 32, False),
                    f.string(2, "ImageURI", False, max_len=256), f.uint(3, "SoftwareVersion", 32, False),
                    f.string(4, "SoftwareVersionString", False, 1, 64), f.octets(5, "UpdateToken", False, 8, 32),
                    f.boolean(6, "UserConsentNeeded"), f.octets(7, "MetadataForRequestor", False, max_len=512))
@@ -265,7 +265,7 @@ class ApplyUpdateResponse:
     @classmethod
     def from_fields(cls, fields: Struct) -> ApplyUpdateResponse:
         f = _F(fields, "ApplyUpdateResponse")
-        return cls(ApplyUpdateAction(f.uint(0, "Action", 8)), f.uint(1, "DelayedActionTime", 32) or 0)
+        return cls(ApplyUpdateAction(f.uint(0, "Action", 8) or 0), f.uint(1, "DelayedActionTime", 32) or 0)
 
 
 @dataclass(frozen=True, slots=True)
