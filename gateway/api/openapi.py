@@ -246,6 +246,8 @@ def build_document(ops: Sequence[Operation], *, title: str, version: str) -> dic
                 entry["content"] = {r.content_type: {"schema": {"type": "string"}}}
             item["responses"][str(status)] = entry
         errors = {400, 401, 422} if (o.body or o.query) else {401}
+        if o.body or o.raw_body:
+            errors.add(413)
         if not o.auth:
             errors.discard(401)
         for status in sorted(errors):

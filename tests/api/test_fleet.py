@@ -12,6 +12,7 @@ IEEE = "00:11:22:33:44:55:66:77"
 DEVICE = {"protocol": "zigbee", "network": "pan:1a2b", "address": IEEE, "endpoint": 1,
           "vendor_id": 0x1135, "product_id": 1, "current_version": 0x100, "model": "FLS-PP3"}
 DEVICE_ID = f"zigbee:pan:1a2b:{IEEE}:1"
+KEY = {k: DEVICE[k] for k in ("protocol", "network", "address", "endpoint")}
 
 
 async def add_image(h: ApiHarness, version: int = 0x200) -> dict:
@@ -55,11 +56,10 @@ async def test_query_offers_the_manifest_and_download_counts_as_transfer(harness
     assert dev["state"] == "downloaded" and dev["percent"] == 100 and dev["bytes_sent"] == img["size"]
 
     # 003 status reports move the record on
-    await h.call("POST", "/api/v1/status", 200, json={"device": DEVICE, "status": "Updating", "percent": 100})
+    await h.call("POST", "/api/v1/status", 200, json={"device": KEY, "status": "Updating", "percent": 100})
     assert (await h.call("GET", f"/api/v1/devices/{DEVICE_ID}", 200))["state"] == "applying"
     await h.call("POST", "/api/v1/status", 200,
-                 json={"device": {k: DEVICE[k] for k in ("protocol", "network", "address", "endpoint")},
-                       "status": "Successfully Updated"})
+                 json={"device": KEY, "status": "Successfully Updated"})
     assert (await h.call("GET", f"/api/v1/devices/{DEVICE_ID}", 200))["state"] == "verifying"
     # the device asks again with its new version: verified
     ans = await query(h, {**DEVICE, "current_version": 0x200})
@@ -90,7 +90,7 @@ async def test_failed_status_report_and_filters(harness: ApiHarness) -> None:
     other = {**DEVICE, "address": "00:11:22:33:44:55:66:88", "current_version": 0x200}
     await query(h, other)
     await h.call("POST", "/api/v1/status", 200,
-                 json={"device": DEVICE, "status": "Failed to Update", "error": "flash write error"})
+                 json={"device": KEY, "status": "Failed to Update", "error": "flash write error"})
     dev = await h.call("GET", f"/api/v1/devices/{DEVICE_ID}", 200)
     assert dev["state"] == "failed" and "flash write error" in dev["state_reason"]
     assert dev["reported_status"] == "Failed to Update"

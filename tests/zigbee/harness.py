@@ -19,6 +19,7 @@ from gateway.clock import ManualClock
 from gateway.config import Config, parse_config
 from gateway.core.service import UpdateCore
 from gateway.store.store import ImageStore
+from tests.store_helpers import zigbee_image
 
 FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "zigbee"
 IKEA = FIXTURES / "ikea-mgm210l-light-cws-cv-rgbw-v268572245.ota"        # mfr 4476 type 10242, 228582 B
@@ -85,7 +86,7 @@ class Stack:
 async def make_stack(
     tmp_path: Path,
     devices: list[SimOtaDevice] | None = None,
-    images: list[Path] | None = None,
+    images: list[Path | bytes] | None = None,
     *,
     clock: ManualClock | None = None,
     policy: dict[str, Any] | None = None,
@@ -97,8 +98,11 @@ async def make_stack(
                         "zigbee": {"enabled": True, **(zigbee or {})}})
     store = ImageStore(tmp_path, clock=clock)
     await store.open()
-    for img in images or []:
-        await store.add_file(img)
+    for i, img in enumerate(images or []):
+        if isinstance(img, bytes):
+            await store.add_bytes(img, file_name=f"synthetic-{i}.ota")
+        else:
+            await store.add_file(img)
     core = UpdateCore(cfg, store, clock, auto_sweep=False)
     await core.start()
     network = SimNetwork(clock)
@@ -111,6 +115,11 @@ async def make_stack(
         await network.join_all()
         await network.settle()
     return stack
+
+
+def synthetic(mfr: int = 0x117C, itype: int = 0x2811, version: int = 0x200, size: int = 6000) -> bytes:
+    """A valid Zigbee OTA file built by otagw's own codec (fast tests; vendor files prove the real thing)."""
+    return zigbee_image(mfr, itype, version, size)
 
 
 def sim_device(n: int, clock: ManualClock, vendor: tuple[int, int, int], **kw: Any) -> SimOtaDevice:

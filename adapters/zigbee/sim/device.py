@@ -24,6 +24,7 @@ import contextlib
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +89,7 @@ class DeviceStats:
     upgrade_end_responses: list[tuple[int, int]] = field(default_factory=list)  # (current_time, upgrade_time)
     applied_at: list[float] = field(default_factory=list)                      # wall time of each apply
     responses_per_tsn: Counter[int] = field(default_factory=Counter)
+    block_log: list[tuple[float, int, int]] = field(default_factory=list)   # (clock monotonic, offset, length)
 
 
 class SimOtaDevice:
@@ -121,6 +123,7 @@ class SimOtaDevice:
         self.rng = random.Random(seed or hash(ieee))
         self.network: SimNetwork | None = None
         self.stats = DeviceStats()
+        self.on_block: Callable[[SimOtaDevice], None] | None = None   # test hook, called per accepted block
 
         # transfer state
         self.image_ident: tuple[int, int, int] | None = None   # (manufacturer, type, version) being downloaded
@@ -582,9 +585,15 @@ class SimOtaDevice:
         off, data = int(cmd.file_offset), bytes(cmd.image_data)
         if off > self.offset or off + len(data) > self.image_size or not data:
             return False
+        if off < self.offset and bytes(self.assembled[off:off + len(data)][: self.offset - off]) != \
+                data[: self.offset - off]:
+            raise AssertionError(f"server re-sent different bytes at offset {off}")
         self.assembled[off:off + len(data)] = data
         self.stats.bytes_received += len(data)
+        self.stats.block_log.append((self.clock.monotonic(), off, len(data)))
         self.offset = max(self.offset, off + len(data))
+        if self.on_block is not None:
+            self.on_block(self)
         return True
 
     async def _request_next(self) -> tuple[foundation.ZCLHeader, Any] | None:
