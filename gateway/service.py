@@ -40,16 +40,18 @@ CoreState = Literal["starting", "running", "stopping", "stopped"]
 @dataclass(frozen=True)
 class AdapterSlot:
     """Where an adapter lives and when it is wanted. `target` is "module:Class"; the class is constructed as
-    `Class(config, core, clock, data_dir)` and has `async start()` / `async stop()`."""
+    `Class(section_config, core, clock, data_dir)` (its own config section, e.g. `ZigbeeConfig`) and has
+    `async start()` / `async stop()`; `start` raises an exception named `AdapterStartError` when it cannot run."""
 
     name: str
     target: str
     enabled: Callable[[Config], bool]
+    section: str | None = None  # config section handed to the adapter (None: the whole Config)
 
 
 ADAPTER_SLOTS: tuple[AdapterSlot, ...] = (
-    AdapterSlot("matter", "adapters.matter.node:MatterProviderNode", lambda c: c.matter.enabled),
-    AdapterSlot("zigbee", "adapters.zigbee.adapter:ZigbeeAdapter", lambda c: c.zigbee.enabled),
+    AdapterSlot("matter", "adapters.matter.adapter:MatterAdapter", lambda c: c.matter.enabled, "matter"),
+    AdapterSlot("zigbee", "adapters.zigbee.adapter:ZigbeeAdapter", lambda c: c.zigbee.enabled, "zigbee"),
 )
 
 
@@ -161,22 +163,17 @@ class Gateway:
                                                        "api": self.api_url or "disabled"}})
 
     async def _import_configured_images(self) -> None:
-        """Import the image sources named in `images:` (each failure logged, never fatal)."""
-        sources = {
-            "directories": ("import_directory", self.config.images.directories),
-            "ota_image_lists": ("import_ota_image_list", self.config.images.ota_image_lists),
-            "z2m_indexes": ("import_z2m_index", self.config.images.z2m_indexes),
-        }
-        for key, (method, paths) in sources.items():
-            fn = getattr(self.store, method, None)
-            for path in paths:
-                if fn is None:
-                    log.warning("images.%s is not supported by this store; %s not imported", key, path)
-                    continue
-                try:
-                    await _maybe_await(fn(path))
-                except Exception as exc:
-                    log.warning("images.%s: %s: %s", key, path, exc)
+        """Import the image sources named in `images:`; failures are logged one per file, never fatal."""
+        from gateway.store.importers import import_configured_sources
+
+        images = self.config.images
+        if not (images.directories or images.ota_image_lists or images.z2m_indexes):
+            return
+        report = await import_configured_sources(self.store, images)
+        for r in report.results:
+            if r.status == "failed":
+                log.warning("image import failed: %s: %s", r.item, r.message)
+        log.info("configured image sources imported", extra={"fields": {"result": report.summary()}})
 
     async def _start_adapter(self, rt: AdapterRuntime) -> None:
         name = rt.slot.name
@@ -191,7 +188,8 @@ class Gateway:
             return
         rt.state = "starting"
         try:
-            rt.instance = cls(self.config, self.core, self.clock, self.config.data_dir)
+            section = getattr(self.config, rt.slot.section) if rt.slot.section else self.config
+            rt.instance = cls(section, self.core, self.clock, self.config.data_dir)
             await rt.instance.start()
         except Exception as exc:
             rt.state, rt.error = "failed", f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
@@ -232,6 +230,7 @@ class Gateway:
         self.api_url = f"http://{shown}:{bound[1]}"
         log.info("API and dashboard listening", extra={"fields": {"url": self.api_url,
                                                                    "token": self.token_source}})
+        log.info("dashboard: open %s/login and paste the token from %s", self.api_url, self.token_source)
 
     # -------------------------------------------------------------------------------------------- stop
     async def stop(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import sqlite3
@@ -478,3 +479,11 @@ async def test_crash_at_any_step_leaves_nothing_or_a_complete_entry(tmp_path: Pa
         res = await s.add_file(src)
         assert res.created == (not entries)
         assert await s.list() == [res.entry]
+
+
+async def test_concurrent_imports_of_one_file_create_one_entry(store: ImageStore) -> None:
+    data = zigbee_image(size=50_000)
+    results = await asyncio.gather(*(store.add_bytes(data, file_name=f"{i}.ota") for i in range(6)))
+    assert sorted(r.created for r in results) == [False] * 5 + [True]
+    assert len({r.entry for r in results}) == 1
+    assert len(_files(store.blobs.root)) == 1

@@ -13,8 +13,14 @@ from typing import Any
 import pytest
 from store_helpers import FIXTURES, matter_image, zigbee_image
 
+from gateway.config import ImagesConfig
 from gateway.store.errors import ImportListError
-from gateway.store.importers import import_ota_image_list, import_paths, import_z2m_index
+from gateway.store.importers import (
+    import_configured_sources,
+    import_ota_image_list,
+    import_paths,
+    import_z2m_index,
+)
 from gateway.store.model import DeviceDescriptor
 from gateway.store.selection import select_image
 from gateway.store.store import ImageStore
@@ -369,3 +375,19 @@ async def test_real_vendor_files_via_copied_index(
     assert select_image(await store.entries_for("zigbee", 4476, 10242), bulb) == ikea
     other = DeviceDescriptor("zigbee", 4476, 10242, 0x10010000, model="TRADFRI remote")
     assert select_image(await store.entries_for("zigbee", 4476, 10242), other) is None
+
+
+async def test_configured_sources(store: ImageStore, tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "a.ota").write_bytes(matter_image(version=4))
+    _write_sdk_images(tmp_path)
+    (tmp_path / "list.json").write_text(SDK_EXAMPLE)
+    (tmp_path / "broken.json").write_text("[")
+    cfg = ImagesConfig(
+        directories=[tmp_path / "dir"],
+        ota_image_lists=[tmp_path / "list.json"],
+        z2m_indexes=[tmp_path / "broken.json"],
+    )
+    report = await import_configured_sources(store, cfg)
+    assert [r.status for r in report.results] == ["created"] * 6 + ["failed"]
+    assert "broken.json: invalid JSON" in (report.results[-1].message or "")

@@ -54,7 +54,7 @@ def resolve_token(config_token: str | None, data_dir: Path) -> tuple[str, str]:
         return env, f"environment variable {TOKEN_ENV}"
     if config_token:
         return config_token, "config api.token"
-    path = data_dir / TOKEN_FILE
+    path = data_dir.resolve() / TOKEN_FILE
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

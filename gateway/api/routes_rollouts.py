@@ -112,11 +112,13 @@ async def list_rollouts(request: web.Request) -> web.Response:
 
 async def create_rollout(request: web.Request) -> web.Response:
     """Start a rollout of one image to the devices its selector covers, in waves."""
-    core = services(request).core
+    svc = services(request)
+    core = svc.core
     body = await parse_body(request, RolloutCreate)
     try:
+        entry = await svc.store.get(body.image)
         r = await core.create_rollout(
-            body.image, selector=body.selector, waves=[str(w) for w in body.waves], name=body.name,
+            entry.image_id, selector=body.selector, waves=[str(w) for w in body.waves], name=body.name,
             soak_s=body.soak_s, max_failures=body.max_failures, max_failure_rate=body.max_failure_rate,
             wave_deadline_s=body.wave_deadline_s,
         )
@@ -124,7 +126,9 @@ async def create_rollout(request: web.Request) -> web.Response:
         raise store_error(exc, field="image") from None
     except RolloutError as exc:
         msg = str(exc)
-        raise ApiError(422, "invalid_rollout", msg, field="waves" if msg.startswith("wave") else None) from None
+        field = next((f for f in ("wave", "selector", "soak", "max_failure") if f in msg), None)
+        field = {"wave": "waves", "soak": "soak_s", "max_failure": "max_failures"}.get(field or "", field)
+        raise ApiError(422, "invalid_rollout", msg, field=field) from None
     resp = reply(rollout_out(core, r), status=201)
     resp.headers["Location"] = f"{API_PREFIX}/rollouts/{r.rollout_id}"
     return resp

@@ -96,7 +96,11 @@ def _print_report(ctx: click.Context, report: ImportReport, as_json: bool) -> No
                     vendor,
                     product,
                     e.version_string if e else "",
-                    r.message or r.item,
+                    r.item
+                    if not r.message
+                    else r.message
+                    if r.item in r.message
+                    else f"{r.item}: {r.message}",
                 ]
             )
         click.echo(_table(rows, ["STATUS", "ID", "PROTO", "VENDOR", "PRODUCT", "VERSION", "FILE / MESSAGE"]))

@@ -433,7 +433,8 @@ class UpdateCore:
             if r.status != RolloutStatus.ACTIVE:
                 return Decision(
                     "busy", f"{tag} is {r.status.value}" + (f": {r.status_reason}" if r.status_reason else ""),
-                    retry_after_s=pol.busy_retry_s, hold=S.UPDATE_AVAILABLE, rollout_id=r.rollout_id, wave=wave,
+                    image=entry, retry_after_s=pol.busy_retry_s, hold=S.UPDATE_AVAILABLE, rollout_id=r.rollout_id,
+                    wave=wave,
                 )
             if wave > r.current_wave:
                 soak = soak_remaining(r, now)
@@ -569,12 +570,12 @@ class UpdateCore:
             if rec.state in (S.UPDATE_AVAILABLE, S.NOTIFIED, S.WAITING_FOR_WINDOW):
                 self._transition(rec, S.IDLE, d.reason, hist, now)
             return NotAvailable(int(d.retry_after_s or pol.callback_interval_s), d.reason)
-        assert d.image is not None
         if d.outcome == "busy":
-            if d.hold is not None:
+            if d.hold is not None and d.image is not None:
                 self._target(rec, d.image)
                 self._transition(rec, d.hold, d.reason, hist, now)
             return Busy(max(1, math.ceil(d.retry_after_s)), d.reason)
+        assert d.image is not None
         ok, why = self._budget.acquire(rec.device_id, rec.protocol, rec.network, bool(rec.sleepy), now)
         if not ok:
             # routers retry sooner than sleepy end devices: part of their priority

@@ -139,8 +139,8 @@ async def scenario(ops: list[tuple], data_dir: Path) -> None:
         await core.stop()
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(op, min_size=1, max_size=60))
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(op, min_size=10, max_size=80))
 def test_random_event_sequences_keep_invariants(ops: list[tuple]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(scenario(ops, Path(tmp)))

@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
-from adapters.zigbee.sim import fast_zigpy_timing
-from tests.zigbee.harness import DRESDEN, IKEA, SENGLED, VENDOR, make_stack, need, sim_device
-
 import pytest
 
-
-@pytest.fixture(autouse=True)
-def _fast_zigpy():
-    with fast_zigpy_timing():
-        yield
+from adapters.zigbee.sim import Behaviour
+from gateway.clock import ManualClock
+from tests.zigbee.harness import DRESDEN, IKEA, SENGLED, VENDOR, make_stack, need, sim_device
 
 
-@pytest.mark.parametrize("image", [IKEA, DRESDEN, SENGLED], ids=["ikea", "dresden", "sengled"])
-async def test_real_vendor_file_full_update(tmp_path, image):
+# Dresden: plain 64-byte Image Block Requests (the full, slowest path); IKEA: large blocks allowed by a
+# per-manufacturer cap; Sengled: Image Page Requests.
+CASES = {
+    "dresden": (DRESDEN, Behaviour(), {}),
+    "ikea": (IKEA, Behaviour(max_data_size=200), {"block_size_caps": [{"manufacturer": 4476, "max_block_bytes": 200}]}),
+    "sengled": (SENGLED, Behaviour(page_mode=True, page_size=4096, max_data_size=64), {}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_real_vendor_file_full_update(tmp_path, case):
+    image, behaviour, zigbee = CASES[case]
     need(image)
     data = image.read_bytes()
     mfr, itype, version = VENDOR[image]
-    from gateway.clock import ManualClock
-
     clock = ManualClock()
-    dev = sim_device(1, clock, VENDOR[image])
-    stack = await make_stack(tmp_path, [dev], [image], clock=clock)
+    dev = sim_device(1, clock, VENDOR[image], behaviour=behaviour)
+    stack = await make_stack(tmp_path, [dev], [image], clock=clock, zigbee=zigbee)
     try:
         # zigpy's interview ends with an Image Notify: the device queries and downloads by itself
         await stack.run_until(lambda: dev.file_version == version, max_s=600)

@@ -119,6 +119,7 @@ class SimNetwork:
     def join(self, device: SimOtaDevice) -> None:
         if self.app is None:
             raise RuntimeError("no application attached")
+        device.wake(30.0)
         self.app.handle_join(nwk=t.NWK(device.nwk), ieee=device.ieee, parent_nwk=t.NWK(0x0000))
 
     # ------------------------------------------------------------------ frames

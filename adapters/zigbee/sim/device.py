@@ -194,6 +194,10 @@ class SimOtaDevice:
         # 0xFFFD = rx-on-when-idle only; 0xFFFF = all (a sleepy node gets it from its parent only if awake)
         return self.reachable() if address == 0xFFFF else not self.b.sleepy
 
+    def wake(self, seconds: float) -> None:
+        """Poll the parent fast for a while (after joining, a sleepy device stays reachable for its interview)."""
+        self._awake_until = max(self._awake_until, self.clock.monotonic() + seconds)
+
     def receive(self, packet: t.ZigbeePacket) -> None:
         self._inbox.put_nowait(packet)
 

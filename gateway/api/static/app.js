@@ -121,11 +121,11 @@ async function loadDevices() {
 // ---------------------------------------------------------------------------------------- rollouts
 function waveBox(w, current) {
   return el("div", { class: "wave w-" + w.state + (current ? " current" : ""), "data-wave": String(w.index) },
-    el("strong", {}, `Wave ${w.index + 1}`),
-    el("span", {}, `${w.devices} devices (${w.percent}%)`),
-    el("span", { class: "ok" }, `✓ ${w.succeeded}`),
-    el("span", { class: "bad" }, `✗ ${w.failed}`),
-    el("span", {}, `… ${w.in_progress}`),
+    el("strong", {}, `Wave ${w.index + 1} (${w.spec})`),
+    el("span", {}, `${w.members} devices, ${w.offered} offered`),
+    el("span", { class: "ok", "data-count": "updated" }, `✓ ${w.updated} updated`),
+    el("span", { class: "bad", "data-count": "failed" }, `✗ ${w.failed} failed`),
+    el("span", { "data-count": "in_progress" }, `… ${w.in_progress} in progress`),
     el("em", {}, w.state));
 }
 function rolloutCard(r) {
@@ -135,12 +135,12 @@ function rolloutCard(r) {
   } }, verb);
   const buttons = [];
   if (r.status === "active") buttons.push(act("pause"));
-  if (r.status === "paused") buttons.push(act("resume"));
-  if (r.status === "active" || r.status === "paused") buttons.push(act("abort"));
+  if (r.status === "paused" || r.status === "halted") buttons.push(act("resume"));
+  if (["active", "paused", "halted"].includes(r.status)) buttons.push(act("abort"));
   return el("div", { class: "rollout", "data-rollout-id": r.rollout_id },
     el("h3", {}, `${r.name} `, el("span", { class: "state r-" + r.status }, r.status)),
     el("p", {}, `image ${r.image_id} · ${r.protocol} ${hex(r.vendor_id)}/${hex(r.product_id)} → ` +
-                `${r.version_string}` + (r.status_reason ? ` · ${r.status_reason}` : "")),
+                `${r.version_string} · ${r.selector_text}` + (r.status_reason ? ` · ${r.status_reason}` : "")),
     el("div", { class: "waves" }, ...r.waves.map(w => waveBox(w, w.index === r.current_wave))),
     el("div", { class: "actions" }, ...buttons));
 }
