@@ -15,7 +15,7 @@ ProtocolName = Literal["matter", "zigbee"]
 @dataclass(frozen=True, slots=True)
 class CatalogEntry:
     # --- identity -------------------------------------------------------------------------------
-    image_id: str  # short id used by CLI/API: first 16 hex chars of sha256
+    image_id: str  # short id for CLI/API: sha256[:16], or a variant id (see gateway/store/catalog.py)
     sha256: str  # 64 hex chars: the blob's content address
     # --- neutral package manifest (reference 003) ------------------------------------------------
     package_id: str  # see gateway/store/catalog.py docstring for the scheme
