@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import inspect
 import logging
 import os
 import signal
@@ -80,10 +79,6 @@ def load_adapter_class(target: str) -> type[Any]:
     if not isinstance(cls, type):
         raise LookupError(f"{module_name} has no class {class_name}")
     return cls
-
-
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
 
 
 class Gateway:
@@ -287,7 +282,7 @@ class Gateway:
         if self.core is None:
             return False
         try:
-            await _maybe_await(self.core.reload_policy(new))
+            over = self.core.reload_policy(new)
         except Exception as exc:
             log.error("SIGHUP: policy not reloaded: %s", exc)
             return False
@@ -295,6 +290,8 @@ class Gateway:
                    if getattr(new, name) != getattr(self.config, name)]
         self.config = self.config.model_copy(update={"policy": new.policy})
         log.info("policy reloaded", extra={"fields": {"config": str(source)}})
+        if over:
+            log.warning("SIGHUP: budgets now over their limit (they drain): %s", ", ".join(over))
         if changed:
             log.warning("SIGHUP: changes to %s take effect after a restart", ", ".join(changed))
         return True

@@ -92,7 +92,7 @@ def test_run_upload_list_sigterm(tmp_path: Path) -> None:
         assert request(base + "/healthz", auth=False)[0] == 200
 
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -16,6 +16,38 @@ Lifecycle of one update, as the adapter sees it:
 
 Semantics follow reference 003 (Query Software Packages: installed package ids in, available packages and a
 callback interval out) and 002 (provider knobs: status, delays, consent, apply action).
+
+The contract in detail (implemented by gateway.core.service.UpdateCore; every answer carries a readable `reason`):
+
+- `observe` creates/refreshes the device record; fields left None keep their stored value. A `current_version`
+  equal to the target of an applied update verifies it (same as `report_version`).
+- `query`: `installed` are 003 package ids (`CatalogEntry.package_id`); when the device gave no
+  `current_version` the highest installed known package sets it, and an offered package already installed gives
+  NotAvailable. Answers:
+  * `Available`: start (or resume) a transfer with `token`. Re-querying during a live transfer returns the
+    same token and `resume_offset` (highest contiguous offset acknowledged); `consent_needed` comes from policy
+    (adapters only pass it on when the requestor can consent). `delay_s` is 0 today.
+  * `NotAvailable(callback_interval_s)`: nothing to offer (up to date, no image, policy, rollout wave not open).
+  * `Busy(retry_after_s)`: something is due but not now (transfer budget full, download window closed,
+    rollout paused/halted, back-off after a failure, an install already scheduled). Never an error.
+- `open_image(token)`: a read-only view on a reader shared by all transfers of that image; adapters do not close
+  it. Raises `UnknownToken` when the token is not a live transfer.
+- `progress(token, offset, nbytes)`: bytes served at `offset` (repeats and overlaps allowed; they count in
+  `bytes_sent` but the resume point only grows contiguously). `Continue`, or `Wait(retry_after_s)` while paused
+  or when the transfer lost its budget slot. Raises `UnknownToken` for ended transfers (adapters abort).
+- `download_complete` / `download_failed`: idempotent; ignored for ended tokens.
+- `apply_request(token, new_version)`: `PROCEED` with `delay_s`/`apply_at` (0/now, or the next apply-window
+  opening: "download now, install in the window"; Matter DelayedActionTime, Zigbee upgrade time);
+  `AWAIT_NEXT_ACTION` with `delay_s` (rollout paused, or the window further off than policy.max_apply_delay_s:
+  ask again then); `DISCONTINUE` (unknown token, wrong version, version now blocked, rollout aborted).
+- `report_version`: the only proof of success: the target version after an apply -> updated; otherwise the
+  verification deadline fails the update. A device that queries again with its old version after the apply time
+  has failed the update.
+- `status_report`: 003 statuses move the record (Successfully Updated is a claim: -> verifying, not updated;
+  Failed to Update -> failed with the error text); `percent` is recorded and published.
+- Additive helpers on UpdateCore (not in the Protocol, so existing test doubles still conform):
+  `active_transfer(key) -> TransferInfo | None` (re-attach after a restart), `mark_notified(key)` (after
+  Image Notify / AnnounceOTAProvider), `devices_to_notify()` (devices in update_available).
 """
 
 from __future__ import annotations

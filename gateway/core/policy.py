@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -232,8 +233,9 @@ class BudgetTracker:
     holders: dict[str, _Slot] = field(default_factory=dict)
     by_protocol: dict[str, int] = field(default_factory=dict)
     by_network: dict[str, int] = field(default_factory=dict)
-    # non-sleepy devices refused a slot recently: device id -> (scope key, until)
-    waiting: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # non-sleepy devices refused a slot recently, per scope: scope -> {device id: until}, oldest first
+    waiting: dict[str, OrderedDict[str, float]] = field(default_factory=dict)
+    _waiter_scope: dict[str, str] = field(default_factory=dict)
 
     def limits(self, protocol: str, network: str) -> list[tuple[str, int, int]]:
         """(scope key, limit, in use) for every scope a device is in."""
@@ -253,18 +255,18 @@ class BudgetTracker:
         """Take a slot or say which budget is full (or which router has priority)."""
         if device_id in self.holders:
             return True, "already holds a transfer slot"
-        for scope, limit, used in self.limits(protocol, network):
+        limits = self.limits(protocol, network)
+        for scope, limit, used in limits:
             if used >= limit:
                 if not sleepy:
-                    self.waiting[device_id] = (scope, now + 2 * self.cfg.busy_retry_s)
+                    self._note_waiter(device_id, scope, now + 2 * self.cfg.busy_retry_s)
                 return False, f"{scope} transfer budget full ({used}/{limit} active)"
         if sleepy:
-            self._expire(now)
-            scopes = {s for s, _, _ in self.limits(protocol, network)}
-            for other, (scope, _) in self.waiting.items():
-                if scope in scopes and other != device_id:
+            for scope, _, _ in limits:
+                other = self._first_waiter(scope, now, device_id)
+                if other is not None:
                     return False, f"router/mains-powered device {other} waits for the {scope} budget first"
-        self.waiting.pop(device_id, None)
+        self.forget_waiter(device_id)
         self.holders[device_id] = _Slot(protocol, network, sleepy)
         self.by_protocol[protocol] = self.by_protocol.get(protocol, 0) + 1
         self.by_network[network] = self.by_network.get(network, 0) + 1
@@ -277,12 +279,31 @@ class BudgetTracker:
         self.by_protocol[slot.protocol] -= 1
         self.by_network[slot.network] -= 1
 
-    def forget_waiter(self, device_id: str) -> None:
-        self.waiting.pop(device_id, None)
+    def _note_waiter(self, device_id: str, scope: str, until: float) -> None:
+        self.forget_waiter(device_id)
+        q = self.waiting.setdefault(scope, OrderedDict())
+        q[device_id] = until  # `until` only grows with time, so each queue stays ordered by expiry
+        self._waiter_scope[device_id] = scope
 
-    def _expire(self, now: float) -> None:
-        for dev in [d for d, (_, until) in self.waiting.items() if until <= now]:
-            del self.waiting[dev]
+    def _first_waiter(self, scope: str, now: float, other_than: str) -> str | None:
+        q = self.waiting.get(scope)
+        while q:
+            dev, until = next(iter(q.items()))
+            if until > now:
+                break
+            q.popitem(last=False)
+            self._waiter_scope.pop(dev, None)
+        if not q:
+            return None
+        for dev in q:  # the first one that is not the asker (almost always the first)
+            if dev != other_than:
+                return dev
+        return None
+
+    def forget_waiter(self, device_id: str) -> None:
+        scope = self._waiter_scope.pop(device_id, None)
+        if scope is not None:
+            self.waiting[scope].pop(device_id, None)
 
     def over_budget(self) -> list[str]:
         """Scopes whose holders exceed the limit (only possible right after a reload lowered a budget)."""

@@ -88,7 +88,9 @@ from gateway.core.states import (
     APPLY_STATES,
     PAUSABLE_STATES,
     TERMINAL_STATES,
+    TOKEN_STATES,
     TRANSFER_STATES,
+    TRANSITIONS,
     DeviceState,
     check_transition,
 )
@@ -109,7 +111,7 @@ _LIVE = frozenset(set(DeviceState) - TERMINAL_STATES)
 class ImageSource(Protocol):
     """What the core needs of gateway.store's ImageStore."""
 
-    async def list(self, protocol: str | None = None) -> Sequence[CatalogEntry]: ...
+    async def list(self) -> Sequence[CatalogEntry]: ...
 
     async def get(self, ref: str) -> CatalogEntry:
         """Raises gateway.store.errors.StoreError (ImageNotFoundError, AmbiguousRefError) when not one match."""
@@ -233,8 +235,9 @@ class UpdateCore:
         self._devices[rec.device_id] = rec
         if rec.state in _LIVE:
             self._live.add(rec.device_id)
-            if rec.token is not None:
-                self._by_token[rec.token] = rec.device_id
+        if _token_live(rec):
+            assert rec.token is not None
+            self._by_token[rec.token] = rec.device_id
         if rec.state in TRANSFER_STATES:
             self._budget.holders.setdefault(rec.device_id, _slot(rec))
             self._budget.by_protocol[rec.protocol] = self._budget.by_protocol.get(rec.protocol, 0) + 1
@@ -344,11 +347,11 @@ class UpdateCore:
             self.counters.updates_succeeded[proto] += 1
         if new in TERMINAL_STATES:
             self._live.discard(rec.device_id)
-            if rec.token is not None:
-                self._by_token.pop(rec.token, None)
             rec.apply_at = rec.verify_deadline = None
         else:
             self._live.add(rec.device_id)
+        if rec.token is not None and not _token_live(rec):
+            self._by_token.pop(rec.token, None)
         hist.append(
             HistoryEntry(rec.device_id, now, old.value, new.value, reason, rec.target_image_id, rec.target_version,
                          rec.acked_offset if rec.target_size else None)
@@ -642,7 +645,7 @@ class UpdateCore:
     def _rec_by_token(self, token: bytes) -> DeviceRecord:
         dev = self._by_token.get(bytes(token))
         rec = self._devices.get(dev) if dev is not None else None
-        if rec is None or rec.state in TERMINAL_STATES or rec.token != token:
+        if rec is None or rec.token != token or not _token_live(rec):
             raise UnknownToken(f"token {bytes(token).hex()} is not a live transfer")
         return rec
 
@@ -820,8 +823,12 @@ class UpdateCore:
             if rec.state == S.APPLYING:
                 self._transition(rec, S.VERIFYING, "device reports success; waiting for it to report the version",
                                  hist, now)
-        elif report.status == rs.FAILED_TO_UPDATE and st not in TERMINAL_STATES:
-            self._transition(rec, S.FAILED, f"device reports failure: {report.error or 'no error text'}", hist, now)
+        elif report.status == rs.FAILED_TO_UPDATE:
+            why = f"device reports failure: {report.error or 'no error text'}"
+            if S.FAILED in TRANSITIONS[st]:
+                self._transition(rec, S.FAILED, why, hist, now)
+            else:  # nothing of ours in flight: keep the word, change no state
+                rec.last_error = why
         if report.percent is not None:
             self._publish("progress", device_id=rec.device_id, data={"percent": rec.reported_percent,
                                                                       "reported": True})
@@ -1219,7 +1226,7 @@ class UpdateCore:
             del slot_rec
         for token, dev in self._by_token.items():
             rec = self._devices[dev]
-            if rec.token != token or rec.state in TERMINAL_STATES:
+            if rec.token != token or not _token_live(rec):
                 bad.append(f"token index stale for {dev}")
         for dev, rec in self._devices.items():
             if (rec.state in _LIVE) != (dev in self._live):
@@ -1230,6 +1237,13 @@ class UpdateCore:
                 bad.append(f"{dev} acked {rec.acked_offset} > size {rec.target_size}")
         bad += [f"over budget: {s}" for s in self._budget.over_budget()]
         return bad
+
+
+def _token_live(rec: DeviceRecord) -> bool:
+    """The record's token names a transfer adapters may still use (also while paused)."""
+    if rec.token is None:
+        return False
+    return rec.state in TOKEN_STATES or (rec.state == S.PAUSED and rec.resume_state in TOKEN_STATES)
 
 
 def _slot(rec: DeviceRecord) -> Any:

@@ -110,6 +110,8 @@ async def test_failed_status_report_and_filters(harness: ApiHarness) -> None:
     assert body["error"]["field"] == "vendor_id"
     await h.call("GET", "/api/v1/devices/zigbee:nope", 404)
 
+    assert f'otagw_device_failures{{device_id="{DEVICE_ID}"}} 1.0' in await h.call("GET", "/metrics", 200)
+
     plan = await h.call("GET", "/api/v1/plan", 200)
     assert {p["device_id"] for p in plan} == {d["device_id"] for d in all_devs}
 

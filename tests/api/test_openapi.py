@@ -69,3 +69,11 @@ async def test_reference_003_manifest_fields_documented(harness: ApiHarness) -> 
     assert {"packages", "callback_interval"} <= set(query)
     status = harness.doc["components"]["schemas"]["ReportedStatus"]["enum"]
     assert status == ["Notified", "Downloading", "Updating", "Successfully Updated", "Failed to Update"]
+
+
+async def test_unknown_routes_and_methods_answer_json(harness: ApiHarness) -> None:
+    resp = await harness.client.get("/api/v1/nothing", headers={"Authorization": f"Bearer {harness.config.api.token}"})
+    assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
+    resp = await harness.client.put("/api/v1/images", headers={"Authorization": f"Bearer {harness.config.api.token}"})
+    assert resp.status == 405 and (await resp.json())["error"]["code"] == "method_not_allowed"
+    assert "GET" in resp.headers["Allow"]

@@ -13,7 +13,6 @@ from gateway.core.interface import (
     ReportedStatus,
     StatusReport,
     UnknownToken,
-    Wait,
 )
 from gateway.core.states import DeviceState as S
 from tests.core.conftest import CoreFactory, FakeStore, make_entry, matter_dev, zigbee_dev

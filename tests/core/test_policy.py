@@ -53,11 +53,11 @@ def test_rule_folding_later_overrides_blocks_accumulate() -> None:
 def test_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match=r"policy.rules\[0\].match.vendor_id"):
         parse_config({"policy": {"rules": [{"match": {"vendor_id": "acme"}}]}})
-    with pytest.raises(ConfigError, match="rules\\[0\\].apply_window: unknown window 'night'"):
+    with pytest.raises(ConfigError, match=r"rules\[0\]\.apply_window: unknown window 'night'"):
         parse_config({"policy": {"rules": [{"apply_window": "night"}]}})
-    with pytest.raises(ConfigError, match="windows.n.start"):
+    with pytest.raises(ConfigError, match=r"windows\.n\.start"):
         parse_config({"policy": {"windows": {"n": {"start": "25:00"}}}})
-    with pytest.raises(ConfigError, match="policy.budgets.global"):
+    with pytest.raises(ConfigError, match=r"policy\.budgets\.global"):
         parse_config({"policy": {"budgets": {"global": 0}}})
 
 

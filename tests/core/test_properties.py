@@ -9,6 +9,8 @@ history is one unbroken chain that ends in its current state - also after restar
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import tempfile
 from pathlib import Path
 
@@ -44,6 +46,7 @@ op = st.one_of(
     st.tuples(st.just("left"), st.integers(0, 5)),
     st.tuples(st.just("rollout"), st.sampled_from(["create", "pause", "resume", "abort"])),
     st.tuples(st.just("restart"),),
+    st.tuples(st.just("cycle"), st.integers(0, 5)),  # a whole happy episode, interleaved with the rest
 )
 
 
@@ -64,6 +67,18 @@ async def scenario(ops: list[tuple], data_dir: Path) -> None:
     try:
         for o in ops:
             kind = o[0]
+            if kind == "cycle":
+                i = o[1]
+                d = DEVICES[i]
+                d = d.__class__(**{**{f: getattr(d, f) for f in d.__dataclass_fields__}, "current_version": installed[i]})
+                res = await core.query(d)
+                if isinstance(res, Available):
+                    await core.progress(res.token, 0, res.image.size)
+                    await core.download_complete(res.token)
+                    dec = await core.apply_request(res.token, res.image.numeric_version)
+                    if dec.action == 0:
+                        installed[i] = res.image.numeric_version
+                        await core.report_version(d.key, installed[i])
             if kind in ("query", "progress", "complete", "fail", "apply", "report", "status", "left"):
                 i = o[1]
                 dev = DEVICES[i]
@@ -77,10 +92,8 @@ async def scenario(ops: list[tuple], data_dir: Path) -> None:
                     assert len(res.token) >= 8 and res.image.protocol == dev.key.protocol
             elif kind == "progress" and token is not None:
                 size = rec.target_size or 1000  # type: ignore[union-attr]
-                try:
+                with contextlib.suppress(UnknownToken):
                     await core.progress(token, o[2] * size // 4, size // 4)
-                except UnknownToken:
-                    pass
             elif kind == "complete" and token is not None:
                 await core.download_complete(token)
             elif kind == "fail" and token is not None:
@@ -130,7 +143,7 @@ async def scenario(ops: list[tuple], data_dir: Path) -> None:
                 last[d] = (r.token, r.bytes_sent, r.acked_offset)
         for d, r in core._devices.items():
             hist = await core.history(d)
-            for a, b in zip(hist, hist[1:], strict=False):
+            for a, b in itertools.pairwise(hist):
                 assert a.new_state == b.old_state, (d, a, b)
                 assert DeviceState(b.new_state) in TRANSITIONS[DeviceState(b.old_state)]
             if hist:

@@ -77,8 +77,21 @@ def create_pair() -> NetnsPair:
         for side in (a, b):
             _run("ip", "netns", "add", side.netns)
             created.append(side.netns)
-        _run("ip", "link", "add", a.iface, "netns", a.netns, "type", "veth", "peer", "name", b.iface,
-             "netns", b.netns)
+        _run(
+            "ip",
+            "link",
+            "add",
+            a.iface,
+            "netns",
+            a.netns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b.iface,
+            "netns",
+            b.netns,
+        )
         for side in (a, b):
             ns = ("ip", "netns", "exec", side.netns)
             _run(*ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0")

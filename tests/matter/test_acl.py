@@ -61,10 +61,19 @@ def test_cat_subjects_with_versions() -> None:
 
 
 def test_targets() -> None:
-    acl = AccessControl([
-        AclEntry(1, Privilege.VIEW, CASE, (), (AclTarget(endpoint=1),)),
-        AclEntry(1, Privilege.OPERATE, CASE, (5,), (AclTarget(cluster=6, endpoint=2), AclTarget(device_type=0x14))),
-    ], device_types=lambda ep: [0x14] if ep == 0 else [])
+    acl = AccessControl(
+        [
+            AclEntry(1, Privilege.VIEW, CASE, (), (AclTarget(endpoint=1),)),
+            AclEntry(
+                1,
+                Privilege.OPERATE,
+                CASE,
+                (5,),
+                (AclTarget(cluster=6, endpoint=2), AclTarget(device_type=0x14)),
+            ),
+        ],
+        device_types=lambda ep: [0x14] if ep == 0 else [],
+    )
     assert acl.check(who(9), 1, 0x1234, Privilege.VIEW)
     assert not acl.check(who(9), 2, 0x1234, Privilege.VIEW)
     assert acl.check(who(5), 2, 6, Privilege.OPERATE)
@@ -91,5 +100,7 @@ def test_entry_validation() -> None:
 def test_subject_from_session() -> None:
     ctx = SimpleNamespace(is_secure=True, fabric_index=2, peer_node_id=77, peer_cats=(0x00010001,))
     assert subject_from_session(ctx) == SubjectDescriptor(2, CASE, 77, (0x00010001,))
-    assert subject_from_session(SimpleNamespace(is_secure=False, fabric_index=None, peer_node_id=None)) is None
+    assert (
+        subject_from_session(SimpleNamespace(is_secure=False, fabric_index=None, peer_node_id=None)) is None
+    )
     assert subject_from_session(SimpleNamespace(is_secure=True, fabric_index=0, peer_node_id=1)) is None

@@ -74,8 +74,9 @@ class MemoryReader:
 IMAGE = os.urandom(10_000)
 
 
-def make_sender(reader: MemoryReader | None = None, clock: FakeTime | None = None, **kw: object) -> tuple[
-        BdxSender, list[tuple[int, int]], list[object]]:
+def make_sender(
+    reader: MemoryReader | None = None, clock: FakeTime | None = None, **kw: object
+) -> tuple[BdxSender, list[tuple[int, int]], list[object]]:
     reader = reader or MemoryReader(IMAGE)
     progress: list[tuple[int, int]] = []
     events: list[object] = []
@@ -130,11 +131,13 @@ def init_bytes(**kw: object) -> bytes:
 def test_receive_init_wire_layout_matches_spec() -> None:
     raw = ReceiveInit(0, RD, 1024, b"abc", start_offset=5, max_length=100, metadata=b"\x15\x18").encode()
     # control 0x20 | range DefLen+StartOffset 0x03 | 1024 | offset u32 | length u32 | fdlen 3 | "abc" | metadata
-    assert raw == bytes.fromhex("2003" "0004" "05000000" "64000000" "0300") + b"abc" + b"\x15\x18"
+    assert raw == bytes.fromhex("2003000405000000640000000300") + b"abc" + b"\x15\x18"
     wide = ReceiveInit(0, RD | SD, 512, b"x", start_offset=1 << 33).encode()
     assert wide[1] == RangeControl.START_OFFSET | RangeControl.WIDERANGE
     assert struct.unpack_from("<Q", wide, 4)[0] == 1 << 33
-    assert decode_message(Opcode.RECEIVE_INIT, wide) == ReceiveInit(0, RD | SD, 512, b"x", start_offset=1 << 33)
+    assert decode_message(Opcode.RECEIVE_INIT, wide) == ReceiveInit(
+        0, RD | SD, 512, b"x", start_offset=1 << 33
+    )
 
 
 def test_counter_and_block_layouts() -> None:
@@ -143,7 +146,7 @@ def test_counter_and_block_layouts() -> None:
     assert Block(2, b"ab").encode() == b"\x02\x00\x00\x00ab"
     assert decode_message(Opcode.BLOCK_EOF, b"\x03\x00\x00\x00") == BlockEOF(3, b"")
     acc = ReceiveAccept(0, RD, 1024, 0, 4096).encode()
-    assert acc == bytes.fromhex("2001" "0004" "00100000")
+    assert acc == bytes.fromhex("2001000400100000")
 
 
 def test_decode_errors_are_typed_with_offsets() -> None:
@@ -155,18 +158,47 @@ def test_decode_errors_are_typed_with_offsets() -> None:
     with pytest.raises(BdxDecodeError):
         decode_message(0x33, b"")
     with pytest.raises(BdxDecodeError):  # designator length runs past the end
-        decode_message(Opcode.RECEIVE_INIT, bytes.fromhex("20000004" "0900") + b"abc")
+        decode_message(Opcode.RECEIVE_INIT, bytes.fromhex("200000040900") + b"abc")
 
 
 _u64 = st.integers(0, (1 << 64) - 1)
 _messages = st.one_of(
-    st.builds(ReceiveInit, st.integers(0, 15), st.sampled_from([RD, SD, RD | SD, RD | SD | TransferControl.ASYNC]),
-              st.integers(0, 0xFFFF), st.binary(max_size=40), _u64, st.none() | _u64, st.binary(max_size=20)),
-    st.builds(SendInit, st.integers(0, 15), st.sampled_from([RD, SD]), st.integers(0, 0xFFFF), st.binary(max_size=8),
-              _u64, st.none() | _u64, st.binary(max_size=8)),
-    st.builds(SendAccept, st.integers(0, 15), st.sampled_from([RD, SD]), st.integers(0, 0xFFFF), st.binary(max_size=8)),
-    st.builds(ReceiveAccept, st.integers(0, 15), st.sampled_from([RD, SD]), st.integers(0, 0xFFFF), _u64,
-              st.none() | _u64, st.binary(max_size=8)),
+    st.builds(
+        ReceiveInit,
+        st.integers(0, 15),
+        st.sampled_from([RD, SD, RD | SD, RD | SD | TransferControl.ASYNC]),
+        st.integers(0, 0xFFFF),
+        st.binary(max_size=40),
+        _u64,
+        st.none() | _u64,
+        st.binary(max_size=20),
+    ),
+    st.builds(
+        SendInit,
+        st.integers(0, 15),
+        st.sampled_from([RD, SD]),
+        st.integers(0, 0xFFFF),
+        st.binary(max_size=8),
+        _u64,
+        st.none() | _u64,
+        st.binary(max_size=8),
+    ),
+    st.builds(
+        SendAccept,
+        st.integers(0, 15),
+        st.sampled_from([RD, SD]),
+        st.integers(0, 0xFFFF),
+        st.binary(max_size=8),
+    ),
+    st.builds(
+        ReceiveAccept,
+        st.integers(0, 15),
+        st.sampled_from([RD, SD]),
+        st.integers(0, 0xFFFF),
+        _u64,
+        st.none() | _u64,
+        st.binary(max_size=8),
+    ),
     st.builds(BlockQuery, st.integers(0, 0xFFFFFFFF)),
     st.builds(BlockAck, st.integers(0, 0xFFFFFFFF)),
     st.builds(BlockAckEOF, st.integers(0, 0xFFFFFFFF)),
@@ -341,12 +373,16 @@ def test_receiver_drive_block_ack_is_keepalive() -> None:
 
 def test_unknown_designator() -> None:
     sender, _, events = make_sender()
-    assert report_code(sender.receive(Opcode.RECEIVE_INIT, init_bytes(file_designator=b"../etc/passwd"))) \
+    assert (
+        report_code(sender.receive(Opcode.RECEIVE_INIT, init_bytes(file_designator=b"../etc/passwd")))
         == BdxStatus.FILE_DESIGNATOR_UNKNOWN
+    )
     assert sender.failed and events == [BdxStatus.FILE_DESIGNATOR_UNKNOWN]
     sender, _, _ = make_sender()
-    assert report_code(sender.receive(Opcode.RECEIVE_INIT, init_bytes(file_designator=b""))) \
+    assert (
+        report_code(sender.receive(Opcode.RECEIVE_INIT, init_bytes(file_designator=b"")))
         == BdxStatus.FILE_DESIGNATOR_UNKNOWN
+    )
 
 
 def test_resolver_exception_is_unknown_designator() -> None:
@@ -357,12 +393,15 @@ def test_resolver_exception_is_unknown_designator() -> None:
     assert report_code(sender.receive(Opcode.RECEIVE_INIT, init_bytes())) == BdxStatus.FILE_DESIGNATOR_UNKNOWN
 
 
-@pytest.mark.parametrize(("kw", "code"), [
-    ({"control": TransferControl.ASYNC}, BdxStatus.TRANSFER_METHOD_NOT_SUPPORTED),
-    ({"control": TransferControl(0)}, BdxStatus.TRANSFER_METHOD_NOT_SUPPORTED),
-    ({"max_block_size": 0}, BdxStatus.BAD_MESSAGE_CONTENTS),
-    ({"start_offset": len(IMAGE) + 1}, BdxStatus.START_OFFSET_NOT_SUPPORTED),
-])
+@pytest.mark.parametrize(
+    ("kw", "code"),
+    [
+        ({"control": TransferControl.ASYNC}, BdxStatus.TRANSFER_METHOD_NOT_SUPPORTED),
+        ({"control": TransferControl(0)}, BdxStatus.TRANSFER_METHOD_NOT_SUPPORTED),
+        ({"max_block_size": 0}, BdxStatus.BAD_MESSAGE_CONTENTS),
+        ({"start_offset": len(IMAGE) + 1}, BdxStatus.START_OFFSET_NOT_SUPPORTED),
+    ],
+)
 def test_negotiation_rejections(kw: dict[str, object], code: BdxStatus) -> None:
     sender, _, events = make_sender()
     assert report_code(sender.receive(Opcode.RECEIVE_INIT, init_bytes(**kw))) == code
@@ -375,8 +414,10 @@ def test_only_sender_drive_when_configured() -> None:
     acc = ReceiveAccept.decode(out[0].payload)
     assert acc.control == SD and out[1].opcode == Opcode.BLOCK  # sender drive starts right away
     sender, _, _ = make_sender(modes=SD)
-    assert report_code(sender.receive(Opcode.RECEIVE_INIT, init_bytes(control=RD))) \
+    assert (
+        report_code(sender.receive(Opcode.RECEIVE_INIT, init_bytes(control=RD)))
         == BdxStatus.TRANSFER_METHOD_NOT_SUPPORTED
+    )
 
 
 def test_responder_busy_and_slot_release() -> None:
@@ -395,12 +436,16 @@ def test_responder_busy_and_slot_release() -> None:
 def test_bad_block_counter() -> None:
     sender, _, _ = make_sender()
     sender.receive(Opcode.RECEIVE_INIT, init_bytes())
-    assert report_code(sender.receive(Opcode.BLOCK_QUERY, BlockQuery(1).encode())) == BdxStatus.BAD_BLOCK_COUNTER
+    assert (
+        report_code(sender.receive(Opcode.BLOCK_QUERY, BlockQuery(1).encode())) == BdxStatus.BAD_BLOCK_COUNTER
+    )
     sender, _, _ = make_sender()
     sender.receive(Opcode.RECEIVE_INIT, init_bytes())
     sender.receive(Opcode.BLOCK_QUERY, BlockQuery(0).encode())
     # a duplicate query for the block already served
-    assert report_code(sender.receive(Opcode.BLOCK_QUERY, BlockQuery(0).encode())) == BdxStatus.BAD_BLOCK_COUNTER
+    assert (
+        report_code(sender.receive(Opcode.BLOCK_QUERY, BlockQuery(0).encode())) == BdxStatus.BAD_BLOCK_COUNTER
+    )
     sender, _, _ = make_sender()
     sender.receive(Opcode.RECEIVE_INIT, init_bytes(control=SD))
     assert report_code(sender.receive(Opcode.BLOCK_ACK, BlockAck(3).encode())) == BdxStatus.BAD_BLOCK_COUNTER
@@ -411,15 +456,24 @@ def test_bad_eof_ack_counter() -> None:
     sender.receive(Opcode.RECEIVE_INIT, init_bytes())
     out = sender.receive(Opcode.BLOCK_QUERY, BlockQuery(0).encode())
     assert out[0].opcode == Opcode.BLOCK_EOF and BlockEOF.decode(out[0].payload).data == b"tiny"
-    assert report_code(sender.receive(Opcode.BLOCK_ACK_EOF, BlockAckEOF(9).encode())) == BdxStatus.BAD_BLOCK_COUNTER
+    assert (
+        report_code(sender.receive(Opcode.BLOCK_ACK_EOF, BlockAckEOF(9).encode()))
+        == BdxStatus.BAD_BLOCK_COUNTER
+    )
 
 
-@pytest.mark.parametrize(("opcode", "payload"), [
-    (Opcode.BLOCK_QUERY, BlockQuery(0).encode()),  # before ReceiveInit
-    (Opcode.BLOCK_ACK_EOF, BlockAckEOF(0).encode()),
-    (Opcode.SEND_INIT, SendInit(0, SD, 1024, b"img").encode()),  # we only answer receiver-initiated transfers
-    (Opcode.BLOCK, Block(0, b"x").encode()),
-])
+@pytest.mark.parametrize(
+    ("opcode", "payload"),
+    [
+        (Opcode.BLOCK_QUERY, BlockQuery(0).encode()),  # before ReceiveInit
+        (Opcode.BLOCK_ACK_EOF, BlockAckEOF(0).encode()),
+        (
+            Opcode.SEND_INIT,
+            SendInit(0, SD, 1024, b"img").encode(),
+        ),  # we only answer receiver-initiated transfers
+        (Opcode.BLOCK, Block(0, b"x").encode()),
+    ],
+)
 def test_unexpected_message_before_init(opcode: int, payload: bytes) -> None:
     sender, _, _ = make_sender()
     assert report_code(sender.receive(opcode, payload)) == BdxStatus.UNEXPECTED_MESSAGE
@@ -431,10 +485,16 @@ def test_unexpected_messages_during_transfer() -> None:
     assert report_code(sender.receive(Opcode.RECEIVE_INIT, init_bytes())) == BdxStatus.UNEXPECTED_MESSAGE
     sender, _, _ = make_sender()
     sender.receive(Opcode.RECEIVE_INIT, init_bytes(control=SD))
-    assert report_code(sender.receive(Opcode.BLOCK_QUERY, BlockQuery(1).encode())) == BdxStatus.UNEXPECTED_MESSAGE
+    assert (
+        report_code(sender.receive(Opcode.BLOCK_QUERY, BlockQuery(1).encode()))
+        == BdxStatus.UNEXPECTED_MESSAGE
+    )
     sender, _, _ = make_sender()
     sender.receive(Opcode.RECEIVE_INIT, init_bytes())
-    assert report_code(sender.receive(Opcode.BLOCK_ACK_EOF, BlockAckEOF(0).encode())) == BdxStatus.UNEXPECTED_MESSAGE
+    assert (
+        report_code(sender.receive(Opcode.BLOCK_ACK_EOF, BlockAckEOF(0).encode()))
+        == BdxStatus.UNEXPECTED_MESSAGE
+    )
     sender, _, _ = make_sender()
     assert report_code(sender.receive(0x01, b"", protocol_id=0x0001)) == BdxStatus.UNEXPECTED_MESSAGE
 
@@ -450,7 +510,11 @@ def test_peer_status_report_ends_silently() -> None:
     sender.receive(Opcode.RECEIVE_INIT, init_bytes())
     sr = status_report(BdxStatus.LENGTH_TOO_LARGE)
     assert sender.receive(sr.opcode, sr.payload, sr.protocol_id) == []
-    assert sender.failed and sender.status is BdxStatus.LENGTH_TOO_LARGE and events == [BdxStatus.LENGTH_TOO_LARGE]
+    assert (
+        sender.failed
+        and sender.status is BdxStatus.LENGTH_TOO_LARGE
+        and events == [BdxStatus.LENGTH_TOO_LARGE]
+    )
     sender, _, _ = make_sender()
     assert sender.receive(SECURE_CHANNEL_OPCODE_STATUS_REPORT, b"\x01", SECURE_CHANNEL_PROTOCOL_ID) == []
     assert sender.failed
@@ -491,8 +555,10 @@ def test_receiver_checks_sender() -> None:
     """The receiver is a faithful peer: it rejects a lying sender."""
     r = BdxReceiver(b"img", now=FakeTime(), max_block_size=100)
     r.start()
-    assert report_code(r.receive(Opcode.RECEIVE_ACCEPT, ReceiveAccept(0, RD, 200, 0, 50).encode())) \
+    assert (
+        report_code(r.receive(Opcode.RECEIVE_ACCEPT, ReceiveAccept(0, RD, 200, 0, 50).encode()))
         == BdxStatus.BAD_MESSAGE_CONTENTS
+    )
     r = BdxReceiver(b"img", now=FakeTime())
     r.start()
     r.receive(Opcode.RECEIVE_ACCEPT, ReceiveAccept(0, RD, 1024, 0, 10).encode())
@@ -500,7 +566,9 @@ def test_receiver_checks_sender() -> None:
     r = BdxReceiver(b"img", now=FakeTime())
     r.start()
     r.receive(Opcode.RECEIVE_ACCEPT, ReceiveAccept(0, RD, 1024, 0, 10).encode())
-    assert report_code(r.receive(Opcode.BLOCK_EOF, BlockEOF(0, b"x" * 9).encode())) == BdxStatus.LENGTH_MISMATCH
+    assert (
+        report_code(r.receive(Opcode.BLOCK_EOF, BlockEOF(0, b"x" * 9).encode())) == BdxStatus.LENGTH_MISMATCH
+    )
     r = BdxReceiver(b"img", now=FakeTime())
     r.start()
     r.receive(Opcode.RECEIVE_ACCEPT, ReceiveAccept(0, RD, 1024).encode())
@@ -524,12 +592,18 @@ def test_bdx_server_factory_binds_designators_to_the_peer() -> None:
         def failed(self, sender: BdxSender, code: BdxStatus, reason: str) -> None:
             log.append(("failed", code))
 
-    server = BdxServer(lambda d, ctx: reader if (d, ctx.peer_node_id) == (b"img", 7) else None,
-                       now=FakeTime(), max_transfers=1, observer=Obs())
+    server = BdxServer(
+        lambda d, ctx: reader if (d, ctx.peer_node_id) == (b"img", 7) else None,
+        now=FakeTime(),
+        max_transfers=1,
+        observer=Obs(),
+    )
     owner = SessionContext(1, 7, (), 1, True)
     stranger = SessionContext(1, 8, (), 2, True)
-    assert report_code(server(stranger).receive(Opcode.RECEIVE_INIT, init_bytes())) \
+    assert (
+        report_code(server(stranger).receive(Opcode.RECEIVE_INIT, init_bytes()))
         == BdxStatus.FILE_DESIGNATOR_UNKNOWN
+    )
     assert server.slots.in_use == 0  # the failed attempt released its slot
     pump(BdxReceiver(b"img", now=FakeTime()), s := server(owner))
     assert s.state is SenderState.DONE and ("complete", 7) in log and server.slots.in_use == 0

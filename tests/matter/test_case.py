@@ -89,22 +89,38 @@ def test_handshake_establishes_matching_sessions(with_icac: bool) -> None:
     i = CASEInitiator(cli, SERVER_NODE, 0x4321, now=clock)
     log = run(r, i)
     assert [(s, op) for s, op, _ in log] == [
-        ("I", OPCODE_SIGMA1), ("R", OPCODE_SIGMA2), ("I", OPCODE_SIGMA3), ("R", OPCODE_STATUS_REPORT)
+        ("I", OPCODE_SIGMA1),
+        ("R", OPCODE_SIGMA2),
+        ("I", OPCODE_SIGMA3),
+        ("R", OPCODE_STATUS_REPORT),
     ]
     assert status_of(log[-1][2]) == StatusReport(GeneralCode.SUCCESS, 0, 0)
     rs, is_ = r.session, i.session
     assert rs is not None and is_ is not None and r.error is None and i.error is None
-    assert (rs.i2r_key, rs.r2i_key, rs.attestation_challenge) == (is_.i2r_key, is_.r2i_key, is_.attestation_challenge)
+    assert (rs.i2r_key, rs.r2i_key, rs.attestation_challenge) == (
+        is_.i2r_key,
+        is_.r2i_key,
+        is_.attestation_challenge,
+    )
     assert len({rs.i2r_key, rs.r2i_key, rs.attestation_challenge}) == 3
     assert (rs.local_session_id, rs.peer_session_id) == (0x1234, 0x4321)
-    assert (rs.peer_node_id, rs.peer_cats, rs.fabric_index, rs.local_node_id) == (CLIENT_NODE, (0x00120003,), 1,
-                                                                                  SERVER_NODE)
-    assert rs.peer_mrp_params == {"idle_retrans_ms": 500, "active_retrans_ms": 300, "active_threshold_ms": 4000}
+    assert (rs.peer_node_id, rs.peer_cats, rs.fabric_index, rs.local_node_id) == (
+        CLIENT_NODE,
+        (0x00120003,),
+        1,
+        SERVER_NODE,
+    )
+    assert rs.peer_mrp_params == {
+        "idle_retrans_ms": 500,
+        "active_retrans_ms": 300,
+        "active_threshold_ms": 4000,
+    }
     assert is_.peer_node_id == SERVER_NODE and is_.resumption_id == rs.resumption_id
 
 
-def test_handshake_is_deterministic_under_injected_randomness(server: OperationalCredentials,
-                                                              client: OperationalCredentials) -> None:
+def test_handshake_is_deterministic_under_injected_randomness(
+    server: OperationalCredentials, client: OperationalCredentials
+) -> None:
     def sigma2_fields() -> tuple[bytes, bytes, bytes]:
         r = CASEResponder([server], 7, now=clock, random_bytes=random.Random(1).randbytes)
         i = CASEInitiator(client, SERVER_NODE, 9, now=clock, random_bytes=random.Random(2).randbytes)
@@ -126,8 +142,9 @@ def test_matches_the_right_fabric_among_several(ca: DevCA, server: OperationalCr
     assert r.fabric is srv2
 
 
-def test_resumption_request_is_declined_with_full_sigma2(server: OperationalCredentials,
-                                                         client: OperationalCredentials) -> None:
+def test_resumption_request_is_declined_with_full_sigma2(
+    server: OperationalCredentials, client: OperationalCredentials
+) -> None:
     r = CASEResponder([server], 5, now=clock)
     i = CASEInitiator(client, SERVER_NODE, 6, now=clock, resumption=(bytes(16), bytes(16)))
     log = run(r, i)
@@ -135,7 +152,9 @@ def test_resumption_request_is_declined_with_full_sigma2(server: OperationalCred
     assert log[1][1] == OPCODE_SIGMA2 and r.session is not None and i.session is not None
 
 
-def test_sigma1_without_session_parameters(server: OperationalCredentials, client: OperationalCredentials) -> None:
+def test_sigma1_without_session_parameters(
+    server: OperationalCredentials, client: OperationalCredentials
+) -> None:
     r = CASEResponder([server], 5, now=clock)
     run(r, CASEInitiator(client, SERVER_NODE, 6, now=clock, session_params=None))
     assert r.session is not None and r.session.peer_mrp_params is None
@@ -152,16 +171,23 @@ def test_unknown_fabric_gets_no_shared_trust_roots(server: OperationalCredential
     assert i.done and i.session is None
 
 
-def test_wrong_node_id_or_ipk_gets_no_shared_trust_roots(ca: DevCA, server: OperationalCredentials,
-                                                         client: OperationalCredentials) -> None:
+def test_wrong_node_id_or_ipk_gets_no_shared_trust_roots(
+    ca: DevCA, server: OperationalCredentials, client: OperationalCredentials
+) -> None:
     r = CASEResponder([server], 5, now=clock)
-    assert_rejected(r, run(r, CASEInitiator(client, SERVER_NODE + 1, 6, now=clock)),
-                    SecureChannelCode.NO_SHARED_TRUST_ROOTS)
+    assert_rejected(
+        r,
+        run(r, CASEInitiator(client, SERVER_NODE + 1, 6, now=clock)),
+        SecureChannelCode.NO_SHARED_TRUST_ROOTS,
+    )
     other_ipk = ca.credentials(CLIENT_NODE)
     other_ipk.ipk_epoch_key = b"another ipk 0002"
     r = CASEResponder([server], 5, now=clock)
-    assert_rejected(r, run(r, CASEInitiator(other_ipk, SERVER_NODE, 6, now=clock)),
-                    SecureChannelCode.NO_SHARED_TRUST_ROOTS)
+    assert_rejected(
+        r,
+        run(r, CASEInitiator(other_ipk, SERVER_NODE, 6, now=clock)),
+        SecureChannelCode.NO_SHARED_TRUST_ROOTS,
+    )
 
 
 def test_initiator_noc_from_foreign_ca_is_invalid_parameter(server: OperationalCredentials) -> None:
@@ -169,8 +195,14 @@ def test_initiator_noc_from_foreign_ca_is_invalid_parameter(server: OperationalC
     foreign = DevCA(fabric_id=server.fabric_id)
     key = ec.generate_private_key(ec.SECP256R1())
     forged = OperationalCredentials(
-        fabric_index=1, fabric_id=server.fabric_id, node_id=CLIENT_NODE, vendor_id=0xFFF1, private_key=key,
-        noc=foreign.issue_noc(crypto.public_key_bytes(key), CLIENT_NODE), icac=foreign.icac, rcac=server.rcac,
+        fabric_index=1,
+        fabric_id=server.fabric_id,
+        node_id=CLIENT_NODE,
+        vendor_id=0xFFF1,
+        private_key=key,
+        noc=foreign.issue_noc(crypto.public_key_bytes(key), CLIENT_NODE),
+        icac=foreign.icac,
+        rcac=server.rcac,
     )
     r = CASEResponder([server], 5, now=clock)
     log = run(r, CASEInitiator(forged, SERVER_NODE, 6, now=clock))
@@ -181,8 +213,11 @@ def test_initiator_noc_from_foreign_ca_is_invalid_parameter(server: OperationalC
 def test_expired_initiator_noc_is_invalid_parameter(ca: DevCA, server: OperationalCredentials) -> None:
     expired = ca.credentials(CLIENT_NODE, not_before=1, not_after=10_000)
     r = CASEResponder([server], 5, now=clock)
-    assert_rejected(r, run(r, CASEInitiator(expired, SERVER_NODE, 6, now=lambda: 946_684_800 + 5_000)),
-                    SecureChannelCode.INVALID_PARAMETER)
+    assert_rejected(
+        r,
+        run(r, CASEInitiator(expired, SERVER_NODE, 6, now=lambda: 946_684_800 + 5_000)),
+        SecureChannelCode.INVALID_PARAMETER,
+    )
     assert "CertificateValidityError" in str(r.error)
 
 
@@ -190,15 +225,19 @@ def test_bad_sigma3_signature_is_invalid_parameter(ca: DevCA, server: Operationa
     liar = ca.credentials(CLIENT_NODE)
     liar.private_key = ec.generate_private_key(ec.SECP256R1())  # signs with a key its NOC doesn't certify
     r = CASEResponder([server], 5, now=clock)
-    assert_rejected(r, run(r, CASEInitiator(liar, SERVER_NODE, 6, now=clock)), SecureChannelCode.INVALID_PARAMETER)
+    assert_rejected(
+        r, run(r, CASEInitiator(liar, SERVER_NODE, 6, now=clock)), SecureChannelCode.INVALID_PARAMETER
+    )
     assert "signature" in str(r.error)
 
 
-def test_tampered_sigma3_is_invalid_parameter(server: OperationalCredentials, client: OperationalCredentials) -> None:
+def test_tampered_sigma3_is_invalid_parameter(
+    server: OperationalCredentials, client: OperationalCredentials
+) -> None:
     r = CASEResponder([server], 5, now=clock)
     i = CASEInitiator(client, SERVER_NODE, 6, now=clock)
-    (op2, sigma2), = r.receive(*i.start())
-    (op3, sigma3), = i.receive(op2, sigma2)
+    ((op2, sigma2),) = r.receive(*i.start())
+    ((op3, sigma3),) = i.receive(op2, sigma2)
     enc = bytearray(Sigma3.decode(sigma3).encrypted3)
     enc[3] ^= 0x40
     out = r.receive(op3, Sigma3(bytes(enc)).encode())
@@ -208,13 +247,17 @@ def test_tampered_sigma3_is_invalid_parameter(server: OperationalCredentials, cl
     assert r.receive(op3, sigma3) == []  # finished: the genuine Sigma3 no longer helps
 
 
-def test_out_of_order_and_malformed_messages(server: OperationalCredentials, client: OperationalCredentials) -> None:
+def test_out_of_order_and_malformed_messages(
+    server: OperationalCredentials, client: OperationalCredentials
+) -> None:
     r = CASEResponder([server], 5, now=clock)
     out = r.receive(OPCODE_SIGMA3, Sigma3(bytes(40)).encode())
     assert status_of(out[0][1]).protocol_code == SecureChannelCode.INVALID_PARAMETER and r.done
     r = CASEResponder([server], 5, now=clock)
     out = r.receive(OPCODE_SIGMA1, b"\x15\x18")
-    assert status_of(out[0][1]).protocol_code == SecureChannelCode.INVALID_PARAMETER and "field 1" in str(r.error)
+    assert status_of(out[0][1]).protocol_code == SecureChannelCode.INVALID_PARAMETER and "field 1" in str(
+        r.error
+    )
     # zero initiator session id
     i = CASEInitiator(client, SERVER_NODE, 0, now=clock)
     r = CASEResponder([server], 5, now=clock)
@@ -229,14 +272,15 @@ def test_out_of_order_and_malformed_messages(server: OperationalCredentials, cli
     assert status_of(out[0][1]).protocol_code == SecureChannelCode.INVALID_PARAMETER and r.session is None
 
 
-def test_initiator_status_report_ends_handshake_silently(ca: DevCA, server: OperationalCredentials,
-                                                         client: OperationalCredentials) -> None:
+def test_initiator_status_report_ends_handshake_silently(
+    ca: DevCA, server: OperationalCredentials, client: OperationalCredentials
+) -> None:
     # The initiator expects another node id behind this destination (its check of Sigma2 fails).
     r = CASEResponder([server], 5, now=clock)
     i = CASEInitiator(client, SERVER_NODE, 6, now=clock)
-    (op2, sigma2), = r.receive(*i.start())
+    ((op2, sigma2),) = r.receive(*i.start())
     i.peer_node_id = SERVER_NODE + 1
-    (op, report), = i.receive(op2, sigma2)
+    ((op, report),) = i.receive(op2, sigma2)
     assert op == OPCODE_STATUS_REPORT
     assert r.receive(op, report) == []
     assert r.done and r.session is None and r.peer_status is not None
@@ -244,9 +288,15 @@ def test_initiator_status_report_ends_handshake_silently(ca: DevCA, server: Oper
 
 
 def test_session_parameters_roundtrip_and_unknown_tags() -> None:
-    p = SessionParameters(idle_interval_ms=5000, active_interval_ms=300, active_threshold_ms=4000,
-                          data_model_revision=17, interaction_model_revision=11, specification_version=0x01030000,
-                          max_paths_per_invoke=1)
+    p = SessionParameters(
+        idle_interval_ms=5000,
+        active_interval_ms=300,
+        active_threshold_ms=4000,
+        data_model_revision=17,
+        interaction_model_revision=11,
+        specification_version=0x01030000,
+        max_paths_per_invoke=1,
+    )
     s = p.to_tlv()
     s[200] = tlv.UInt(1)  # a future parameter
     assert SessionParameters.from_tlv(s, "x") == p
@@ -292,8 +342,9 @@ def _mutate(data: st.DataObject, msg: bytes) -> bytes:
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 @given(data=st.data())
-def test_responder_survives_mutated_sigma1_and_sigma3(data: st.DataObject, server: OperationalCredentials,
-                                                       client: OperationalCredentials) -> None:
+def test_responder_survives_mutated_sigma1_and_sigma3(
+    data: st.DataObject, server: OperationalCredentials, client: OperationalCredentials
+) -> None:
     i = CASEInitiator(client, SERVER_NODE, 6, now=clock)
     op1, sigma1 = i.start()
     r = CASEResponder([server], 5, now=clock)
@@ -317,10 +368,14 @@ def test_decode_rejects_wrong_types_with_field_names() -> None:
     with pytest.raises(SigmaFormatError, match="Sigma1: field 2 must be an unsigned 16-bit"):
         Sigma1.decode(tlv.encode(tlv.Struct({1: bytes(32), 2: tlv.UInt(70000), 3: bytes(32), 4: bytes(65)})))
     with pytest.raises(SigmaFormatError, match="resumptionID and initiatorResumeMIC"):
-        Sigma1.decode(tlv.encode(tlv.Struct({1: bytes(32), 2: tlv.UInt(1), 3: bytes(32), 4: bytes(65),
-                                             6: bytes(16)})))
+        Sigma1.decode(
+            tlv.encode(tlv.Struct({1: bytes(32), 2: tlv.UInt(1), 3: bytes(32), 4: bytes(65), 6: bytes(16)}))
+        )
     with pytest.raises(SigmaFormatError, match="TBEData3: field 3 must be 64 bytes"):
         TBEData.decode(tlv.encode(tlv.Struct({1: b"x", 3: bytes(63)})), "TBEData3", with_resumption=False)
     with pytest.raises(SigmaFormatError, match="longer than"):
-        TBEData.decode(tlv.encode(tlv.Struct({1: bytes(certs.MAX_CERT_TLV_LENGTH + 1), 3: bytes(64)})),
-                       "TBEData3", with_resumption=False)
+        TBEData.decode(
+            tlv.encode(tlv.Struct({1: bytes(certs.MAX_CERT_TLV_LENGTH + 1), 3: bytes(64)})),
+            "TBEData3",
+            with_resumption=False,
+        )

@@ -123,11 +123,17 @@ def _x509_with(subject: x509.Name, not_after: dt.datetime) -> bytes:
         ],
     ],
 )
-@pytest.mark.parametrize("not_after", [dt.datetime(2049, 12, 31, 23, 59, 59, tzinfo=dt.UTC),
-                                       dt.datetime(2050, 1, 1, tzinfo=dt.UTC),
-                                       dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)])
-def test_x509_roundtrip_through_sdk_tlv(sdk: ControllerRunner, attrs: list[x509.NameAttribute],
-                                        not_after: dt.datetime) -> None:
+@pytest.mark.parametrize(
+    "not_after",
+    [
+        dt.datetime(2049, 12, 31, 23, 59, 59, tzinfo=dt.UTC),
+        dt.datetime(2050, 1, 1, tzinfo=dt.UTC),
+        dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC),
+    ],
+)
+def test_x509_roundtrip_through_sdk_tlv(
+    sdk: ControllerRunner, attrs: list[x509.NameAttribute], not_after: dt.datetime
+) -> None:
     der = _x509_with(x509.Name(attrs), not_after)
     tlv_cert = sdk.x509_to_chip(der)
     assert certs.to_x509_der(tlv_cert) == der
@@ -211,7 +217,10 @@ def test_noc_constraints() -> None:
     with pytest.raises(CertificateChainError, match="operational node id"):
         certs.validate_chain(group_node, ca.icac, ca.rcac, now=NOW)
     ca_noc = certs.build_certificate(
-        signer=ca.icac_key, public_key=key, issuer=ca.icac_dn, is_ca=True,
+        signer=ca.icac_key,
+        public_key=key,
+        issuer=ca.icac_dn,
+        is_ca=True,
         subject=[(DNAttr.MATTER_NODE_ID, 1), (DNAttr.MATTER_FABRIC_ID, 5)],
     )
     with pytest.raises(CertificateChainError, match="cA false"):
@@ -222,12 +231,18 @@ def test_ca_constraints() -> None:
     ca = DevCA(fabric_id=5)
     icac_key = ec.generate_private_key(ec.SECP256R1())
     no_cert_sign = certs.build_certificate(
-        signer=ca.root_key, public_key=crypto.public_key_bytes(icac_key), subject=ca.icac_dn,
-        issuer=ca.root_dn, is_ca=True, key_usage=certs.KeyUsage.CRL_SIGN,
+        signer=ca.root_key,
+        public_key=crypto.public_key_bytes(icac_key),
+        subject=ca.icac_dn,
+        issuer=ca.root_dn,
+        is_ca=True,
+        key_usage=certs.KeyUsage.CRL_SIGN,
     )
     noc = certs.build_certificate(
-        signer=icac_key, public_key=crypto.public_key_bytes(ec.generate_private_key(ec.SECP256R1())),
-        issuer=ca.icac_dn, subject=[(DNAttr.MATTER_NODE_ID, 1), (DNAttr.MATTER_FABRIC_ID, 5)],
+        signer=icac_key,
+        public_key=crypto.public_key_bytes(ec.generate_private_key(ec.SECP256R1())),
+        issuer=ca.icac_dn,
+        subject=[(DNAttr.MATTER_NODE_ID, 1), (DNAttr.MATTER_FABRIC_ID, 5)],
         ext_key_usage=(1, 2),
     )
     with pytest.raises(CertificateChainError, match="keyCertSign"):
@@ -236,11 +251,18 @@ def test_ca_constraints() -> None:
     root_key = ec.generate_private_key(ec.SECP256R1())
     root_dn = [(DNAttr.MATTER_RCAC_ID, 9)]
     strict_root = certs.build_certificate(
-        signer=root_key, public_key=crypto.public_key_bytes(root_key), subject=root_dn, issuer=root_dn,
-        is_ca=True, path_len=0,
+        signer=root_key,
+        public_key=crypto.public_key_bytes(root_key),
+        subject=root_dn,
+        issuer=root_dn,
+        is_ca=True,
+        path_len=0,
     )
     icac = certs.build_certificate(
-        signer=root_key, public_key=crypto.public_key_bytes(icac_key), subject=ca.icac_dn, issuer=root_dn,
+        signer=root_key,
+        public_key=crypto.public_key_bytes(icac_key),
+        subject=ca.icac_dn,
+        issuer=root_dn,
         is_ca=True,
     )
     with pytest.raises(CertificateChainError, match="path length"):
@@ -250,11 +272,19 @@ def test_ca_constraints() -> None:
 def test_fabric_id_must_be_consistent() -> None:
     root_key, icac_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     root_dn = [(DNAttr.MATTER_RCAC_ID, 1), (DNAttr.MATTER_FABRIC_ID, 0xAA)]
-    rcac = certs.build_certificate(signer=root_key, public_key=crypto.public_key_bytes(root_key),
-                                   subject=root_dn, issuer=root_dn, is_ca=True)
+    rcac = certs.build_certificate(
+        signer=root_key,
+        public_key=crypto.public_key_bytes(root_key),
+        subject=root_dn,
+        issuer=root_dn,
+        is_ca=True,
+    )
     noc = certs.build_certificate(
-        signer=root_key, public_key=crypto.public_key_bytes(icac_key), issuer=root_dn,
-        subject=[(DNAttr.MATTER_NODE_ID, 1), (DNAttr.MATTER_FABRIC_ID, 0xBB)], ext_key_usage=(1, 2),
+        signer=root_key,
+        public_key=crypto.public_key_bytes(icac_key),
+        issuer=root_dn,
+        subject=[(DNAttr.MATTER_NODE_ID, 1), (DNAttr.MATTER_FABRIC_ID, 0xBB)],
+        ext_key_usage=(1, 2),
     )
     with pytest.raises(CertificateChainError, match="fabric id"):
         certs.validate_chain(noc, None, rcac, now=NOW)

@@ -6,11 +6,12 @@ import asyncio
 import socket
 
 import pytest
-from netns import NetnsPair, netns_pair  # noqa: F401  (fixture; tests/matter is on sys.path)
 from zeroconf import IPVersion
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from adapters.matter.discovery.dnssd import MATTER_OPERATIONAL_TYPE, OperationalAdvertiser, OperationalName
+
+from .netns import NetnsPair
 
 pytestmark = pytest.mark.interop
 
@@ -22,7 +23,7 @@ def test_names() -> None:
     assert NAME.subtype == "_I87E1B004E235A130._sub._matter._tcp.local."
 
 
-async def test_advertise_resolve_withdraw(netns_pair: NetnsPair) -> None:  # noqa: F811
+async def test_advertise_resolve_withdraw(netns_pair: NetnsPair) -> None:
     pair = netns_pair
     with pair.enter(pair.a):
         adv = OperationalAdvertiser(5540, [pair.a.iface])
@@ -37,8 +38,12 @@ async def test_advertise_resolve_withdraw(netns_pair: NetnsPair) -> None:  # noq
         assert info.port == 5540
         assert pair.a.address in info.parsed_addresses()
         assert all(a == pair.a.address or a.startswith("fe80") for a in info.parsed_addresses())
-        assert {k: v for k, v in info.decoded_properties.items()} == {"SII": "500", "SAI": "300", "SAT": "4000",
-                                                                       "T": "0"}
+        assert {k: v for k, v in info.decoded_properties.items()} == {
+            "SII": "500",
+            "SAI": "300",
+            "SAT": "4000",
+            "T": "0",
+        }
         found: asyncio.Queue[str] = asyncio.Queue()
 
         def on_change(zeroconf: object, service_type: str, name: str, state_change: object) -> None:
@@ -54,4 +59,3 @@ async def test_advertise_resolve_withdraw(netns_pair: NetnsPair) -> None:  # noq
     finally:
         await adv.close()
         await zc.async_close()
-

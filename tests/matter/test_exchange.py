@@ -44,8 +44,16 @@ class Recorder:
         return [(2, b"hi")]
 
 
-def unsecured(counter: int, opcode: int, *, exchange: int = 7, ack: int | None = None, reliable: bool = True,
-              protocol: int = 0, initiator: bool = True) -> bytes:
+def unsecured(
+    counter: int,
+    opcode: int,
+    *,
+    exchange: int = 7,
+    ack: int | None = None,
+    reliable: bool = True,
+    protocol: int = 0,
+    initiator: bool = True,
+) -> bytes:
     h = MessageHeader(session_id=0, message_counter=counter, source_node_id=0xE1)
     p = ProtocolHeader(opcode, exchange, protocol, initiator=initiator, reliable=reliable, ack_counter=ack)
     return h.encode() + p.encode() + b"p%d" % opcode
@@ -75,7 +83,14 @@ def test_full_exchange_with_piggybacked_acks_and_close() -> None:
     ev = mgr.on_message(table.open(unsecured(10, 1), PEER, 0), 0)
     assert len(ev) == 1 and isinstance(ev[0], Send)
     h, p, payload = parse(ev[0])
-    assert (p.opcode, p.ack_counter, p.reliable, p.initiator, p.exchange_id, payload) == (2, 10, True, False, 7, b"hi")
+    assert (p.opcode, p.ack_counter, p.reliable, p.initiator, p.exchange_id, payload) == (
+        2,
+        10,
+        True,
+        False,
+        7,
+        b"hi",
+    )
     assert h.dest_node_id == 0xE1
     assert handlers[0].ctx.is_secure is False
     # peer answers with opcode 3, acking our message: handler finishes, reply acks it, session established
@@ -85,7 +100,9 @@ def test_full_exchange_with_piggybacked_acks_and_close() -> None:
     assert any(isinstance(e, SessionEstablished) and e.established == "keys" for e in ev)
     assert mgr.exchanges  # still waiting for the ack of opcode 4
     h4 = parse(sends[0])[0]
-    ev = mgr.on_message(table.open(unsecured(12, 0x10, ack=h4.message_counter, reliable=False), PEER, 200), 200)
+    ev = mgr.on_message(
+        table.open(unsecured(12, 0x10, ack=h4.message_counter, reliable=False), PEER, 200), 200
+    )
     assert any(isinstance(e, ExchangeClosed) for e in ev)
     assert not mgr.exchanges and mgr.next_deadline() is None
 
@@ -118,8 +135,12 @@ def test_duplicate_is_acked_not_redelivered() -> None:
 
 def test_unroutable_messages_get_standalone_acks_only() -> None:
     table, mgr, handlers = setup()
-    for raw in (unsecured(1, 9), unsecured(2, 1, protocol=1), unsecured(3, 1, protocol=2),
-                unsecured(4, 1, initiator=False)):
+    for raw in (
+        unsecured(1, 9),
+        unsecured(2, 1, protocol=1),
+        unsecured(3, 1, protocol=2),
+        unsecured(4, 1, initiator=False),
+    ):
         ev = mgr.on_message(table.open(raw, PEER, 0), 0)
         assert [parse(e)[1].opcode for e in ev if isinstance(e, Send)] == [0x10]
     assert handlers == [] and not mgr.exchanges
@@ -164,11 +185,25 @@ async def test_async_handler_result_is_delivered() -> None:
 
 def test_close_session_status_report_on_secure_session() -> None:
     table, mgr, _ = setup()
-    s = SecureSession(peer_address=PEER, local_session_id=5, peer_session_id=6, local_node_id=1, peer_node_id=2,
-                      i2r_key=bytes(16), r2i_key=bytes(16))
+    s = SecureSession(
+        peer_address=PEER,
+        local_session_id=5,
+        peer_session_id=6,
+        local_node_id=1,
+        peer_node_id=2,
+        i2r_key=bytes(16),
+        r2i_key=bytes(16),
+    )
     table.add_secure(s)
-    peer = SecureSession(peer_address=PEER, local_session_id=6, peer_session_id=5, local_node_id=2, peer_node_id=1,
-                         i2r_key=bytes(16), r2i_key=bytes(16))
+    peer = SecureSession(
+        peer_address=PEER,
+        local_session_id=6,
+        peer_session_id=5,
+        local_node_id=2,
+        peer_node_id=1,
+        i2r_key=bytes(16),
+        r2i_key=bytes(16),
+    )
     body = StatusReport(0, 0, SecureChannelCode.CLOSE_SESSION).encode()
     raw, _ = peer.encode(ProtocolHeader(0x40, 3, 0, initiator=True, reliable=False), body)
     ev = mgr.on_message(table.open(raw, PEER, 0), 0)

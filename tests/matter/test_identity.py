@@ -36,7 +36,12 @@ def test_save_is_owner_only_and_load_roundtrips(tmp_path: Path) -> None:
     assert not list(store.glob(".*.tmp"))
     loaded = OperationalCredentials.load(store, 3)
     assert (loaded.noc, loaded.icac, loaded.rcac, loaded.node_id, loaded.fabric_id) == (
-        creds.noc, creds.icac, creds.rcac, 0x99, 0x33)
+        creds.noc,
+        creds.icac,
+        creds.rcac,
+        0x99,
+        0x33,
+    )
     assert loaded.public_key == creds.public_key and loaded.ipk == creds.ipk
     assert loaded.compressed_fabric_id == crypto.compressed_fabric_id(creds.root_public_key, 0x33)
 
@@ -68,8 +73,16 @@ def test_credentials_reject_key_not_matching_noc() -> None:
     ca = DevCA()
     a, b = ca.credentials(1), ca.credentials(2)
     with pytest.raises(CredentialsError, match="public key does not match"):
-        OperationalCredentials(fabric_index=1, fabric_id=a.fabric_id, node_id=1, vendor_id=0xFFF1,
-                               private_key=b.private_key, noc=a.noc, icac=a.icac, rcac=a.rcac)
+        OperationalCredentials(
+            fabric_index=1,
+            fabric_id=a.fabric_id,
+            node_id=1,
+            vendor_id=0xFFF1,
+            private_key=b.private_key,
+            noc=a.noc,
+            icac=a.icac,
+            rcac=a.rcac,
+        )
 
 
 def test_ensure_identity_reloads_without_minting(tmp_path: Path) -> None:
@@ -104,8 +117,10 @@ def test_sdk_mints_identity_that_survives_restart_and_does_case(tmp_path: Path) 
 
     # Restart: identity reloads from disk; the fabric admin reloads the same CA from its storage and mints a
     # controller-side identity on the same root, whose compressed fabric id agrees with ours.
-    assert ensure_identity(tmp_path, node_id, fabric_id=0x1234).private_key.private_numbers() == \
-        creds.private_key.private_numbers()
+    assert (
+        ensure_identity(tmp_path, node_id, fabric_id=0x1234).private_key.private_numbers()
+        == creds.private_key.private_numbers()
+    )
     with ControllerRunner(tmp_path / "fabric-admin") as runner:
         info = runner.init_fabric(fabric_id=0x1234)
         assert info["compressed_fabric_id"] == creds.compressed_fabric_id_int

@@ -73,9 +73,13 @@ def test_status_response_and_timed_request_bytes() -> None:
 
 
 def test_report_data_flags_and_sdk_view() -> None:
-    rd = ReportData([AttributeData(AttributePath(0, 0x28, 1), "otagw", 7),
-                     AttributeStatus(AttributePath(0, 0x28, 0x99), StatusIB(0x86))],
-                    more_chunked=True)
+    rd = ReportData(
+        [
+            AttributeData(AttributePath(0, 0x28, 1), "otagw", 7),
+            AttributeStatus(AttributePath(0, 0x28, 0x99), StatusIB(0x86)),
+        ],
+        more_chunked=True,
+    )
     v = sdk_decode(rd.encode())
     assert v[3] is True and 4 not in v
     assert v[1][0][1][0] == 7 and v[1][0][1][2] == "otagw"
@@ -101,10 +105,16 @@ def test_decode_rejects_wrong_types_with_paths() -> None:
 
 
 def test_query_image_from_sdk_encoding() -> None:
-    sdk = OTA.Commands.QueryImage(vendorID=0xFFF1, productID=0x8000, softwareVersion=3,
-                                  protocolsSupported=[OTA.Enums.DownloadProtocolEnum.kBDXSynchronous],
-                                  hardwareVersion=2, location="DE", requestorCanConsent=True,
-                                  metadataForProvider=b"\x01\x02")
+    sdk = OTA.Commands.QueryImage(
+        vendorID=0xFFF1,
+        productID=0x8000,
+        softwareVersion=3,
+        protocolsSupported=[OTA.Enums.DownloadProtocolEnum.kBDXSynchronous],
+        hardwareVersion=2,
+        location="DE",
+        requestorCanConsent=True,
+        metadataForProvider=b"\x01\x02",
+    )
     ours = QueryImage.from_fields(decode(sdk.ToTLV()))
     assert ours == QueryImage(0xFFF1, 0x8000, 3, (0,), 2, "DE", True, b"\x01\x02")
     # and back: the SDK decodes ours to the same command
@@ -113,40 +123,51 @@ def test_query_image_from_sdk_encoding() -> None:
 
 
 def test_query_image_response_decoded_by_sdk() -> None:
-    resp = QueryImageResponse(OtaStatus.UPDATE_AVAILABLE, 0, "bdx://0000000000000001/abc", 5, "5.0",
-                              b"T" * 16, False, None)
+    resp = QueryImageResponse(
+        OtaStatus.UPDATE_AVAILABLE, 0, "bdx://0000000000000001/abc", 5, "5.0", b"T" * 16, False, None
+    )
     sdk = OTA.Commands.QueryImageResponse.FromTLV(encode(resp.to_fields()))
     assert sdk.status == OTA.Enums.StatusEnum.kUpdateAvailable
-    assert (sdk.imageURI, sdk.softwareVersion, sdk.softwareVersionString, sdk.updateToken) == \
-        ("bdx://0000000000000001/abc", 5, "5.0", b"T" * 16)
+    assert (sdk.imageURI, sdk.softwareVersion, sdk.softwareVersionString, sdk.updateToken) == (
+        "bdx://0000000000000001/abc",
+        5,
+        "5.0",
+        b"T" * 16,
+    )
     assert sdk.metadataForRequestor is None and sdk.delayedActionTime == 0
     not_avail = OTA.Commands.QueryImageResponse.FromTLV(
-        encode(QueryImageResponse(OtaStatus.NOT_AVAILABLE, delayed_action_time=60).to_fields()))
+        encode(QueryImageResponse(OtaStatus.NOT_AVAILABLE, delayed_action_time=60).to_fields())
+    )
     assert not_avail.status == OTA.Enums.StatusEnum.kNotAvailable and not_avail.delayedActionTime == 60
-    assert QueryImageResponse.from_fields(decode(OTA.Commands.QueryImageResponse(
-        status=1, delayedActionTime=9).ToTLV())) == QueryImageResponse(OtaStatus.BUSY, 9)
+    assert QueryImageResponse.from_fields(
+        decode(OTA.Commands.QueryImageResponse(status=1, delayedActionTime=9).ToTLV())
+    ) == QueryImageResponse(OtaStatus.BUSY, 9)
 
 
 def test_apply_and_notify_against_sdk() -> None:
     sdk = OTA.Commands.ApplyUpdateRequest(updateToken=b"12345678", newVersion=9)
     assert ApplyUpdateRequest.from_fields(decode(sdk.ToTLV())) == ApplyUpdateRequest(b"12345678", 9)
-    r = OTA.Commands.ApplyUpdateResponse.FromTLV(encode(ApplyUpdateResponse(ApplyUpdateAction.AWAIT_NEXT_ACTION,
-                                                                            30).to_fields()))
+    r = OTA.Commands.ApplyUpdateResponse.FromTLV(
+        encode(ApplyUpdateResponse(ApplyUpdateAction.AWAIT_NEXT_ACTION, 30).to_fields())
+    )
     assert r.action == OTA.Enums.ApplyUpdateActionEnum.kAwaitNextAction and r.delayedActionTime == 30
     n = OTA.Commands.NotifyUpdateApplied(updateToken=b"abcdefgh", softwareVersion=4)
     assert NotifyUpdateApplied.from_fields(decode(n.ToTLV())) == NotifyUpdateApplied(b"abcdefgh", 4)
     assert OTA.Commands.QueryImage.command_id == 0 and OTA.Commands.NotifyUpdateApplied.command_id == 4
 
 
-@pytest.mark.parametrize(("fields", "exc"), [
-    (Struct({0: UInt(1), 1: UInt(2), 2: UInt(3)}), FieldError),  # ProtocolsSupported missing
-    (Struct({0: 1, 1: UInt(2), 2: UInt(3), 3: Array([UInt(0)])}), FieldError),  # signed VendorID
-    (Struct({0: UInt(1 << 16), 1: UInt(2), 2: UInt(3), 3: Array([UInt(0)])}), FieldError),
-    (Struct({0: UInt(1), 1: UInt(2), 2: UInt(3), 3: Array([UInt(0)]), 5: "DEU"}), ConstraintError),
-    (Struct({0: UInt(1), 1: UInt(2), 2: UInt(3), 3: Array([])}), ConstraintError),
-    (Struct({0: UInt(1), 1: UInt(2), 2: UInt(3), 3: Array([UInt(0)]), 7: b"x" * 513}), ConstraintError),
-    (Struct({0: UInt(1), 1: UInt(2), 2: UInt(3), 3: Array([UInt(0)]), 6: None}), FieldError),
-])
+@pytest.mark.parametrize(
+    ("fields", "exc"),
+    [
+        (Struct({0: UInt(1), 1: UInt(2), 2: UInt(3)}), FieldError),  # ProtocolsSupported missing
+        (Struct({0: 1, 1: UInt(2), 2: UInt(3), 3: Array([UInt(0)])}), FieldError),  # signed VendorID
+        (Struct({0: UInt(1 << 16), 1: UInt(2), 2: UInt(3), 3: Array([UInt(0)])}), FieldError),
+        (Struct({0: UInt(1), 1: UInt(2), 2: UInt(3), 3: Array([UInt(0)]), 5: "DEU"}), ConstraintError),
+        (Struct({0: UInt(1), 1: UInt(2), 2: UInt(3), 3: Array([])}), ConstraintError),
+        (Struct({0: UInt(1), 1: UInt(2), 2: UInt(3), 3: Array([UInt(0)]), 7: b"x" * 513}), ConstraintError),
+        (Struct({0: UInt(1), 1: UInt(2), 2: UInt(3), 3: Array([UInt(0)]), 6: None}), FieldError),
+    ],
+)
 def test_query_image_validation(fields: Struct, exc: type) -> None:
     with pytest.raises(exc):
         QueryImage.from_fields(fields)
@@ -168,17 +189,27 @@ _u32 = st.integers(0, 0xFFFFFFFF)
 _opt16 = st.none() | _u16
 _opt32 = st.none() | _u32
 _tlv_value = st.recursive(
-    st.none() | st.booleans() | st.integers(0, 2**64 - 1).map(UInt) | st.integers(-(2**63), 2**63 - 1)
-    | st.text(max_size=10) | st.binary(max_size=10),
-    lambda inner: st.lists(inner, max_size=3).map(Array)
-    | st.dictionaries(st.integers(0, 254), inner, max_size=3).map(Struct),
+    st.none()
+    | st.booleans()
+    | st.integers(0, 2**64 - 1).map(UInt)
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.text(max_size=10)
+    | st.binary(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3).map(Array)
+        | st.dictionaries(st.integers(0, 254), inner, max_size=3).map(Struct)
+    ),
     max_leaves=8,
 )
 _attr_path = st.builds(AttributePath, _opt16, _opt32, _opt32, st.none() | st.integers(0, 2**64 - 1))
 _cmd_path = st.builds(CommandPath, _opt16, _u32, _u32)
 _status_ib = st.builds(StatusIB, st.integers(0, 0xFF), st.none() | st.integers(0, 0xFF))
-_cmd_data = st.builds(CommandData, _cmd_path, st.none() | st.dictionaries(st.integers(0, 254), _tlv_value,
-                                                                            max_size=3).map(Struct), _opt16)
+_cmd_data = st.builds(
+    CommandData,
+    _cmd_path,
+    st.none() | st.dictionaries(st.integers(0, 254), _tlv_value, max_size=3).map(Struct),
+    _opt16,
+)
 _attr_data = st.builds(AttributeData, _attr_path, _tlv_value, _opt32)
 _attr_status = st.builds(AttributeStatus, _attr_path, _status_ib)
 _filters = st.lists(st.builds(DataVersionFilter, st.builds(ClusterPath, _opt16, _opt32), _u32), max_size=2)
@@ -187,12 +218,19 @@ _messages = st.one_of(
     st.builds(StatusResponse, st.integers(0, 0xFF)),
     st.builds(TimedRequest, _u16),
     st.builds(InvokeRequest, st.lists(_cmd_data, max_size=3), st.booleans(), st.booleans()),
-    st.builds(InvokeResponse, st.lists(_cmd_data | st.builds(CommandStatus, _cmd_path, _status_ib, _opt16),
-                                       max_size=3), st.booleans(), st.booleans()),
+    st.builds(
+        InvokeResponse,
+        st.lists(_cmd_data | st.builds(CommandStatus, _cmd_path, _status_ib, _opt16), max_size=3),
+        st.booleans(),
+        st.booleans(),
+    ),
     st.builds(ReadRequest, st.lists(_attr_path, max_size=3), st.booleans(), _filters),
-    st.builds(SubscribeRequest, _u16, _u16, st.lists(_attr_path, max_size=2), st.booleans(), st.booleans(),
-              _filters),
-    st.builds(ReportData, st.lists(_attr_data | _attr_status, max_size=3), st.booleans(), st.booleans(), _opt32),
+    st.builds(
+        SubscribeRequest, _u16, _u16, st.lists(_attr_path, max_size=2), st.booleans(), st.booleans(), _filters
+    ),
+    st.builds(
+        ReportData, st.lists(_attr_data | _attr_status, max_size=3), st.booleans(), st.booleans(), _opt32
+    ),
     st.builds(WriteRequest, st.lists(_attr_data, max_size=2), st.booleans(), st.booleans(), st.booleans()),
     st.builds(WriteResponse, st.lists(_attr_status, max_size=3)),
 )

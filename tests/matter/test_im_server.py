@@ -85,11 +85,13 @@ def one(out: list[Outgoing]) -> object:
     return decode_message(out[0].opcode, out[0].payload)
 
 
-async def invoke(server: IMServer, path: CommandPath, fields: Struct | None, ctx: SessionContext | None = None,
-                 **kw: bool) -> object:
+async def invoke(
+    server: IMServer, path: CommandPath, fields: Struct | None, ctx: SessionContext | None = None, **kw: bool
+) -> object:
     ex = server(ctx or session())
-    out = await ex.receive(Opcode.INVOKE_REQUEST, InvokeRequest([CommandData(path, fields)], **kw).encode(),
-                           IM_PROTOCOL_ID)
+    out = await ex.receive(
+        Opcode.INVOKE_REQUEST, InvokeRequest([CommandData(path, fields)], **kw).encode(), IM_PROTOCOL_ID
+    )
     assert ex.done
     return one(out) if out else None
 
@@ -101,11 +103,17 @@ def status_of(resp: object) -> int:
     return item.status.status
 
 
-async def read(server: IMServer, paths: list[AttributePath], ctx: SessionContext | None = None,
-               filters: list[DataVersionFilter] | None = None) -> tuple[list[object], list[ReportData]]:
+async def read(
+    server: IMServer,
+    paths: list[AttributePath],
+    ctx: SessionContext | None = None,
+    filters: list[DataVersionFilter] | None = None,
+) -> tuple[list[object], list[ReportData]]:
     """Drive a read to the end, acking every chunk; return (all reports, the chunks)."""
     ex = server(ctx or session(ADMIN))
-    out = await ex.receive(Opcode.READ_REQUEST, ReadRequest(paths, True, filters or []).encode(), IM_PROTOCOL_ID)
+    out = await ex.receive(
+        Opcode.READ_REQUEST, ReadRequest(paths, True, filters or []).encode(), IM_PROTOCOL_ID
+    )
     chunks: list[ReportData] = []
     while True:
         rd = one(out)
@@ -138,8 +146,9 @@ async def test_async_delegate_plugged_in_later() -> None:
     class Real:
         async def query_image(self, ctx: InvokeContext, req: QueryImage) -> QueryImageResponse:
             assert ctx.subject.subject == REQUESTOR and ctx.subject.fabric_index == 1
-            return QueryImageResponse(OtaStatus.UPDATE_AVAILABLE, 0, "bdx://0000000000000001/t", 2, "2.0",
-                                      b"tok-0001", False)
+            return QueryImageResponse(
+                OtaStatus.UPDATE_AVAILABLE, 0, "bdx://0000000000000001/t", 2, "2.0", b"tok-0001", False
+            )
 
         async def apply_update_request(self, ctx: InvokeContext, req: object) -> ApplyUpdateResponse:
             return ApplyUpdateResponse(ApplyUpdateAction.PROCEED, 5)
@@ -166,20 +175,29 @@ async def test_notify_update_applied_success_status() -> None:
     assert ota.delegate.notifications[0].software_version == 3  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("path", "fields", "ctx", "expected"), [
-    (CommandPath(5, 0x29, 0), QI_FIELDS, None, Status.UNSUPPORTED_ENDPOINT),
-    (CommandPath(0, 0x0006, 0), QI_FIELDS, None, Status.UNSUPPORTED_CLUSTER),
-    (CommandPath(0, 0x29, 0x07), QI_FIELDS, None, Status.UNSUPPORTED_COMMAND),
-    (CommandPath(0, 0x29, 0x01), QI_FIELDS, None, Status.UNSUPPORTED_COMMAND),  # a response is not accepted
-    (CommandPath(0, 0x29, 0), QI_FIELDS, session(fabric=2), Status.UNSUPPORTED_ACCESS),
-    (CommandPath(0, 0x29, 0), QI_FIELDS, session(fabric=None, secure=False), Status.UNSUPPORTED_ACCESS),
-    (CommandPath(0, 0x29, 0), Struct({0: UInt(1)}), None, Status.INVALID_COMMAND),
-    (CommandPath(0, 0x29, 0), None, None, Status.INVALID_COMMAND),
-    (CommandPath(0, 0x29, 0), Struct({**QI_FIELDS, 5: "XYZ"}), None, Status.CONSTRAINT_ERROR),
-    (CommandPath(0, 0x29, 2), Struct({0: b"short", 1: UInt(1)}), None, Status.CONSTRAINT_ERROR),
-])
-async def test_invoke_error_statuses(path: CommandPath, fields: Struct | None, ctx: SessionContext | None,
-                                     expected: Status) -> None:
+@pytest.mark.parametrize(
+    ("path", "fields", "ctx", "expected"),
+    [
+        (CommandPath(5, 0x29, 0), QI_FIELDS, None, Status.UNSUPPORTED_ENDPOINT),
+        (CommandPath(0, 0x0006, 0), QI_FIELDS, None, Status.UNSUPPORTED_CLUSTER),
+        (CommandPath(0, 0x29, 0x07), QI_FIELDS, None, Status.UNSUPPORTED_COMMAND),
+        (
+            CommandPath(0, 0x29, 0x01),
+            QI_FIELDS,
+            None,
+            Status.UNSUPPORTED_COMMAND,
+        ),  # a response is not accepted
+        (CommandPath(0, 0x29, 0), QI_FIELDS, session(fabric=2), Status.UNSUPPORTED_ACCESS),
+        (CommandPath(0, 0x29, 0), QI_FIELDS, session(fabric=None, secure=False), Status.UNSUPPORTED_ACCESS),
+        (CommandPath(0, 0x29, 0), Struct({0: UInt(1)}), None, Status.INVALID_COMMAND),
+        (CommandPath(0, 0x29, 0), None, None, Status.INVALID_COMMAND),
+        (CommandPath(0, 0x29, 0), Struct({**QI_FIELDS, 5: "XYZ"}), None, Status.CONSTRAINT_ERROR),
+        (CommandPath(0, 0x29, 2), Struct({0: b"short", 1: UInt(1)}), None, Status.CONSTRAINT_ERROR),
+    ],
+)
+async def test_invoke_error_statuses(
+    path: CommandPath, fields: Struct | None, ctx: SessionContext | None, expected: Status
+) -> None:
     server, _, _ = make()
     assert status_of(await invoke(server, path, fields, ctx)) == expected
 
@@ -199,18 +217,27 @@ async def test_handler_failures_and_timed_commands() -> None:
     def limited(ctx: InvokeContext, f: Struct) -> int:
         raise ConstraintError("too big")
 
-    test_cluster = ClusterServer(0xFFF1FC01, 1, commands=[
-        Command(0, boom), Command(1, limited), Command(2, lambda c, f: (3, Struct({0: UInt(9)})), timed=True,
-                                                      response_id=3)])
+    test_cluster = ClusterServer(
+        0xFFF1FC01,
+        1,
+        commands=[
+            Command(0, boom),
+            Command(1, limited),
+            Command(2, lambda c, f: (3, Struct({0: UInt(9)})), timed=True, response_id=3),
+        ],
+    )
     server.registry.add_cluster(0, test_cluster)
     server.registry.acl.entries.append(AclEntry(1, Privilege.OPERATE, AuthMode.CASE))
     assert status_of(await invoke(server, CommandPath(0, 0xFFF1FC01, 0), None)) == Status.FAILURE
     assert status_of(await invoke(server, CommandPath(0, 0xFFF1FC01, 1), None)) == Status.CONSTRAINT_ERROR
-    assert status_of(await invoke(server, CommandPath(0, 0xFFF1FC01, 2), None)) == Status.NEEDS_TIMED_INTERACTION
+    assert (
+        status_of(await invoke(server, CommandPath(0, 0xFFF1FC01, 2), None)) == Status.NEEDS_TIMED_INTERACTION
+    )
     # timed: TimedRequest, then the invoke within the window
     ex = server(session())
-    assert one(await ex.receive(Opcode.TIMED_REQUEST, TimedRequest(1000).encode(), IM_PROTOCOL_ID)) \
-        == StatusResponse(Status.SUCCESS)
+    assert one(
+        await ex.receive(Opcode.TIMED_REQUEST, TimedRequest(1000).encode(), IM_PROTOCOL_ID)
+    ) == StatusResponse(Status.SUCCESS)
     clock.t += 0.5
     req = InvokeRequest([CommandData(CommandPath(0, 0xFFF1FC01, 2))], timed_request=True)
     resp = one(await ex.receive(Opcode.INVOKE_REQUEST, req.encode(), IM_PROTOCOL_ID))
@@ -219,16 +246,20 @@ async def test_handler_failures_and_timed_commands() -> None:
     ex = server(session())
     await ex.receive(Opcode.TIMED_REQUEST, TimedRequest(1000).encode(), IM_PROTOCOL_ID)
     clock.t += 1.5
-    assert one(await ex.receive(Opcode.INVOKE_REQUEST, req.encode(), IM_PROTOCOL_ID)) == StatusResponse(Status.TIMEOUT)
+    assert one(await ex.receive(Opcode.INVOKE_REQUEST, req.encode(), IM_PROTOCOL_ID)) == StatusResponse(
+        Status.TIMEOUT
+    )
     # flag mismatch both ways
     ex = server(session())
     await ex.receive(Opcode.TIMED_REQUEST, TimedRequest(1000).encode(), IM_PROTOCOL_ID)
     untimed = InvokeRequest([CommandData(CommandPath(0, 0xFFF1FC01, 2))])
-    assert one(await ex.receive(Opcode.INVOKE_REQUEST, untimed.encode(), IM_PROTOCOL_ID)) \
-        == StatusResponse(Status.TIMED_REQUEST_MISMATCH)
+    assert one(await ex.receive(Opcode.INVOKE_REQUEST, untimed.encode(), IM_PROTOCOL_ID)) == StatusResponse(
+        Status.TIMED_REQUEST_MISMATCH
+    )
     ex = server(session())
-    assert one(await ex.receive(Opcode.INVOKE_REQUEST, req.encode(), IM_PROTOCOL_ID)) \
-        == StatusResponse(Status.TIMED_REQUEST_MISMATCH)
+    assert one(await ex.receive(Opcode.INVOKE_REQUEST, req.encode(), IM_PROTOCOL_ID)) == StatusResponse(
+        Status.TIMED_REQUEST_MISMATCH
+    )
 
 
 async def test_suppress_response_and_invalid_actions() -> None:
@@ -236,16 +267,26 @@ async def test_suppress_response_and_invalid_actions() -> None:
     assert await invoke(server, CommandPath(0, 0x29, 0), QI_FIELDS, suppress_response=True) is None
     assert len(ota.delegate.queries) == 1  # type: ignore[attr-defined]
     ex = server(session())
-    two = InvokeRequest([CommandData(CommandPath(0, 0x29, 0), QI_FIELDS, 1),
-                         CommandData(CommandPath(0, 0x29, 4), QI_FIELDS, 2)])
-    assert one(await ex.receive(Opcode.INVOKE_REQUEST, two.encode(), IM_PROTOCOL_ID)) \
-        == StatusResponse(Status.INVALID_ACTION)  # MaxPathsPerInvoke is 1
+    two = InvokeRequest(
+        [
+            CommandData(CommandPath(0, 0x29, 0), QI_FIELDS, 1),
+            CommandData(CommandPath(0, 0x29, 4), QI_FIELDS, 2),
+        ]
+    )
+    assert one(await ex.receive(Opcode.INVOKE_REQUEST, two.encode(), IM_PROTOCOL_ID)) == StatusResponse(
+        Status.INVALID_ACTION
+    )  # MaxPathsPerInvoke is 1
     ex = server(session())
     wildcard = InvokeRequest([CommandData(CommandPath(None, 0x29, 0), QI_FIELDS)])
-    assert one(await ex.receive(Opcode.INVOKE_REQUEST, wildcard.encode(), IM_PROTOCOL_ID)) \
-        == StatusResponse(Status.INVALID_ACTION)
-    for opcode, payload in ((Opcode.INVOKE_REQUEST, b"\x15\x18"), (Opcode.READ_REQUEST, b"\xff"),
-                            (Opcode.REPORT_DATA, ReportData().encode()), (0x33, b"")):
+    assert one(await ex.receive(Opcode.INVOKE_REQUEST, wildcard.encode(), IM_PROTOCOL_ID)) == StatusResponse(
+        Status.INVALID_ACTION
+    )
+    for opcode, payload in (
+        (Opcode.INVOKE_REQUEST, b"\x15\x18"),
+        (Opcode.READ_REQUEST, b"\xff"),
+        (Opcode.REPORT_DATA, ReportData().encode()),
+        (0x33, b""),
+    ):
         ex = server(session())
         assert one(await ex.receive(opcode, payload, IM_PROTOCOL_ID)) == StatusResponse(Status.INVALID_ACTION)
         assert ex.done
@@ -257,15 +298,21 @@ async def test_suppress_response_and_invalid_actions() -> None:
 async def test_multi_path_invoke_when_allowed() -> None:
     server, _, _ = make(max_paths_per_invoke=2)
     ex = server(session())
-    two = InvokeRequest([CommandData(CommandPath(0, 0x29, 0), QI_FIELDS, 1),
-                         CommandData(CommandPath(0, 0x29, 4), Struct({0: b"abcdefgh", 1: UInt(1)}), 2)])
+    two = InvokeRequest(
+        [
+            CommandData(CommandPath(0, 0x29, 0), QI_FIELDS, 1),
+            CommandData(CommandPath(0, 0x29, 4), Struct({0: b"abcdefgh", 1: UInt(1)}), 2),
+        ]
+    )
     resp = one(await ex.receive(Opcode.INVOKE_REQUEST, two.encode(), IM_PROTOCOL_ID))
     assert [r.ref for r in resp.invoke_responses] == [1, 2]  # type: ignore[attr-defined]
     ex = server(session())
-    no_refs = InvokeRequest([CommandData(CommandPath(0, 0x29, 0), QI_FIELDS),
-                             CommandData(CommandPath(0, 0x29, 4), QI_FIELDS)])
-    assert one(await ex.receive(Opcode.INVOKE_REQUEST, no_refs.encode(), IM_PROTOCOL_ID)) \
-        == StatusResponse(Status.INVALID_ACTION)
+    no_refs = InvokeRequest(
+        [CommandData(CommandPath(0, 0x29, 0), QI_FIELDS), CommandData(CommandPath(0, 0x29, 4), QI_FIELDS)]
+    )
+    assert one(await ex.receive(Opcode.INVOKE_REQUEST, no_refs.encode(), IM_PROTOCOL_ID)) == StatusResponse(
+        Status.INVALID_ACTION
+    )
 
 
 # ------------------------------------------------------------------------------------------ read
@@ -273,9 +320,17 @@ async def test_multi_path_invoke_when_allowed() -> None:
 
 async def test_read_basic_information_and_descriptor_with_sdk_types() -> None:
     server, _, _ = make()
-    reports, _ = await read(server, [AttributePath(0, 0x28, 1), AttributePath(0, 0x28, 0x13),
-                                     AttributePath(0, 0x1D, 0), AttributePath(0, 0x1D, 1), AttributePath(0, 0x1D, 2),
-                                     AttributePath(0, 0x1D, 3)])
+    reports, _ = await read(
+        server,
+        [
+            AttributePath(0, 0x28, 1),
+            AttributePath(0, 0x28, 0x13),
+            AttributePath(0, 0x1D, 0),
+            AttributePath(0, 0x1D, 1),
+            AttributePath(0, 0x1D, 2),
+            AttributePath(0, 0x1D, 3),
+        ],
+    )
     values = {(r.path.cluster, r.path.attribute): r.data for r in reports}  # type: ignore[union-attr]
     assert values[(0x28, 1)] == "otagw-test"
     cm = Objects.BasicInformation.Structs.CapabilityMinimaStruct.FromTLV(encode(values[(0x28, 0x13)]))
@@ -287,19 +342,24 @@ async def test_read_basic_information_and_descriptor_with_sdk_types() -> None:
 
 async def test_global_attributes_of_provider_cluster() -> None:
     server, _, _ = make()
-    reports, _ = await read(server, [AttributePath(0, 0x29, a) for a in (0xFFFD, 0xFFFC, 0xFFFB, 0xFFF9, 0xFFF8)])
+    reports, _ = await read(
+        server, [AttributePath(0, 0x29, a) for a in (0xFFFD, 0xFFFC, 0xFFFB, 0xFFF9, 0xFFF8)]
+    )
     v = [r.data for r in reports]  # type: ignore[union-attr]
     assert v == [1, 0, [0xFFF8, 0xFFF9, 0xFFFB, 0xFFFC, 0xFFFD], [0, 2, 4], [1, 3]]
     assert all(isinstance(x, UInt) for x in v[2])
 
 
-@pytest.mark.parametrize(("path", "ctx", "expected"), [
-    (AttributePath(9, 0x28, 1), None, Status.UNSUPPORTED_ENDPOINT),
-    (AttributePath(0, 0x0006, 0), None, Status.UNSUPPORTED_CLUSTER),
-    (AttributePath(0, 0x28, 0x77), None, Status.UNSUPPORTED_ATTRIBUTE),
-    (AttributePath(0, 0x28, 1), session(REQUESTOR), Status.UNSUPPORTED_ACCESS),  # default ACL: 0x29 only
-    (AttributePath(0, 0x28, 0x77), session(REQUESTOR), Status.UNSUPPORTED_ACCESS),  # no existence leak
-])
+@pytest.mark.parametrize(
+    ("path", "ctx", "expected"),
+    [
+        (AttributePath(9, 0x28, 1), None, Status.UNSUPPORTED_ENDPOINT),
+        (AttributePath(0, 0x0006, 0), None, Status.UNSUPPORTED_CLUSTER),
+        (AttributePath(0, 0x28, 0x77), None, Status.UNSUPPORTED_ATTRIBUTE),
+        (AttributePath(0, 0x28, 1), session(REQUESTOR), Status.UNSUPPORTED_ACCESS),  # default ACL: 0x29 only
+        (AttributePath(0, 0x28, 0x77), session(REQUESTOR), Status.UNSUPPORTED_ACCESS),  # no existence leak
+    ],
+)
 async def test_read_error_statuses(path: AttributePath, ctx: SessionContext | None, expected: Status) -> None:
     server, _, _ = make()
     reports, _ = await read(server, [path], ctx)
@@ -324,7 +384,10 @@ async def test_chunked_wildcard_read_waits_for_status() -> None:
     ex = server(session(ADMIN))
     out = await ex.receive(Opcode.READ_REQUEST, ReadRequest([AttributePath()]).encode(), IM_PROTOCOL_ID)
     assert one(out).more_chunked  # type: ignore[attr-defined]
-    assert await ex.receive(Opcode.STATUS_RESPONSE, StatusResponse(Status.FAILURE).encode(), IM_PROTOCOL_ID) == []
+    assert (
+        await ex.receive(Opcode.STATUS_RESPONSE, StatusResponse(Status.FAILURE).encode(), IM_PROTOCOL_ID)
+        == []
+    )
     assert ex.done
 
 
@@ -343,10 +406,14 @@ def test_chunk_sizes_respect_budget() -> None:
 async def test_data_version_filter_skips_unchanged_cluster() -> None:
     server, _, ota = make()
     dv = ota.data_version
-    reports, _ = await read(server, [AttributePath(0, 0x29)], filters=[DataVersionFilter(ClusterPath(0, 0x29), dv)])
+    reports, _ = await read(
+        server, [AttributePath(0, 0x29)], filters=[DataVersionFilter(ClusterPath(0, 0x29), dv)]
+    )
     assert reports == []
     ota.bump_version()
-    reports, _ = await read(server, [AttributePath(0, 0x29)], filters=[DataVersionFilter(ClusterPath(0, 0x29), dv)])
+    reports, _ = await read(
+        server, [AttributePath(0, 0x29)], filters=[DataVersionFilter(ClusterPath(0, 0x29), dv)]
+    )
     assert reports and all(r.data_version == dv + 1 for r in reports)  # type: ignore[union-attr]
 
 
@@ -356,24 +423,37 @@ async def test_data_version_filter_skips_unchanged_cluster() -> None:
 async def test_write_is_refused_per_path() -> None:
     server, _, _ = make()
     ex = server(session(ADMIN))
-    req = WriteRequest([AttributeData(AttributePath(0, 0x28, 5), "label"),
-                        AttributeData(AttributePath(0, 0x28, 0x77), 1),
-                        AttributeData(AttributePath(3, 0x28, 5), "x")])
+    req = WriteRequest(
+        [
+            AttributeData(AttributePath(0, 0x28, 5), "label"),
+            AttributeData(AttributePath(0, 0x28, 0x77), 1),
+            AttributeData(AttributePath(3, 0x28, 5), "x"),
+        ]
+    )
     resp = one(await ex.receive(Opcode.WRITE_REQUEST, req.encode(), IM_PROTOCOL_ID))
     assert isinstance(resp, WriteResponse)
     assert [s.status.status for s in resp.write_responses] == [
-        Status.UNSUPPORTED_WRITE, Status.UNSUPPORTED_ATTRIBUTE, Status.UNSUPPORTED_ENDPOINT]
+        Status.UNSUPPORTED_WRITE,
+        Status.UNSUPPORTED_ATTRIBUTE,
+        Status.UNSUPPORTED_ENDPOINT,
+    ]
     ex = server(session(REQUESTOR))
-    resp = one(await ex.receive(Opcode.WRITE_REQUEST, WriteRequest([AttributeData(AttributePath(0, 0x28, 5), "l")])
-                                .encode(), IM_PROTOCOL_ID))
+    resp = one(
+        await ex.receive(
+            Opcode.WRITE_REQUEST,
+            WriteRequest([AttributeData(AttributePath(0, 0x28, 5), "l")]).encode(),
+            IM_PROTOCOL_ID,
+        )
+    )
     assert resp.write_responses[0].status.status == Status.UNSUPPORTED_ACCESS  # type: ignore[attr-defined]
 
 
 async def test_subscribe_is_declined() -> None:
     server, _, _ = make()
     ex = server(session(ADMIN))
-    out = await ex.receive(Opcode.SUBSCRIBE_REQUEST, SubscribeRequest(0, 60, [AttributePath()]).encode(),
-                           IM_PROTOCOL_ID)
+    out = await ex.receive(
+        Opcode.SUBSCRIBE_REQUEST, SubscribeRequest(0, 60, [AttributePath()]).encode(), IM_PROTOCOL_ID
+    )
     assert one(out) == StatusResponse(Status.RESOURCE_EXHAUSTED) and ex.done
 
 

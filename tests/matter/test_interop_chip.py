@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 
 import pytest
-from netns import NetnsPair, netns_pair  # noqa: F401  (fixture; tests/matter is on sys.path)
 
 from adapters.matter.discovery.dnssd import OperationalName
 from adapters.matter.fabric.controller import ControllerError, ControllerRunner, runner_unavailable_reason
@@ -21,6 +20,8 @@ from adapters.matter.interaction.acl import AccessControl
 from adapters.matter.interaction.clusters import OtaStatus, ProvisionalProvider, build_provider_node
 from adapters.matter.interaction.server import IMServer
 from adapters.matter.node import ProviderNode
+
+from .netns import NetnsPair
 
 pytestmark = pytest.mark.interop
 
@@ -33,7 +34,7 @@ async def _call(fn, *args, **kw):  # type: ignore[no-untyped-def]
 
 
 async def test_chip_controller_case_and_foreign_fabric_refused(
-    netns_pair: NetnsPair, tmp_path: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
+    netns_pair: NetnsPair, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     reason = runner_unavailable_reason()
     if reason:
@@ -49,7 +50,8 @@ async def test_chip_controller_case_and_foreign_fabric_refused(
         creds = await _call(mint_credentials, ctl, NODE_ID)
         provider = ProvisionalProvider()
         registry, _ota = build_provider_node(
-            delegate=provider, acl=AccessControl.default([1], admins={1: [CONTROLLER_NODE_ID]}))
+            delegate=provider, acl=AccessControl.default([1], admins={1: [CONTROLLER_NODE_ID]})
+        )
         with pair.enter(pair.a):
             node = ProviderNode([creds], interfaces=[pair.a.iface], port=5540)
             node.exchanges.register(1, IMServer(registry, now=node.clock.monotonic), secure=True)
@@ -63,11 +65,18 @@ async def test_chip_controller_case_and_foreign_fabric_refused(
         assert (s.peer_node_id, s.fabric_index, s.local_node_id) == (CONTROLLER_NODE_ID, 1, NODE_ID)
 
         # 2. Interaction Model over that session: invoke QueryImage (provisional handler) and read an attribute
-        resp = await _call(ctl.invoke, NODE_ID, 0, "OtaSoftwareUpdateProvider", "QueryImage",
-                           {"vendorID": 0xFFF1, "productID": 0x8000, "softwareVersion": 1,
-                            "protocolsSupported": [0]})
+        resp = await _call(
+            ctl.invoke,
+            NODE_ID,
+            0,
+            "OtaSoftwareUpdateProvider",
+            "QueryImage",
+            {"vendorID": 0xFFF1, "productID": 0x8000, "softwareVersion": 1, "protocolsSupported": [0]},
+        )
         assert resp["status"] == OtaStatus.NOT_AVAILABLE, resp
-        assert [(q.vendor_id, q.product_id, q.software_version) for q in provider.queries] == [(0xFFF1, 0x8000, 1)]
+        assert [(q.vendor_id, q.product_id, q.software_version) for q in provider.queries] == [
+            (0xFFF1, 0x8000, 1)
+        ]
         vendor = await _call(ctl.read_attribute, NODE_ID, 0, "BasicInformation", "VendorID")
         assert vendor == 0xFFF1
 
@@ -77,12 +86,15 @@ async def test_chip_controller_case_and_foreign_fabric_refused(
         info2 = await _call(ctl2.init_fabric, fabric_id=2, vendor_id=0xFFF1, controller_node_id=445566)
         fabric2 = await _call(ctl2.call, "fabric_info")
         cfid2 = int(fabric2["compressed_fabric_id"])
-        assert node._advertiser is not None
-        await node._advertiser.advertise(OperationalName(cfid2, NODE_ID))
+        await node.advertise_name(
+            OperationalName(cfid2, NODE_ID)
+        )  # the name only: no credentials on fabric 2
         with pytest.raises(ControllerError):
             await _call(ctl2.establish_case, NODE_ID, 8000)
-        assert all(x.fabric_index == 1 and x.peer_node_id == CONTROLLER_NODE_ID
-                   for x in node.sessions.secure.values())
+        assert all(
+            x.fabric_index == 1 and x.peer_node_id == CONTROLLER_NODE_ID
+            for x in node.sessions.secure.values()
+        )
         assert any("CASE failed" in r.getMessage() for r in caplog.records), "our responder never saw Sigma1"
         del info2
     finally:

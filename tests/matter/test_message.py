@@ -32,8 +32,14 @@ def test_unsecured_sigma1_header_layout() -> None:
 
 
 def test_secure_header_with_group_and_extensions() -> None:
-    h = MessageHeader(session_id=0xBEEF, message_counter=7, dest_group_id=0x1234, session_type=SessionType.GROUP,
-                      control=True, extensions=b"\x01\x02")
+    h = MessageHeader(
+        session_id=0xBEEF,
+        message_counter=7,
+        dest_group_id=0x1234,
+        session_type=SessionType.GROUP,
+        control=True,
+        extensions=b"\x01\x02",
+    )
     raw = h.encode()
     assert raw[0] == 0x02 and raw[3] == 0x40 | 0x20 | 0x01
     assert decode_message_header(raw + b"rest") == (h, len(raw))
@@ -48,8 +54,17 @@ def test_protocol_header_layout() -> None:
     assert decode_protocol_header(raw + b"xy") == (ack, len(raw))
 
 
-@pytest.mark.parametrize("raw", ["", "04 00 00 00 01 00 00", "04 0000 00 01000000 8877",
-                                 "10 0000 00 01000000", "03 0000 00 01000000", "00 0000 20 01000000 0500 01"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "04 00 00 00 01 00 00",
+        "04 0000 00 01000000 8877",
+        "10 0000 00 01000000",
+        "03 0000 00 01000000",
+        "00 0000 20 01000000 0500 01",
+    ],
+)
 def test_bad_message_headers(raw: str) -> None:
     with pytest.raises(MessageError):
         decode_message_header(bytes.fromhex(raw))
@@ -63,14 +78,26 @@ def test_bad_protocol_headers(raw: str) -> None:
 
 node_ids = st.none() | st.integers(0, 2**64 - 1)
 headers = st.builds(
-    MessageHeader, session_id=st.integers(0, 0xFFFF), message_counter=st.integers(0, 2**32 - 1),
-    source_node_id=node_ids, dest_node_id=node_ids, session_type=st.sampled_from(SessionType),
-    privacy=st.booleans(), control=st.booleans(), extensions=st.none() | st.binary(max_size=8),
+    MessageHeader,
+    session_id=st.integers(0, 0xFFFF),
+    message_counter=st.integers(0, 2**32 - 1),
+    source_node_id=node_ids,
+    dest_node_id=node_ids,
+    session_type=st.sampled_from(SessionType),
+    privacy=st.booleans(),
+    control=st.booleans(),
+    extensions=st.none() | st.binary(max_size=8),
 ).filter(lambda h: True)
 protos = st.builds(
-    ProtocolHeader, opcode=st.integers(0, 255), exchange_id=st.integers(0, 0xFFFF), protocol_id=st.integers(0, 0xFFFF),
-    initiator=st.booleans(), reliable=st.booleans(), ack_counter=st.none() | st.integers(0, 2**32 - 1),
-    vendor_id=st.none() | st.integers(0, 0xFFFF), secured_extensions=st.none() | st.binary(max_size=8),
+    ProtocolHeader,
+    opcode=st.integers(0, 255),
+    exchange_id=st.integers(0, 0xFFFF),
+    protocol_id=st.integers(0, 0xFFFF),
+    initiator=st.booleans(),
+    reliable=st.booleans(),
+    ack_counter=st.none() | st.integers(0, 2**32 - 1),
+    vendor_id=st.none() | st.integers(0, 0xFFFF),
+    secured_extensions=st.none() | st.binary(max_size=8),
 )
 
 

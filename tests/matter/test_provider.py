@@ -57,8 +57,14 @@ def payload(n: int, seed: int) -> bytes:
 
 
 def image(version: int, size: int = 5000, pid: int = PID, **kw: Any) -> bytes:
-    return build_matter_image(payload(size, version), vendor_id=VID, product_id=pid, software_version=version,
-                              software_version_string=f"1.{version}.0", **kw)
+    return build_matter_image(
+        payload(size, version),
+        vendor_id=VID,
+        product_id=pid,
+        software_version=version,
+        software_version_string=f"1.{version}.0",
+        **kw,
+    )
 
 
 @dataclass
@@ -71,8 +77,13 @@ class Env:
     images: dict[int, bytes]
 
 
-async def make_env(tmp_path: Path, *, matter: dict[str, Any] | None = None, policy: dict[str, Any] | None = None,
-                   images: dict[int, bytes] | None = None) -> Env:
+async def make_env(
+    tmp_path: Path,
+    *,
+    matter: dict[str, Any] | None = None,
+    policy: dict[str, Any] | None = None,
+    images: dict[int, bytes] | None = None,
+) -> Env:
     cfg = parse_config({"data_dir": str(tmp_path), "matter": matter or {}, "policy": policy or {}})
     store = ImageStore(tmp_path)
     await store.open()
@@ -82,7 +93,9 @@ async def make_env(tmp_path: Path, *, matter: dict[str, Any] | None = None, poli
     clock = ManualClock()
     core = UpdateCore(cfg, store, clock, auto_sweep=False)
     await core.start()
-    provider = MatterOtaProvider(core, [ProviderFabric(1, PROVIDER_NODE, CFID)], clock=clock, config=cfg.matter)
+    provider = MatterOtaProvider(
+        core, [ProviderFabric(1, PROVIDER_NODE, CFID)], clock=clock, config=cfg.matter
+    )
     registry, _ = build_provider_node(delegate=provider, acl=AccessControl.default([1], {1: [ADMIN]}))
     im = IMServer(registry, now=clock.monotonic)
     return Env(core, store, clock, provider, im, imgs)
@@ -126,11 +139,18 @@ def designator_of(resp: QueryImageResponse) -> bytes:
     assert resp.image_uri is not None
     prefix = f"bdx://{PROVIDER_NODE:016X}/"
     assert resp.image_uri.startswith(prefix), resp.image_uri
-    return resp.image_uri[len(prefix):].encode()
+    return resp.image_uri[len(prefix) :].encode()
 
 
-async def download(env: Env, node: int, designator: bytes, *, start: int = 0, stop_after: int | None = None,
-                   mode: TransferControl = TransferControl.RECEIVER_DRIVE) -> tuple[BdxReceiver, Any]:
+async def download(
+    env: Env,
+    node: int,
+    designator: bytes,
+    *,
+    start: int = 0,
+    stop_after: int | None = None,
+    mode: TransferControl = TransferControl.RECEIVER_DRIVE,
+) -> tuple[BdxReceiver, Any]:
     """Run a BDX download through the provider's handler; `stop_after` blocks -> the receiver goes silent."""
     handler = env.provider.bdx_factory(session(node))
     rx = BdxReceiver(designator, now=env.clock.monotonic, start_offset=start, mode=mode)
@@ -177,13 +197,15 @@ async def test_query_download_apply_notify_updates_the_device(env: Env) -> None:
     rec = record(env, node)
     assert rec.state.value == "downloaded" and rec.acked_offset == len(env.images[2])
 
-    ap = await invoke(env.im, node, OtaCommand.APPLY_UPDATE_REQUEST,
-                      ApplyUpdateRequest(resp.update_token, 2).to_fields())
+    ap = await invoke(
+        env.im, node, OtaCommand.APPLY_UPDATE_REQUEST, ApplyUpdateRequest(resp.update_token, 2).to_fields()
+    )
     assert ap == ApplyUpdateResponse(ApplyUpdateAction.PROCEED, 0)
     assert record(env, node).state.value == "applying"
 
-    status = await invoke(env.im, node, OtaCommand.NOTIFY_UPDATE_APPLIED,
-                          NotifyUpdateApplied(resp.update_token, 2).to_fields())
+    status = await invoke(
+        env.im, node, OtaCommand.NOTIFY_UPDATE_APPLIED, NotifyUpdateApplied(resp.update_token, 2).to_fields()
+    )
     assert status == 0  # SUCCESS
     rec = record(env, node)
     assert (rec.state.value, rec.current_version) == ("updated", 2)
@@ -200,8 +222,12 @@ async def test_notify_is_verified_by_a_read_back_when_the_admin_is_there(env: En
     env.provider.verify = verify
     resp = await query(env, node, 1)
     await download(env, node, designator_of(resp))
-    await invoke(env.im, node, OtaCommand.APPLY_UPDATE_REQUEST, ApplyUpdateRequest(resp.update_token, 2).to_fields())
-    await invoke(env.im, node, OtaCommand.NOTIFY_UPDATE_APPLIED, NotifyUpdateApplied(resp.update_token, 2).to_fields())
+    await invoke(
+        env.im, node, OtaCommand.APPLY_UPDATE_REQUEST, ApplyUpdateRequest(resp.update_token, 2).to_fields()
+    )
+    await invoke(
+        env.im, node, OtaCommand.NOTIFY_UPDATE_APPLIED, NotifyUpdateApplied(resp.update_token, 2).to_fields()
+    )
     assert record(env, node).state.value == "verifying"  # the device's word alone is not the end
     await asyncio.gather(*env.provider._tasks)
     assert reads == [matter_device_key(CFID, node).device_id]
@@ -212,8 +238,12 @@ async def test_notify_never_needed_version_report_alone_completes(env: Env) -> N
     node = 0x5003
     resp = await query(env, node, 1)
     await download(env, node, designator_of(resp))
-    await invoke(env.im, node, OtaCommand.APPLY_UPDATE_REQUEST, ApplyUpdateRequest(resp.update_token, 2).to_fields())
-    await env.core.report_version(matter_device_key(CFID, node), 2)  # what the admin's SoftwareVersion read does
+    await invoke(
+        env.im, node, OtaCommand.APPLY_UPDATE_REQUEST, ApplyUpdateRequest(resp.update_token, 2).to_fields()
+    )
+    await env.core.report_version(
+        matter_device_key(CFID, node), 2
+    )  # what the admin's SoftwareVersion read does
     assert record(env, node).state.value == "updated"
 
 
@@ -246,20 +276,29 @@ async def test_no_bdx_synchronous_is_download_protocol_not_supported(env: Env) -
 
 
 async def test_unknown_token_apply_is_discontinue(env: Env) -> None:
-    ap = await invoke(env.im, 0x5040, OtaCommand.APPLY_UPDATE_REQUEST, ApplyUpdateRequest(b"\x01" * 16, 2).to_fields())
+    ap = await invoke(
+        env.im, 0x5040, OtaCommand.APPLY_UPDATE_REQUEST, ApplyUpdateRequest(b"\x01" * 16, 2).to_fields()
+    )
     assert ap.action == ApplyUpdateAction.DISCONTINUE and ap.delayed_action_time > 0
 
 
 async def test_requestor_on_another_fabric_is_refused_by_the_acl(env: Env) -> None:
     q = QueryImage(VID, PID, 1, (0,))
-    assert await invoke(env.im, 0x5050, OtaCommand.QUERY_IMAGE, q.to_fields(), fabric=2) == 0x7E  # UNSUPPORTED_ACCESS
+    assert (
+        await invoke(env.im, 0x5050, OtaCommand.QUERY_IMAGE, q.to_fields(), fabric=2) == 0x7E
+    )  # UNSUPPORTED_ACCESS
 
 
 async def test_designators_resolve_only_for_their_requestor_and_never_to_paths(env: Env) -> None:
     resp = await query(env, 0x5060, 1)
     good = designator_of(resp)
-    for who, designator in ((0x5061, good), (0x5060, b"../../state.db"), (0x5060, b"/etc/passwd"),
-                            (0x5060, good + b"x"), (0x5060, b"\xff\xfe")):
+    for who, designator in (
+        (0x5061, good),
+        (0x5060, b"../../state.db"),
+        (0x5060, b"/etc/passwd"),
+        (0x5060, good + b"x"),
+        (0x5060, b"\xff\xfe"),
+    ):
         rx, handler = await download(env, who, designator)
         assert rx.failed and handler.sender.status == BdxStatus.FILE_DESIGNATOR_UNKNOWN, (who, designator)
     rx, _ = await download(env, 0x5060, good)
@@ -342,9 +381,17 @@ async def test_budget_full_gives_busy_with_delayed_action_time(tmp_path: Path) -
 
 
 async def test_test_mode_first_response_knobs(tmp_path: Path) -> None:
-    e = await make_env(tmp_path, matter={"test_mode": {
-        "query_status": "busy", "delayed_query_action_time_s": 9, "apply_action": "await_next_action",
-        "delayed_apply_action_time_s": 4}})
+    e = await make_env(
+        tmp_path,
+        matter={
+            "test_mode": {
+                "query_status": "busy",
+                "delayed_query_action_time_s": 9,
+                "apply_action": "await_next_action",
+                "delayed_apply_action_time_s": 4,
+            }
+        },
+    )
     try:
         node = 0x50C0
         first = await query(e, node, 1)
@@ -352,11 +399,19 @@ async def test_test_mode_first_response_knobs(tmp_path: Path) -> None:
         second = await query(e, node, 1)
         assert second.status == OtaStatus.UPDATE_AVAILABLE and second.delayed_action_time == 0
         await download(e, node, designator_of(second))
-        ap1 = await invoke(e.im, node, OtaCommand.APPLY_UPDATE_REQUEST,
-                           ApplyUpdateRequest(second.update_token, 2).to_fields())
+        ap1 = await invoke(
+            e.im,
+            node,
+            OtaCommand.APPLY_UPDATE_REQUEST,
+            ApplyUpdateRequest(second.update_token, 2).to_fields(),
+        )
         assert ap1 == ApplyUpdateResponse(ApplyUpdateAction.AWAIT_NEXT_ACTION, 4)
-        ap2 = await invoke(e.im, node, OtaCommand.APPLY_UPDATE_REQUEST,
-                           ApplyUpdateRequest(second.update_token, 2).to_fields())
+        ap2 = await invoke(
+            e.im,
+            node,
+            OtaCommand.APPLY_UPDATE_REQUEST,
+            ApplyUpdateRequest(second.update_token, 2).to_fields(),
+        )
         assert ap2 == ApplyUpdateResponse(ApplyUpdateAction.PROCEED, 0)
     finally:
         await e.provider.close()
@@ -366,9 +421,15 @@ async def test_test_mode_first_response_knobs(tmp_path: Path) -> None:
 
 async def test_test_mode_per_device_consent_and_ignore(tmp_path: Path) -> None:
     shy, denied = 0x50D0, 0x50D1
-    e = await make_env(tmp_path, matter={"test_mode_devices": {
-        hex(shy): {"user_consent_needed": True, "ignore_query_image": 1},
-        str(denied): {"user_consent_state": "denied"}}})
+    e = await make_env(
+        tmp_path,
+        matter={
+            "test_mode_devices": {
+                hex(shy): {"user_consent_needed": True, "ignore_query_image": 1},
+                str(denied): {"user_consent_state": "denied"},
+            }
+        },
+    )
     try:
         held = asyncio.ensure_future(query(e, shy, 1, requestor_can_consent=True))
         for _ in range(5):

@@ -27,14 +27,24 @@ OUR_NODE, PEER_NODE = 0x1111_2222_3333_4444, 0x0000_0000_0001_B669
 
 
 def responder(table: SessionTable | None = None) -> SecureSession:
-    s = SecureSession(peer_address=("fd00::1", 5540), local_session_id=0x1234, peer_session_id=0x5678,
-                      local_node_id=OUR_NODE, peer_node_id=PEER_NODE, fabric_index=1, i2r_key=I2R, r2i_key=R2I)
+    s = SecureSession(
+        peer_address=("fd00::1", 5540),
+        local_session_id=0x1234,
+        peer_session_id=0x5678,
+        local_node_id=OUR_NODE,
+        peer_node_id=PEER_NODE,
+        fabric_index=1,
+        i2r_key=I2R,
+        r2i_key=R2I,
+    )
     if table is not None:
         table.add_secure(s)
     return s
 
 
-def initiator_datagram(counter: int, proto: ProtocolHeader, payload: bytes, session_id: int = 0x1234) -> bytes:
+def initiator_datagram(
+    counter: int, proto: ProtocolHeader, payload: bytes, session_id: int = 0x1234
+) -> bytes:
     """Built by hand from the spec (independent of SecureSession.encode): AAD = header, nonce with sender id."""
     aad = MessageHeader(session_id=session_id, message_counter=counter).encode()
     nonce = bytes([0]) + counter.to_bytes(4, "little") + PEER_NODE.to_bytes(8, "little")
@@ -75,7 +85,9 @@ def test_encrypt_uses_r2i_and_our_node_id() -> None:
 def test_unsecured_session_per_ephemeral_id_and_reply_addressing() -> None:
     table = SessionTable()
     proto = ProtocolHeader(opcode=0x30, exchange_id=1, protocol_id=0, initiator=True, reliable=True)
-    raw = MessageHeader(session_id=0, message_counter=5, source_node_id=0xABC).encode() + proto.encode() + b"s1"
+    raw = (
+        MessageHeader(session_id=0, message_counter=5, source_node_id=0xABC).encode() + proto.encode() + b"s1"
+    )
     msg = table.open(raw, ("fd00::9", 1), 0)
     assert not msg.session.is_secure and msg.payload == b"s1"
     assert table.open(raw, ("fd00::9", 1), 0).duplicate

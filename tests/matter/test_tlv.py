@@ -53,17 +53,26 @@ SPEC_EXAMPLES = [
     (TLVList(), None, "17 18"),
     (Struct({0: 42, 1: -17}), None, "15 20 00 2a 20 01 ef 18"),
     (Array([0, 1, 2, 3, 4]), None, "16 00 00 00 01 00 02 00 03 00 04 18"),
-    (TLVList([(None, 1), (0, 42), (None, 2), (None, 3), (0, -17)]), None,
-     "17 00 01 20 00 2a 00 02 00 03 20 00 ef 18"),
-    (Array([42, -170000, Struct(), Float32(17.9), "Hello!"]), None,
-     "16 00 2a 02 f0 67 fd ff 15 18 0a 33 33 8f 41 0c 06 48 65 6c 6c 6f 21 18"),
+    (
+        TLVList([(None, 1), (0, 42), (None, 2), (None, 3), (0, -17)]),
+        None,
+        "17 00 01 20 00 2a 00 02 00 03 20 00 ef 18",
+    ),
+    (
+        Array([42, -170000, Struct(), Float32(17.9), "Hello!"]),
+        None,
+        "16 00 2a 02 f0 67 fd ff 15 18 0a 33 33 8f 41 0c 06 48 65 6c 6c 6f 21 18",
+    ),
     (UInt(42), 1, "24 01 2a"),
     (UInt(42), CommonProfileTag(1), "44 01 00 2a"),
     (UInt(42), CommonProfileTag(100000), "64 a0 86 01 00 2a"),
     (UInt(42), ProfileTag(0xFFF1, 0xDEED, 1), "c4 f1 ff ed de 01 00 2a"),
     (UInt(42), ProfileTag(0xFFF1, 0xDEED, 0xAA55FEED), "e4 f1 ff ed de ed fe 55 aa 2a"),
-    (Struct({ProfileTag(0xFFF1, 0xDEED, 0xAA55): UInt(42)}), ProfileTag(0xFFF1, 0xDEED, 1),
-     "d5 f1 ff ed de 01 00 c4 f1 ff ed de 55 aa 2a 18"),
+    (
+        Struct({ProfileTag(0xFFF1, 0xDEED, 0xAA55): UInt(42)}),
+        ProfileTag(0xFFF1, 0xDEED, 1),
+        "d5 f1 ff ed de 01 00 c4 f1 ff ed de 55 aa 2a 18",
+    ),
 ]
 
 
@@ -142,8 +151,17 @@ def test_nesting_limit() -> None:
 
 @pytest.mark.parametrize(
     ("value", "tag"),
-    [(2**64, None), (UInt(-1), None), (1, 256), (1, -1), (object(), None), (Struct({None: 1}), None),
-     (TLVList([1]), None), (1, ProfileTag(0x10000, 0, 0)), ("\ud800", None)],
+    [
+        (2**64, None),
+        (UInt(-1), None),
+        (1, 256),
+        (1, -1),
+        (object(), None),
+        (Struct({None: 1}), None),
+        (TLVList([1]), None),
+        (1, ProfileTag(0x10000, 0, 0)),
+        ("\ud800", None),
+    ],
 )
 def test_unencodable(value: object, tag: object) -> None:
     with pytest.raises(TLVError):

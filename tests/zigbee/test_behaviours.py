@@ -235,7 +235,7 @@ async def test_malformed_frames_are_logged_answered_and_harmless(tmp_path, caplo
     stack = await make_stack(tmp_path, [dev], [data], clock=clock)
     try:
         with caplog.at_level(logging.WARNING):
-            await stack.run_until(lambda: dev.file_version == NEW, max_s=600)
+            await stack.run_until(lambda: dev.file_version == NEW and dev.state == "idle", max_s=600)
             # garbage: a header cut short, and an unknown command id
             dev.send_raw_ota(b"\x01")
             dev.send_raw_ota(bytes([0x01, 0x42, 0x2A]) + b"\x00" * 4)

@@ -78,14 +78,17 @@ def _parse(code: str) -> dict[str, Any]:
         kind = "manual"
     at = p.attributes
     out: dict[str, Any] = {"kind": kind, "passcode": int(at["SetUpPINCode"])}
-    if "Discriminator" in at:
-        out["discriminator"] = int(at["Discriminator"])
-        out["long_discriminator"] = True
-    elif "ShortDiscriminator" in at:
-        out["discriminator"] = int(at["ShortDiscriminator"])
-        out["long_discriminator"] = False
+    # attribute names as the SDK's visitor reports them
+    long_d = at.get("Long discriminator", at.get("Discriminator"))
+    short_d = at.get("Short discriminator", at.get("ShortDiscriminator"))
+    if long_d is not None:
+        out["discriminator"], out["long_discriminator"] = int(long_d), True
+    elif short_d is not None:
+        out["discriminator"], out["long_discriminator"] = int(short_d), False
+    else:
+        raise ValueError(f"setup code {code!r}: no discriminator in it")
     for k, name in (("VendorID", "vendor_id"), ("ProductID", "product_id")):
-        if k in at:
+        if int(at.get(k, 0) or 0):
             out[name] = int(at[k])
     return out
 

@@ -10,10 +10,15 @@ Handler protocol (what M2/M3 plug in; see also adapters/matter/node.py):
                                                       awaitable of that list (the node awaits it). Handlers whose
                                                       receive takes only (opcode, payload) are also accepted.
   handler.done: bool                               the exchange closes once done and all its sends are acked
-  handler.deadline: float | None   (optional)      monotonic seconds at which to call handler.poll()
+  handler.deadline: float | None   (optional)      monotonic seconds at which to call handler.poll(); a deadline
+                                                      that poll() leaves in the past is retried only every
+                                                      STALE_DEADLINE_RETRY_MS (no busy loop)
   handler.poll() -> same as receive  (optional)
   handler.established  (optional)                  set by the CASE handler once the session is up; reported once
                                                       as a SessionEstablished event.
+  handler.abort()  (optional)                      called when the exchange goes away before the handler is done
+                                                      (session closed, MRP gave up, idle, handler error); what it
+                                                      returns is not sent.
 
 Exchanges are keyed by (session, exchange id, peer-is-initiator). Unsolicited messages (I flag set, no exchange)
 go to the factory registered for their protocol id if the session kind allows it (CASE: unsecured only, opcode
@@ -37,6 +42,7 @@ from .status_report import GeneralCode, SecureChannelCode, StatusReport, StatusR
 
 __all__ = [
     "EXCHANGE_IDLE_TIMEOUT_MS",
+    "STALE_DEADLINE_RETRY_MS",
     "Await",
     "Exchange",
     "ExchangeClosed",
@@ -52,6 +58,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EXCHANGE_IDLE_TIMEOUT_MS = 120_000  # drop exchanges nobody talks on (bounded state against silent peers)
+STALE_DEADLINE_RETRY_MS = 1_000  # a handler deadline that poll() left in the past is retried this much later
 
 Session = UnsecuredSession | SecureSession
 Reply = tuple[int, bytes] | tuple[int, int, bytes]
@@ -90,6 +97,8 @@ class Exchange:
     closed: bool = False
     reported_established: bool = False
     awaiting: bool = False
+    stale_deadline_ms: int | None = None  # a handler deadline poll() left in the past ...
+    stale_retry_ms: int = 0  # ... is polled again only at this time (never in a tight loop)
 
     @property
     def key(self) -> tuple[int, int, bool]:
@@ -147,8 +156,14 @@ def _sid(session: Session) -> str:
 
 def context_for(session: Session) -> SessionContext:
     if isinstance(session, SecureSession):
-        return SessionContext(session.fabric_index, session.peer_node_id, tuple(session.peer_cats),
-                              session.local_session_id, True, session.peer_address)
+        return SessionContext(
+            session.fabric_index,
+            session.peer_node_id,
+            tuple(session.peer_cats),
+            session.local_session_id,
+            True,
+            session.peer_address,
+        )
     return SessionContext(None, None, (), 0, False, session.peer_address)
 
 
@@ -169,8 +184,13 @@ def _takes_protocol_id(handler: Any) -> bool:
 class ExchangeManager:
     """All exchanges of a node plus its MRP table."""
 
-    def __init__(self, mrp: ReliabilityTable | None = None, *, idle_timeout_ms: int = EXCHANGE_IDLE_TIMEOUT_MS,
-                 max_exchanges: int = 256) -> None:
+    def __init__(
+        self,
+        mrp: ReliabilityTable | None = None,
+        *,
+        idle_timeout_ms: int = EXCHANGE_IDLE_TIMEOUT_MS,
+        max_exchanges: int = 256,
+    ) -> None:
         self.mrp = mrp or ReliabilityTable()
         self.exchanges: dict[tuple[int, int, bool], Exchange] = {}
         self._routes: dict[int, _Route] = {}
@@ -178,11 +198,14 @@ class ExchangeManager:
         self._max_exchanges = max_exchanges
         self._next_exchange_id = 1
 
-    def register(self, protocol_id: int, factory: HandlerFactory, *, secure: bool,
-                 opcodes: Iterable[int] | None = None) -> None:
+    def register(
+        self, protocol_id: int, factory: HandlerFactory, *, secure: bool, opcodes: Iterable[int] | None = None
+    ) -> None:
         """Route unsolicited messages of `protocol_id` (optionally only these opcodes) on secure or unsecured
         sessions to new handlers from `factory`."""
-        self._routes[protocol_id] = _Route(factory, secure, frozenset(opcodes) if opcodes is not None else None)
+        self._routes[protocol_id] = _Route(
+            factory, secure, frozenset(opcodes) if opcodes is not None else None
+        )
 
     # ------------------------------------------------------------------------------------------ inbound
     def on_message(self, msg: InboundMessage, now_ms: int) -> list[Event]:
@@ -194,7 +217,9 @@ class ExchangeManager:
 
         if msg.duplicate:
             if ph.reliable:  # our ack was lost: ack again, right away, without redelivering
-                events.append(self._standalone_ack(session, ph.exchange_id, ph.initiator, msg.header.message_counter))
+                events.append(
+                    self._standalone_ack(session, ph.exchange_id, ph.initiator, msg.header.message_counter)
+                )
             return events
 
         if ph.ack_counter is not None and ex is not None and self.mrp.received_ack(ex, ph.ack_counter):
@@ -208,13 +233,21 @@ class ExchangeManager:
         if ex is None:
             ex, refusal = self._new_exchange(msg, now_ms)
             if ex is None:
-                log.info("matter: dropping %s opcode 0x%02x on %s: %s", ph.protocol_id, ph.opcode, _sid(session),
-                         refusal)
+                log.info(
+                    "matter: dropping %s opcode 0x%02x on %s: %s",
+                    ph.protocol_id,
+                    ph.opcode,
+                    _sid(session),
+                    refusal,
+                )
                 if isinstance(session, SecureSession) and self._is_close_session(ph, msg.payload):
                     events.append(PeerClosedSession(session))
                 if ph.reliable:
-                    events.append(self._standalone_ack(session, ph.exchange_id, ph.initiator,
-                                                       msg.header.message_counter))
+                    events.append(
+                        self._standalone_ack(
+                            session, ph.exchange_id, ph.initiator, msg.header.message_counter
+                        )
+                    )
                 return events
 
         ex.last_activity_ms = now_ms
@@ -233,8 +266,11 @@ class ExchangeManager:
             sr = StatusReport.decode(payload)
         except StatusReportError:
             return False
-        return (sr.protocol_id == ProtocolId.SECURE_CHANNEL and sr.protocol_code == SecureChannelCode.CLOSE_SESSION
-                and sr.general_code == GeneralCode.SUCCESS)
+        return (
+            sr.protocol_id == ProtocolId.SECURE_CHANNEL
+            and sr.protocol_code == SecureChannelCode.CLOSE_SESSION
+            and sr.general_code == GeneralCode.SUCCESS
+        )
 
     def _new_exchange(self, msg: InboundMessage, now_ms: int) -> tuple[Exchange | None, str]:
         ph = msg.protocol
@@ -300,8 +336,14 @@ class ExchangeManager:
 
     def _send(self, ex: Exchange, protocol_id: int, opcode: int, payload: bytes, now_ms: int) -> Send:
         ack = self.mrp.take_ack(ex)
-        ph = ProtocolHeader(opcode, ex.exchange_id, protocol_id, initiator=not ex.peer_initiator, reliable=True,
-                            ack_counter=ack)
+        ph = ProtocolHeader(
+            opcode,
+            ex.exchange_id,
+            protocol_id,
+            initiator=not ex.peer_initiator,
+            reliable=True,
+            ack_counter=ack,
+        )
         datagram, ctr = ex.session.encode(ph, payload)
         session = ex.session
         self.mrp.sent_reliable(ex, ctr, datagram, now_ms, session.peer_retrans_base_ms)
@@ -309,14 +351,25 @@ class ExchangeManager:
         return Send(session, datagram)
 
     def _standalone_ack(self, session: Session, exchange_id: int, peer_initiator: bool, counter: int) -> Send:
-        ph = ProtocolHeader(SecureChannelOpcode.STANDALONE_ACK, exchange_id, ProtocolId.SECURE_CHANNEL,
-                            initiator=not peer_initiator, reliable=False, ack_counter=counter)
+        ph = ProtocolHeader(
+            SecureChannelOpcode.STANDALONE_ACK,
+            exchange_id,
+            ProtocolId.SECURE_CHANNEL,
+            initiator=not peer_initiator,
+            reliable=False,
+            ack_counter=counter,
+        )
         datagram, _ = session.encode(ph, b"")
         return Send(session, datagram)
 
     def _maybe_close(self, ex: Exchange, now_ms: int) -> list[Event]:
-        if (not ex.closed and not ex.awaiting and getattr(ex.handler, "done", False) and not ex.queue
-                and not self.mrp.has_outstanding(ex)):
+        if (
+            not ex.closed
+            and not ex.awaiting
+            and getattr(ex.handler, "done", False)
+            and not ex.queue
+            and not self.mrp.has_outstanding(ex)
+        ):
             return self.close(ex, now_ms, "done")
         return []
 
@@ -333,6 +386,7 @@ class ExchangeManager:
         ex.closed = True
         self.exchanges.pop(ex.key, None)
         log.debug("matter: closed %r (%s)", ex, reason)
+        events += self._abandon(ex, reason)
         events.append(ExchangeClosed(ex, reason))
         return events
 
@@ -343,12 +397,28 @@ class ExchangeManager:
             self.mrp.forget(ex)
             ex.closed = True
             self.exchanges.pop(ex.key, None)
+            events += self._abandon(ex, "session closed")
             events.append(ExchangeClosed(ex, "session closed"))
         return events
 
+    def _abandon(self, ex: Exchange, reason: str) -> list[Event]:
+        """The exchange of a handler that is not done went away (session closed, peer unreachable, idle, error):
+        call its optional `abort()` so it can release what it holds (a BDX transfer slot) and report the failure.
+        What abort() returns cannot be sent any more; an awaitable result is still awaited (then dropped)."""
+        abort = getattr(ex.handler, "abort", None)
+        if abort is None or getattr(ex.handler, "done", False):
+            return []
+        try:
+            result = abort()
+        except Exception:
+            log.exception("matter: abort of %r's handler failed (%s)", ex, reason)
+            return []
+        return [Await(ex, result)] if inspect.isawaitable(result) else []
+
     # ------------------------------------------------------------------------------------------ outbound
-    def initiate(self, session: Session, protocol_id: int, handler: Any, opcode: int, payload: bytes,
-                 now_ms: int) -> tuple[Exchange, list[Event]]:
+    def initiate(
+        self, session: Session, protocol_id: int, handler: Any, opcode: int, payload: bytes, now_ms: int
+    ) -> tuple[Exchange, list[Event]]:
         """Open an exchange as initiator (e.g. to announce ourselves) and send its first message."""
         for _ in range(0x10000):
             eid = self._next_exchange_id
@@ -377,8 +447,9 @@ class ExchangeManager:
         if ex.awaiting or ex.closed or not hasattr(ex.handler, "poll"):
             return None
         hd = getattr(ex.handler, "deadline", None)
-        if isinstance(hd, int | float) and not isinstance(hd, bool):
-            return math.ceil(hd * 1000)
+        if isinstance(hd, int | float) and not isinstance(hd, bool) and math.isfinite(hd):
+            ms = math.ceil(hd * 1000)
+            return max(ms, ex.stale_retry_ms) if ms == ex.stale_deadline_ms else ms
         return None
 
     def on_timer(self, now_ms: int) -> list[Event]:
@@ -391,6 +462,18 @@ class ExchangeManager:
             hd = self._handler_deadline_ms(ex)
             if hd is not None and hd <= now_ms:
                 events += self._call(ex, ex.handler.poll, (), now_ms)
+                after = self._handler_deadline_ms(ex)
+                if after is not None and after <= now_ms:
+                    # poll() neither acted on nor moved a past deadline (a handler bug, or its clock differs
+                    # from ours): polling again at once would spin the timer loop, so retry it later
+                    if ex.stale_deadline_ms is None:
+                        log.warning(
+                            "matter: handler of %r left its deadline in the past; retrying every %d ms",
+                            ex,
+                            STALE_DEADLINE_RETRY_MS,
+                        )
+                    ex.stale_deadline_ms = math.ceil(ex.handler.deadline * 1000)
+                    ex.stale_retry_ms = now_ms + STALE_DEADLINE_RETRY_MS
             if not ex.closed and now_ms - ex.last_activity_ms >= self._idle_timeout_ms:
                 events += self.close(ex, now_ms, "idle")
         return events

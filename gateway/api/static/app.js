@@ -36,12 +36,16 @@ async function api(path, opts = {}) {
 }
 
 // ------------------------------------------------------------------------------------------- fleet
+function versionNumber(protocol, n) {  // Zigbee file versions are read in hex, Matter software versions in decimal
+  if (n === null || n === undefined) return "?";
+  return protocol === "zigbee" ? hex(n, 8) : String(n);
+}
 function versionText(d) {
-  return d.current_version_string || (d.current_version === null ? "?" : String(d.current_version));
+  return d.current_version_string || versionNumber(d.protocol, d.current_version);
 }
 function targetText(d) {
   if (d.target_version === null && !d.target_version_string) return "";
-  return d.target_version_string || String(d.target_version);
+  return d.target_version_string || versionNumber(d.protocol, d.target_version);
 }
 function progressCell(d) {
   const pct = d.percent === null || d.percent === undefined ? null : d.percent;

@@ -1,0 +1,63 @@
+# otagw: Matter OTA Provider + Zigbee OTA server on one update core.
+# Build: docker build -t otagw .     Run: see docs/docker.md
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---- build: wheels for otagw and its dependencies (incl. the chip SDK, Linux x86_64/aarch64 only)
+FROM ${PYTHON_IMAGE} AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+COPY adapters ./adapters
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[matter]"
+
+# ---- runtime
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="otagw" \
+      org.opencontainers.image.description="Multi-protocol OTA firmware-update gateway (Matter + Zigbee)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# native libraries the chip SDK loads (libnl), nothing else. Not version-pinned: the base image's Debian release
+# fixes them, and pins would break with every Debian security update.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libnl-3-200 libnl-route-3-200 \
+    && rm -rf /var/lib/apt/lists/*
+
+# unprivileged user; dialout for serial Zigbee radios passed with --device
+RUN groupadd --system --gid 10001 otagw \
+    && useradd --system --uid 10001 --gid otagw --groups dialout --home-dir /data --no-create-home \
+       --shell /usr/sbin/nologin otagw \
+    && mkdir -p /data /etc/otagw \
+    && chown otagw:otagw /data \
+    && chmod 0700 /data
+
+COPY --from=build /wheels /wheels
+# --no-index: only the wheels built above, which pyproject.toml pins where it matters (zigpy, bellows, chip)
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir --no-index --find-links=/wheels "otagw[matter]" \
+    && rm -rf /wheels
+
+# Container config: data in the /data volume; the API listens on all interfaces of the container (publish it
+# on the host's loopback unless remote access is wanted). The API token is generated into /data/api-token on
+# first start unless OTAGW_API_TOKEN is set.
+RUN printf '%s\n' \
+      'data_dir: /data' \
+      'api:' \
+      '  listen: 0.0.0.0:8480' \
+      'matter:' \
+      '  port: 5540' \
+      > /etc/otagw/otagw.yaml
+ENV OTAGW_CONFIG=/etc/otagw/otagw.yaml \
+    PYTHONUNBUFFERED=1
+
+USER 10001:10001
+WORKDIR /data
+VOLUME ["/data"]
+EXPOSE 8480/tcp 5540/udp
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8480/healthz', timeout=4).status != 200)"]
+
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["otagw"]
+CMD ["run"]

@@ -1,0 +1,1 @@
+"""Tests of the Matter OTA Provider node (adapters/matter); a package so siblings import as `.netns`."""
