@@ -668,9 +668,8 @@ class ZigbeeAdapter:
                 status=S.SUCCESS, manufacturer_code=tr.manufacturer_code, image_type=tr.image_type,
                 file_version=tr.file_version, image_size=tr.size, tsn=hdr.tsn))
             return
-        if isinstance(result, Available):
-            # not the file it asked for: release the transfer the query opened
-            await self.core.download_failed(result.token, f"device asked for file 0x{int(cmd.file_version):08x}")
+        # Not the file it asked for. The offer the core just made stays open (no failure is recorded): the
+        # device's next Query Next Image gets it, or the core expires it.
         await self._send("Query Specific File Response", cluster, cluster.query_specific_file_response(
             status=S.NO_IMAGE_AVAILABLE, tsn=hdr.tsn))
 

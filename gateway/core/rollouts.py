@@ -21,6 +21,7 @@ changes up through `PRAGMA data_version` (see UpdateCore).
 
 from __future__ import annotations
 
+import bisect
 import enum
 import hashlib
 import json
@@ -115,10 +116,19 @@ class Rollout:
     wave_completed_at: float | None
     created_at: float
     updated_at: float
-    # cache of wave assignments (not persisted; recomputed when the device population changes)
+    # cohort index (not persisted; rebuilt from the records at start, kept up to date as devices change):
+    # covered device id -> cohort key, and the covered devices sorted by cohort key (rank = wave membership)
+    _cov: dict[str, str] = field(default_factory=dict, repr=False)
+    _sorted: list[tuple[str, str]] = field(default_factory=list, repr=False)
+    _built: bool = field(default=False, repr=False)
+    _version: int = field(default=0, repr=False)
     _assign: dict[str, int] = field(default_factory=dict, repr=False)
-    _assign_key: object = field(default=None, repr=False)
-    _cum: list[int] = field(default_factory=list, repr=False)
+    _assign_version: int = field(default=-1, repr=False)
+
+    def adopt_index(self, other: Rollout) -> None:
+        """Keep the cohort index of the same rollout re-read from state.db."""
+        self._cov, self._sorted, self._built, self._version = other._cov, other._sorted, other._built, other._version
+        self._assign, self._assign_version = other._assign, other._assign_version
 
     @property
     def covering(self) -> bool:
@@ -173,31 +183,67 @@ class Rollout:
             ),
         )
 
-    def assignments(self, devices: Iterable[DeviceRecord], population_key: object) -> dict[str, int]:
-        """device id -> wave index for every covered device (cached per population_key)."""
-        if self._assign_key == population_key and self._assign_key is not None:
-            return self._assign
-        covered = sorted(
-            (cohort_key(self.rollout_id, r.device_id), r.device_id) for r in devices if self.covers(r)
-        )
+    def build(self, devices: Iterable[DeviceRecord]) -> None:
+        self._cov = {r.device_id: cohort_key(self.rollout_id, r.device_id) for r in devices if self.covers(r)}
+        self._sorted = sorted((h, d) for d, h in self._cov.items())
+        self._built = True
+        self._version += 1
+
+    def track(self, rec: DeviceRecord) -> None:
+        """A device appeared or changed identity: add it to / drop it from the cohort index (O(log n) + memmove)."""
+        if not self._built:
+            return
+        covered = self.covers(rec)
+        h = self._cov.get(rec.device_id)
+        if covered and h is None:
+            h = cohort_key(self.rollout_id, rec.device_id)
+            self._cov[rec.device_id] = h
+            bisect.insort(self._sorted, (h, rec.device_id))
+            self._version += 1
+        elif not covered and h is not None:
+            del self._cov[rec.device_id]
+            i = bisect.bisect_left(self._sorted, (h, rec.device_id))
+            del self._sorted[i]
+            self._version += 1
+
+    def _cumulative(self) -> list[int]:
         cum: list[int] = []
         for w in self.waves:
-            cum.append(max(cum[-1] if cum else 0, w.cumulative(len(covered))))
+            cum.append(max(cum[-1] if cum else 0, w.cumulative(len(self._sorted))))
+        return cum
+
+    def cohort_wave(self, device_id: str) -> int | None:
+        """The wave a covered device's rank puts it in (None: not covered, or beyond the last wave)."""
+        h = self._cov.get(device_id)
+        if h is None:
+            return None
+        rank = bisect.bisect_left(self._sorted, (h, device_id))
+        for i, c in enumerate(self._cumulative()):
+            if rank < c:
+                return i
+        return None
+
+    def assignments(self) -> dict[str, int]:
+        """device id -> wave index for every covered device that is in a wave (cached per index version)."""
+        if self._assign_version == self._version:
+            return self._assign
+        cum = self._cumulative()
         assign: dict[str, int] = {}
         wave = 0
-        for rank, (_, dev) in enumerate(covered):
+        for rank, (_, dev) in enumerate(self._sorted):
             while wave < len(cum) and rank >= cum[wave]:
                 wave += 1
-            if wave < len(cum):
-                assign[dev] = wave
-        self._assign, self._assign_key, self._cum = assign, population_key, cum
+            if wave >= len(cum):
+                break
+            assign[dev] = wave
+        self._assign, self._assign_version = assign, self._version
         return assign
 
-    def wave_of(self, rec: DeviceRecord, assign: dict[str, int]) -> int | None:
+    def wave_of(self, rec: DeviceRecord) -> int | None:
         """The device's wave: the one it was offered in, else its cohort's."""
         if rec.rollout_id == self.rollout_id and rec.rollout_wave is not None:
             return rec.rollout_wave
-        return assign.get(rec.device_id)
+        return self.cohort_wave(rec.device_id)
 
 
 _STUBS: dict[tuple[str, str, int, int], CatalogEntry] = {}
@@ -247,7 +293,7 @@ def wave_stats(r: Rollout, devices: dict[str, DeviceRecord], assign: dict[str, i
         rec = devices.get(dev_id)
         if rec is None:
             continue
-        w = r.wave_of(rec, assign) or 0
+        w = r.wave_of(rec) or 0
         if w != wave:
             continue
         members += 1

@@ -167,7 +167,6 @@ class UpdateCore:
         self._entries: dict[str, CatalogEntry] = {}
         self._index = SelectionIndex.build(())
         self._readers: dict[str, Any] = {}
-        self._population = 0
         self._persisted_at: dict[str, float] = {}
         self._dirty: set[str] = set()
         self._progress_event_at: dict[str, float] = {}
@@ -242,7 +241,6 @@ class UpdateCore:
             self._budget.holders.setdefault(rec.device_id, _slot(rec))
             self._budget.by_protocol[rec.protocol] = self._budget.by_protocol.get(rec.protocol, 0) + 1
             self._budget.by_network[rec.network] = self._budget.by_network.get(rec.network, 0) + 1
-        self._population += 1
 
     async def _refresh_catalog(self) -> None:
         entries = list(await self.store.list())
@@ -259,8 +257,8 @@ class UpdateCore:
         for row in rows:
             r = rollout_from_row(row)
             old = self._rollouts.get(r.rollout_id)
-            if old is not None:  # keep the assignment cache
-                r._assign, r._assign_key, r._cum = old._assign, old._assign_key, old._cum
+            if old is not None:  # keep the cohort index
+                r.adopt_index(old)
             if old is None or old.status != r.status or old.current_wave != r.current_wave:
                 changed.append((r, old.status if old else None))
             fresh[r.rollout_id] = r
@@ -309,7 +307,8 @@ class UpdateCore:
         rec.last_seen = now
         rec.present = True
         if identity_before != (rec.vendor_id, rec.product_id, rec.model, rec.hardware_version, rec.tags):
-            self._population += 1
+            for r in self._rollouts.values():
+                r.track(rec)
         return rec, created
 
     def _transition(
@@ -404,7 +403,9 @@ class UpdateCore:
         return best
 
     def _assign(self, r: Rollout) -> dict[str, int]:
-        return r.assignments(self._devices.values(), (self._population, len(self._devices)))
+        if not r._built:
+            r.build(self._devices.values())
+        return r.assignments()
 
     def _decide(self, rec: DeviceRecord, now: float, installed: list[str] | None = None) -> Decision:
         pol = self.config.policy
@@ -429,8 +430,9 @@ class UpdateCore:
             ok, why = version_permitted(eff, entry)
             if not ok:
                 return Decision("not_available", f"{tag}: {why} ({eff.source()})")
-            assign = self._assign(r)
-            wave = r.wave_of(rec, assign)
+            if not r._built:
+                r.build(self._devices.values())
+            wave = r.wave_of(rec)
             if wave is None:
                 return Decision("not_available", f"{tag}: device is in none of its waves")
             if r.status != RolloutStatus.ACTIVE:

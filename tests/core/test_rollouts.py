@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.core.interface import ApplyAction, Available, Busy, Continue, NotAvailable, Wait
-from gateway.core.rollouts import RolloutError, RolloutStatus, WaveSpec, parse_waves
+from gateway.core.rollouts import RolloutError, RolloutStatus, WaveSpec, cohort_key, parse_waves
 from gateway.core.states import DeviceState as S
 from tests.core.conftest import CoreFactory, matter_dev
 
@@ -195,3 +195,21 @@ async def test_wave_deadline_unblocks_silent_devices(make_core: CoreFactory, clo
     r2 = core.get_rollout(r.rollout_id)
     assert r2 is not None and r2.current_wave == 1
     assert any("deadline passed" in e["reason"] for e in await core.rollout_events(r.rollout_id))
+
+
+async def test_devices_joining_after_creation_get_cohorts(make_core: CoreFactory) -> None:
+    core = await make_core()
+    v3 = next(e for e in core.store.entries.values() if e.numeric_version == 3)
+    r = await core.create_rollout(v3.image_id, waves=["1", "100%"], soak_s=0)
+    first = await core.query(matter_dev(1))          # joins after the rollout: indexed incrementally
+    assert isinstance(first, Available) and "wave 1" in first.reason
+    second = await core.query(matter_dev(2))
+    ranks = sorted([matter_dev(1).key.device_id, matter_dev(2).key.device_id],
+                   key=lambda d: cohort_key(r.rollout_id, d))
+    # wave membership follows the cohort rank, except that an offered device keeps its wave
+    if ranks[0] == matter_dev(2).key.device_id:
+        assert isinstance(second, Available) or "wave" in second.reason
+    else:
+        assert isinstance(second, NotAvailable) and "wave 2" in second.reason
+    other_product = await core.query(matter_dev(3, product=0x9999))
+    assert isinstance(other_product, NotAvailable) and "rollout" not in other_product.reason

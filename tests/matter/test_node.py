@@ -540,6 +540,10 @@ async def test_resume_with_start_offset(tmp_path: Path, start: int, max_length: 
         assert w.images[b"fw"].bytes_read == end - start  # nothing before the resume point was read again
 
 
+def _hashing_sink(h: Any) -> Callable[[int, bytes], None]:
+    return lambda offset, data: h.update(data)
+
+
 async def test_ten_concurrent_transfers_share_one_reader(tmp_path: Path) -> None:
     n = 10
     size = 256 * 1024  # per transfer: 2560 blocks interleaved over ten sessions
@@ -547,9 +551,7 @@ async def test_ten_concurrent_transfers_share_one_reader(tmp_path: Path) -> None
         peers = [await w.peer(REQUESTOR_ID + i) for i in range(n)]
         digests = [hashlib.sha256() for _ in range(n)]
         receivers = [
-            BdxReceiver(
-                b"shared", now=w.clock.monotonic, max_block_size=BLOCK, sink=lambda o, d, h=h: h.update(d)
-            )
+            BdxReceiver(b"shared", now=w.clock.monotonic, max_block_size=BLOCK, sink=_hashing_sink(h))
             for h in digests
         ]
         await asyncio.gather(*(p.download(r) for p, r in zip(peers, receivers, strict=True)))

@@ -269,16 +269,15 @@ async def test_one_response_per_request_and_zigpy_handler_silent(tmp_path):
 
 async def test_query_specific_file(tmp_path):
     clock = ManualClock()
-    dev = sim_device(1, clock, VENDOR, behaviour=Behaviour(query_interval_s=None))
-    stack = await make_stack(tmp_path, [dev], [synthetic()], clock=clock, join=False)
+    dev = sim_device(1, clock, VENDOR, behaviour=Behaviour(answers_notify=False))
+    stack = await make_stack(tmp_path, [dev], [synthetic()], clock=clock)
     try:
-        stack.network.join(dev)
-        await stack.network.settle()
         await stack.run_until(lambda: stack.record(dev) is not None, max_s=10)
-        rsp = await _in_session(stack, dev.query_specific_file(NEW + 5))
-        assert rsp.status == S.NO_IMAGE_AVAILABLE
         rsp = await _in_session(stack, dev.query_specific_file(NEW))
         assert rsp.status == S.SUCCESS and rsp.file_version == NEW and rsp.image_size == len(synthetic())
+        rsp = await _in_session(stack, dev.query_specific_file(NEW + 5))
+        assert rsp.status == S.NO_IMAGE_AVAILABLE
+        assert dev.stats.queries == 0
     finally:
         await stack.close()
 

@@ -72,6 +72,7 @@ class Behaviour:
     notify_delay_max_s: float = 0.0      # random delay before answering an Image Notify
     resume_partial: bool = True          # keep a partial download and resume it when offered again
     hardware_version: int | None = 1
+    answers_notify: bool = True          # False: ignores Image Notify (queries only on its own schedule)
 
 
 @dataclass
@@ -429,7 +430,7 @@ class SimOtaDevice:
             self.stats.unexpected_responses.append((tsn, name))
 
     def _on_notify(self, cmd: Any, broadcast: bool) -> None:
-        if self.state not in ("idle",):
+        if self.state not in ("idle",) or not self.b.answers_notify:
             return
         pt = cmd.payload_type
         if pt >= Ota.ImageNotifyCommand.PayloadType.QueryJitter_ManufacturerCode and \
@@ -656,6 +657,9 @@ class SimOtaDevice:
                 return got
             self._accept_block(cmd)
             last = got
+            # the rest of the page comes response_spacing apart on the server's clock: not "awaiting" any more,
+            # or SimNetwork.settle() would wait for frames that need the clock to advance
+            self._delivered_request = False
         return last
 
     async def _finish_download(self) -> None:
