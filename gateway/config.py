@@ -160,7 +160,9 @@ class BudgetConfig(Section):
 
 
 class PolicyConfig(Section):
-    """Owned by gateway/core/policy.py: update rules, time windows, concurrency budgets, timers."""
+    """Update policy: rules, time windows, concurrency budgets, timers."""
+
+    # owned by gateway/core/policy.py
 
     callback_interval_s: int = Field(86400, ge=60, description="NotAvailable: when a device should ask again")
     busy_retry_s: int = Field(120, ge=1, description="Busy: when a device held back should retry")

@@ -55,8 +55,6 @@ class SnapshotCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         snap = self.snap
         for key, (name, doc, label, kind) in COUNTERS.items():
-            if key not in snap.counters and key == "blocks_served":
-                continue  # only once the core counts blocks
             values = dict(snap.counters.get(key, {}))
             for default in PROTOCOLS if label == "protocol" else OUTCOMES:
                 values.setdefault(default, 0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -247,6 +248,9 @@ class StateDB:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Device records name every device on the network: owner-only, like the rest of the data dir.
+        # SQLite gives the -wal/-shm files the main file's permissions.
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         try:
             self._conn = await aiosqlite.connect(self.path)
             await self._conn.execute("PRAGMA journal_mode=WAL")

@@ -682,6 +682,7 @@ class UpdateCore:
             rec.acked_offset = end
         rec.last_progress_at = now
         self.counters.bytes_served[rec.protocol] += nbytes
+        self.counters.blocks_served[rec.protocol] += 1
         if rec.state == S.QUERYING:
             self._transition(rec, S.DOWNLOADING, f"first block at offset {offset}", hist, now)
         if now - self._progress_event_at.get(rec.device_id, -math.inf) >= PROGRESS_EVENT_S:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -198,6 +199,7 @@ class Catalog:
     async def open(self) -> None:
         if self._db is not None:
             return
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))  # owner-only, like the data dir
         db = await aiosqlite.connect(self.path, isolation_level=None)
         try:
             db.row_factory = aiosqlite.Row
