@@ -1,5 +1,5 @@
 # otagw: Matter OTA Provider + Zigbee OTA server on one update core.
-# Build: docker build -t otagw .     Run: see docs/docker.md
+# Build: docker build -t otagw .     Run: see the Docker section of README.md
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- build: wheels for otagw and its dependencies (incl. the chip SDK, Linux x86_64/aarch64 only)

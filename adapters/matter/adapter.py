@@ -49,6 +49,8 @@ POLL_S = 1.0  # how often subscription reports are drained from the worker
 ANNOUNCE_CHECK_S = 15.0  # how often the plan is checked for nodes to announce to
 ANNOUNCE_REPEAT_S = 3600.0  # re-announce the same image to a silent node after this long
 RETRY_S = 60.0  # a node that could not be reached is retried after this long
+VERIFY_BACKOFF_S = (2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)  # SoftwareVersion read-backs after an install
+VERIFY_TIMEOUT_MS = 8000
 
 # UpdateStateEnum (Matter 11.20.7.4.x)
 _IDLE, _QUERYING, _DELAYED_ON_QUERY, _DOWNLOADING, _APPLYING, _DELAYED_ON_APPLY, _ROLLING_BACK = 1, 2, 3, 4, 5, 6, 7
@@ -93,9 +95,18 @@ class MatterAdapter:
         self._announced: dict[str, tuple[str | None, float]] = {}
         self._versions: dict[int, tuple[int | None, str | None]] = {}
         self._states: dict[int, int] = {}
+        self._verify_at: dict[int, tuple[float, int]] = {}
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.stop()  # nothing half-started stays behind (worker, lock, sockets)
+            raise
+
+    async def _start(self) -> None:
         for reason in (ipv6_unavailable_reason(), runner_unavailable_reason()):
             if reason:
                 raise AdapterStartError(f"matter: {reason}")
@@ -184,11 +195,11 @@ class MatterAdapter:
         await self.admin.announce(node_id, reason=reason)
         log.info("matter adapter: AnnounceOTAProvider sent to node 0x%016X", node_id)
 
-    async def _verify(self, key: DeviceKey) -> None:
-        """Read SoftwareVersion back (after NotifyUpdateApplied / VersionApplied): the core's proof."""
+    async def _verify(self, key: DeviceKey, timeout_ms: int | None = VERIFY_TIMEOUT_MS) -> None:
+        """Read SoftwareVersion back (after NotifyUpdateApplied / VersionApplied / an apply): the core's proof."""
         assert self.admin is not None
         node_id = int(key.address, 16)
-        info = await self.admin.node_info(node_id)
+        info = await self.admin.node_info(node_id, timeout_ms=timeout_ms)
         b = info.get("basic", {})
         if b.get("SoftwareVersion") is not None:
             await self.core.report_version(key, int(b["SoftwareVersion"]), b.get("SoftwareVersionString"))
@@ -210,6 +221,7 @@ class MatterAdapter:
                                      RETRY_S)
                 for ev in await self.admin.poll_events():
                     await self._on_report(ev)
+                await self._verify_installs(now)
                 if self.cfg.announce and now >= next_announce:
                     next_announce = now + ANNOUNCE_CHECK_S
                     await self._announce_due()
@@ -218,6 +230,30 @@ class MatterAdapter:
             except Exception:
                 log.exception("matter adapter: admin loop iteration failed")
             await self.clock.sleep(POLL_S)
+
+    async def _verify_installs(self, now: float) -> None:
+        """Nodes told to install: read SoftwareVersion back (backing off) until the core settles the episode.
+        Subscriptions notice a rebooted node only after their liveness timeout, and NotifyUpdateApplied is
+        optional, so this read is what verifies an update in time."""
+        get = getattr(self.core, "get_device", None)
+        if get is None:
+            return
+        wall = self.clock.now()
+        for nid in list(self._adopted):
+            rec = get(self.key(nid).device_id)
+            if rec is None or rec.state.value not in ("applying", "verifying") or (
+                    rec.apply_at is not None and wall < rec.apply_at):
+                self._verify_at.pop(nid, None)
+                continue
+            at, attempt = self._verify_at.setdefault(nid, (now + VERIFY_BACKOFF_S[0], 0))
+            if now < at:
+                continue
+            try:
+                await self._verify(self.key(nid), timeout_ms=VERIFY_TIMEOUT_MS)
+            except ControllerError as exc:
+                log.info("matter adapter: node 0x%016X not readable yet (%s)", nid, exc)
+            attempt += 1
+            self._verify_at[nid] = (now + VERIFY_BACKOFF_S[min(attempt, len(VERIFY_BACKOFF_S) - 1)], attempt)
 
     async def _announce_due(self) -> None:
         assert self.fabric is not None

@@ -125,6 +125,7 @@ class Transfer:
     bytes_acked: int = 0
     completed: bool = False
     last_error: str | None = None
+    interrupt: str | None = None  # set by interrupt(): the next BDX message of this transfer gets an abort
 
 
 @dataclass
@@ -403,6 +404,15 @@ class MatterOtaProvider:
             return None
         return t, reader
 
+    def interrupt(self, token: bytes, reason: str = "interrupted by the gateway") -> bool:
+        """End the transfer's BDX exchange(s) at their next message (operator action, shutdown, tests). The token
+        stays live: the requestor's next QueryImage gets it back and downloads again."""
+        t = self.transfers.get(bytes(token))
+        if t is None or t.completed:
+            return False
+        t.interrupt = reason
+        return True
+
     async def close(self) -> None:
         for fut in list(self._held):
             if not fut.done():
@@ -473,6 +483,11 @@ class ProviderBdxExchange:
         if t is None:
             return out
         core = self.provider.core
+        if t.interrupt is not None and not self.sender.done:
+            reason, t.interrupt = t.interrupt, None
+            t.last_error = reason
+            log.info("matter provider: transfer %s interrupted: %s", t.designator, reason)
+            return self.sender.abort(BdxStatus.TRANSFER_FAILED_UNKNOWN_ERROR, reason)
         for offset, n in pending.acked:
             try:
                 decision = await core.progress(t.token, offset, n)

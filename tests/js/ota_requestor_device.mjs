@@ -1,7 +1,7 @@
 // A matter.js device with the OTA Software Update Requestor: the independent Matter peer for otagw's provider tests.
 //
 // Usage: node ota_requestor_device.mjs --dir DIR [--port 5540] [--vendor-id 0xFFF1] [--product-id 0x8000]
-//        [--version 1] [--version-string 1.0] [--passcode 20202021] [--discriminator 3840]
+//        [--version 1] [--version-string 1.0] [--passcode 20202021] [--discriminator 3840] [--reboot-exit]
 //
 // Prints one JSON object per line on stdout, prefixed "OTAGW-EVENT ", for the test driving it:
 //   {"event":"ready","version":N,"manualPairingCode":"...","qrPairingCode":"...","port":P,"commissioned":bool}
@@ -10,11 +10,14 @@
 //   {"event":"restarted","version":N}
 // "Applying" an update stops the node and starts it again from the same storage with the new SoftwareVersion,
 // as a real device does after a reboot; the requestor then reports VersionApplied / NotifyUpdateApplied itself.
+// With --reboot-exit the "reboot" is a real process exit (code 75) instead: the driver starts the script again with
+// the same arguments and the new process reports {"event":"restarted"} (an in-process restart can hang when an
+// aborted BDX attempt still holds matter.js's storage lock).
 //
 // With OTA_FAST=1 the spec-allowed random waits (announce jitter 1–600 s, etc.) collapse to their minimum so
 // tests do not wait minutes (Math.random() is pinned to 0 in this process only).
 import { createHash } from "node:crypto";
-import { mkdirSync, readFileSync, writeFileSync, existsSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync, existsSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 
@@ -32,6 +35,7 @@ const { values: args } = parseArgs({
         "version-string": { type: "string", default: "" },
         passcode: { type: "string", default: "20202021" },
         discriminator: { type: "string", default: "3840" },
+        "reboot-exit": { type: "boolean", default: false },
     },
 });
 if (!args.dir) {
@@ -101,7 +105,9 @@ async function startNode() {
     return { node, version };
 }
 
-let first = true;
+const rebootMarker = join(dir, "reboot-pending");
+let first = !existsSync(rebootMarker);
+if (!first) rmSync(rebootMarker);
 for (;;) {
     const { node, version } = await startNode();
     const restarted = new Promise(resolve => (restartRequested = resolve));
@@ -119,5 +125,12 @@ for (;;) {
     await restarted;
     // Let the ApplyUpdateRequest exchange finish before the "reboot".
     await new Promise(resolve => setTimeout(resolve, 500));
+    if (args["reboot-exit"]) {
+        writeFileSync(rebootMarker, "1");
+        await Promise.race([node.close(), new Promise(resolve => setTimeout(resolve, 3000))]);
+        // like a power cycle: no exit handlers (after an aborted BDX attempt they can block the exit)
+        if (typeof process.reallyExit === "function") process.reallyExit(75);
+        process.exit(75);
+    }
     await node.close();
 }

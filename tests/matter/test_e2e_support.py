@@ -18,6 +18,7 @@ from typing import Any
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
 DEVICE_SCRIPT = JS_DIR / "ota_requestor_device.mjs"
 PREFIX = "OTAGW-EVENT "
+REBOOT_EXIT = 75
 
 
 def node_unavailable_reason() -> str | None:
@@ -81,6 +82,7 @@ class MatterJsDevice:
         self.proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self.reboots = 0
 
     @property
     def log_path(self) -> Path:
@@ -88,29 +90,32 @@ class MatterJsDevice:
 
     async def start(self, timeout: float = 60.0) -> dict[str, Any]:
         self.dir.mkdir(parents=True, exist_ok=True)
+        await self._launch()
+        self._reader = asyncio.create_task(self._run())
+        return await self.wait_for(lambda e: e["event"] == "ready", timeout, "device ready")
+
+    async def _launch(self) -> None:
         env = dict(os.environ)
         if self.fast:
             env["OTA_FAST"] = "1"
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                "ip",
-                "netns",
-                "exec",
-                self.netns,
-                "node",
-                str(DEVICE_SCRIPT),
-                *self.args,
-                cwd=str(JS_DIR),
-                env=env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-                start_new_session=True,
-            )
+                "ip", "netns", "exec", self.netns, "node", str(DEVICE_SCRIPT), *self.args, cwd=str(JS_DIR), env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True)
         finally:
             log.close()
-        self._reader = asyncio.create_task(self._read())
-        return await self.wait_for(lambda e: e["event"] == "ready", timeout, "device ready")
+
+    async def _run(self) -> None:
+        """Read events; a "reboot" (exit code 75 after installing) starts the device again, like power-cycling."""
+        while True:
+            await self._read()
+            proc = self.proc
+            if proc is None or await proc.wait() != REBOOT_EXIT:
+                break
+            self.reboots += 1
+            await self._launch()
+        self._changed.set()
 
     async def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -120,11 +125,10 @@ class MatterJsDevice:
                 text = line.decode(errors="replace").strip()
                 if text.startswith(PREFIX):
                     with contextlib.suppress(ValueError):
-                        ev = json.loads(text[len(PREFIX) :])
+                        ev = json.loads(text[len(PREFIX):])
                         ev["t"] = time.monotonic()
                         self.events.append(ev)
                         self._changed.set()
-        self._changed.set()
 
     async def wait_for(
         self, pred: Callable[[dict[str, Any]], bool], timeout: float, what: str
@@ -136,7 +140,7 @@ class MatterJsDevice:
                 if pred(ev):
                     return ev
             seen = len(self.events)
-            if self.proc is not None and self.proc.returncode is not None:
+            if self.proc is not None and self.proc.returncode not in (None, REBOOT_EXIT):
                 raise AssertionError(
                     f"device exited ({self.proc.returncode}) waiting for {what}; log {self.log_path}"
                 )
@@ -150,6 +154,11 @@ class MatterJsDevice:
                 await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
 
     async def stop(self) -> None:
+        if self._reader is not None:  # first, so that no "reboot" relaunches the device behind our back
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+            self._reader = None
         proc, self.proc = self.proc, None
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -160,8 +169,3 @@ class MatterJsDevice:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, 9)
                 await proc.wait()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-            self._reader = None

@@ -458,3 +458,17 @@ async def test_consent_only_flagged_when_the_requestor_can_consent(tmp_path: Pat
     finally:
         await e.core.stop()
         await e.store.close()
+
+
+async def test_interrupt_aborts_at_the_next_message_and_the_token_survives(env: Env) -> None:
+    node = 0x50F0
+    resp = await query(env, node, 1)
+    _rx, h = await download(env, node, designator_of(resp), stop_after=1)
+    assert env.provider.interrupt(resp.update_token, "operator")
+    out = await h.receive(0x10, (1).to_bytes(4, "little"), 0x0002)  # BlockQuery(1)
+    assert h.done and h.sender.failed and out[0].opcode == 0x40
+    again = await query(env, node, 1)
+    assert again.update_token == resp.update_token
+    rx2, _ = await download(env, node, designator_of(again))
+    assert bytes(rx2.data) == env.images[2]
+    assert not env.provider.interrupt(b"\x00" * 16)

@@ -38,7 +38,7 @@ def test_config_builds_bellows_app_with_our_settings(tmp_path):
 
 
 def test_unknown_keys_and_bad_values_are_config_errors():
-    with pytest.raises(ConfigError, match="zigbee.radio.baud"):
+    with pytest.raises(ConfigError, match=r"zigbee\.radio\.baud"):
         parse_config({"zigbee": {"radio": {"baud": 1}}})
     with pytest.raises(ConfigError, match=r"zigbee.block_size_caps\[0\].max_block_bytes"):
         parse_config({"zigbee": {"block_size_caps": [{"manufacturer": 1, "max_block_bytes": 300}]}})
@@ -62,9 +62,12 @@ async def test_missing_serial_device_is_a_clear_error(tmp_path):
 async def test_bellows_speaks_ash_to_the_configured_socket(tmp_path, monkeypatch):
     """bellows, started through otagw's config path, opens the socket and sends an ASH RST frame; the fake
     NCP hangs up (a full EZSP simulation is a later issue) and otagw reports it naming the path."""
+    import bellows.ezsp
     import bellows.uart
 
-    monkeypatch.setattr(bellows.uart, "RESET_TIMEOUT", 0.05)   # bellows' own real-time wait for RSTACK
+    # bellows' own real-time waits (for a zigbeed startup reset, for RSTACK): shortened for the test only
+    monkeypatch.setattr(bellows.ezsp, "NETWORK_COORDINATOR_STARTUP_RESET_WAIT", 0.05)
+    monkeypatch.setattr(bellows.uart, "RESET_TIMEOUT", 0.05)
     received = bytearray()
     got_frame = asyncio.Event()
 

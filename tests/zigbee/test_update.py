@@ -8,7 +8,6 @@ from adapters.zigbee.sim import Behaviour
 from gateway.clock import ManualClock
 from tests.zigbee.harness import DRESDEN, IKEA, SENGLED, VENDOR, make_stack, need, sim_device
 
-
 # Dresden: plain 64-byte Image Block Requests (the full, slowest path); IKEA: large blocks allowed by a
 # per-manufacturer cap; Sengled: Image Page Requests.
 CASES = {

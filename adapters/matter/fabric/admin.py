@@ -206,8 +206,8 @@ class FabricAdmin:
         _save_nodes(self.dir, self.nodes)
         return entry
 
-    async def node_info(self, node_id: int) -> dict[str, Any]:
-        info: dict[str, Any] = await self.call("node_info", node_id=node_id)
+    async def node_info(self, node_id: int, timeout_ms: int | None = None) -> dict[str, Any]:
+        info: dict[str, Any] = await self.call("node_info", node_id=node_id, timeout_ms=timeout_ms)
         b = info.get("basic", {})
         e = self.nodes.get(node_id)
         if e is not None:
