@@ -450,7 +450,7 @@ class ZigbeeAdapter:
         if isinstance(decision, Wait):
             await self._wait_for_data(cluster, tr, tsn, decision.retry_after_s)
             return False
-        data = tr.reader.read(offset, n)
+        data = tr.read(offset, n)
         ok = await self._send("Image Block Response", cluster, cluster.image_block_response(
             status=S.SUCCESS, manufacturer_code=tr.manufacturer_code, image_type=tr.image_type,
             file_version=tr.file_version, file_offset=offset, image_data=data, tsn=tsn,

@@ -23,6 +23,9 @@ from gateway.store.model import CatalogEntry
 ZCL_EPOCH_OFFSET = 946_684_800
 # Upgrade End Response upgrade_time meaning "wait for a later Upgrade End Response from the server".
 UPGRADE_TIME_WAIT = 0xFFFFFFFF
+# bytes read from the store at once per transfer: small enough to keep 200 transfers cheap, large enough
+# that a 50-byte-block transfer touches the store once per ~80 blocks
+READ_AHEAD = 4096
 
 
 def zcl_utc(unix_time: float) -> int:
@@ -61,6 +64,17 @@ class OtaDevice:
     device_min_block_period_ms: int = 0
     resumed: bool = False
     failure: str | None = None
+    _cache_offset: int = -1
+    _cache: bytes = b""
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Image bytes from the store, read ahead in READ_AHEAD chunks (one pread per ~100 blocks, not per block)."""
+        end = offset + length
+        if not (self._cache_offset <= offset and end <= self._cache_offset + len(self._cache)):
+            self._cache = self.reader.read(offset, min(max(length, READ_AHEAD), self.size - offset))
+            self._cache_offset = offset
+        start = offset - self._cache_offset
+        return self._cache[start:start + length]
 
     @property
     def size(self) -> int:

@@ -76,6 +76,7 @@ class MatterJsDevice:
             str(discriminator),
             "--passcode",
             str(passcode),
+            "--reboot-exit",
         ]
         self.fast = fast
         self.events: list[dict[str, Any]] = []
@@ -83,6 +84,8 @@ class MatterJsDevice:
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self.reboots = 0
+        self.watch: tuple[str, ...] = ("Starting BDX session",)  # log lines whose arrival time is recorded
+        self.marks: list[tuple[float, str]] = []
 
     @property
     def log_path(self) -> Path:
@@ -102,7 +105,7 @@ class MatterJsDevice:
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 "ip", "netns", "exec", self.netns, "node", str(DEVICE_SCRIPT), *self.args, cwd=str(JS_DIR), env=env,
-                stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True)
+                stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True, limit=1 << 24)
         finally:
             log.close()
 
@@ -120,9 +123,19 @@ class MatterJsDevice:
     async def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         with open(self.log_path, "ab") as log:
-            while line := await self.proc.stdout.readline():
+            while True:
+                try:
+                    line = await self.proc.stdout.readline()
+                except ValueError:  # a log line longer than the limit: skip it
+                    line = await self.proc.stdout.read(1 << 20) or b""
+                    continue
+                if not line:
+                    break
                 log.write(line)
                 text = line.decode(errors="replace").strip()
+                for pattern in self.watch:
+                    if pattern in text:
+                        self.marks.append((time.monotonic(), pattern))
                 if text.startswith(PREFIX):
                     with contextlib.suppress(ValueError):
                         ev = json.loads(text[len(PREFIX):])

@@ -1,0 +1,90 @@
+"""Sans-I/O decisions of the OTA server: block caps (config, model rules, learned), stalls, accounting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters.zigbee.ota_server import OtaDevice, OtaServerState, TransferStatus, zcl_utc
+from gateway.config import parse_config
+from gateway.core.interface import DeviceKey
+from tests.store_helpers import entry
+
+
+class Reader:
+    size = 1000
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(min(length, self.size - offset))
+
+
+def state(**zigbee: Any) -> OtaServerState:
+    return OtaServerState(parse_config({"zigbee": zigbee}).zigbee)
+
+
+def transfer(**kw: Any) -> OtaDevice:
+    e = entry("zigbee", 0x1234, 1, 5)
+    base: dict[str, Any] = dict(key=DeviceKey("zigbee", "pan:0001", "aa:bb:cc:dd:ee:ff:00:11", 1), token=b"t" * 16,
+                                image=e, reader=Reader(), started_mono=0.0, manufacturer_code=0x1234, image_type=1,
+                                file_version=5)
+    return OtaDevice(**{**base, **kw})
+
+
+def test_block_size_rules():
+    st = state(default_max_block_bytes=64, block_size_caps=[
+        {"manufacturer": 4474, "max_block_bytes": 40},
+        {"manufacturer": 4474, "model": "Big", "max_block_bytes": 100}])
+    assert st.block_size(1, None, 50) == 50
+    assert st.block_size(1, None, 200) == 64
+    assert st.block_size(4474, "Other", 200) == 40
+    assert st.block_size(4474, "Big", 200) == 100
+    assert st.block_size(4474, "Big", 20) == 20
+
+
+def test_learned_caps_shrink_to_the_floor_and_roundtrip():
+    st = state(min_learned_block_bytes=32)
+    assert st.learn_failure(7, "M", 64) == 48
+    assert st.block_size(7, "M", 64) == 48 and st.block_size(7, "N", 64) == 64
+    assert st.learn_failure(7, "M", 48) == 36
+    assert st.learn_failure(7, "M", 36) == 32
+    assert st.learn_failure(7, "M", 32) is None
+    again = state()
+    again.caps_from_json(st.caps_to_json())
+    assert again.learned_caps == {(7, "M"): 32}
+    again.caps_from_json("not json")
+    again.caps_from_json('[{"manufacturer": 1, "model": "x", "max_block_bytes": 999}, 3]')
+    assert again.learned_caps == {(7, "M"): 32}
+
+
+def test_stall_detection_per_manufacturer():
+    st = state(stall_timeout_s=60, stall_timeouts=[{"manufacturer": 0x1234, "timeout_s": 10}])
+    a = transfer(last_activity_mono=100.0)
+    b = transfer(manufacturer_code=0x9999, last_activity_mono=100.0)
+    st.transfers = {a.key: a, DeviceKey("zigbee", "pan:0001", "x", 1): b}
+    assert st.stalled(105.0) == []
+    assert st.stalled(111.0) == [a]
+    assert st.stalled(161.0) == [a, b]
+    a.status = TransferStatus.COMPLETE
+    assert st.stalled(1000.0) == [b]
+    assert st.min_stall_timeout() == 10
+
+
+def test_accounting_over_counts_duplicates_like_ota_device():
+    tr = transfer()
+    OtaServerState.record_block(tr, 0, 50, 1.0)
+    OtaServerState.record_block(tr, 0, 50, 2.0)      # duplicate
+    OtaServerState.record_block(tr, 25, 50, 3.0)     # overlap
+    assert tr.bytes_downloaded == 150 and tr.highest_offset == 75 and tr.last_activity_mono == 3.0
+
+
+def test_pacing_push_only_when_configured_and_needed():
+    st = state(min_block_period_ms=250)
+    tr = transfer(device_min_block_period_ms=0)
+    assert st.needs_pacing_push(tr) and st.pacing_period_ms(tr) == 250
+    tr.device_min_block_period_ms = 500
+    assert not st.needs_pacing_push(tr) and st.pacing_period_ms(tr) == 500
+    assert not state().needs_pacing_push(transfer())
+
+
+def test_zcl_utc():
+    assert zcl_utc(946_684_800) == 0
+    assert zcl_utc(1_700_000_000) == 753_315_200
