@@ -291,7 +291,9 @@ class ZigbeeStallTimeout(Section):
 
 
 class ZigbeeConfig(Section):
-    """Owned by adapters/zigbee (extended there)."""
+    """Zigbee OTA Upgrade server on zigpy: radio, block sizes, pacing, stalls, notify, apply read-back."""
+
+    # owned by adapters/zigbee
 
     enabled: bool = False
     radio: ZigbeeRadioConfig = Field(default_factory=ZigbeeRadioConfig)
