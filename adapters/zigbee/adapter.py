@@ -35,10 +35,12 @@ from zigpy.zcl.clusters.general import Basic, Ota
 
 from adapters.zigbee.cluster import OtaTakeover
 from adapters.zigbee.ota_server import (
+    IMAGE_BLOCK_RESPONSE_ID,
     UPGRADE_TIME_WAIT,
     OtaDevice,
     OtaServerState,
     TransferStatus,
+    encode_image_block_response,
     zcl_utc,
 )
 from adapters.zigbee.radio import AdapterStartError, start_controller
@@ -61,8 +63,26 @@ LOGGER = logging.getLogger(__name__)
 S = foundation.Status
 LEARNED_CAPS_FILE = "zigbee-learned-block-caps.json"
 UPGRADE_END_FAILURES = {S.INVALID_IMAGE, S.REQUIRE_MORE_IMAGE, S.ABORT}
+OTA_CLUSTER = t.ClusterId(Ota.cluster_id)
+IBR_COMMAND = t.uint8_t(IMAGE_BLOCK_RESPONSE_ID)
 
 __all__ = ["AdapterStartError", "ZigbeeAdapter"]
+
+
+def _plain_block_response(cluster: Ota) -> bool:
+    """Whether zigpy would send this cluster's Image Block Response exactly as `encode_image_block_response`
+    packs it: zigpy's own schema, no manufacturer code in the header (a quirk may change either). Cached."""
+    plain = cluster.__dict__.get("_otagw_plain_ibr")
+    if plain is None:
+        cmd = cluster.client_commands.get(IMAGE_BLOCK_RESPONSE_ID)
+        plain = (
+            cmd is not None
+            and cmd.schema is Ota.ImageBlockResponseCommand
+            and cluster.is_client
+            and cluster._get_effective_manufacturer_code(cmd) is None
+        )
+        cluster.__dict__["_otagw_plain_ibr"] = plain
+    return bool(plain)
 
 
 class ZigbeeAdapter:
@@ -95,7 +115,14 @@ class ZigbeeAdapter:
         self._page_tasks: dict[DeviceKey, asyncio.Task[Any]] = {}
         self._apply_tasks: dict[DeviceKey, asyncio.Task[Any]] = {}
         self._inflight = 0
-        self.malformed: list[str] = []   # recent malformed-frame descriptions (for the API / tests)
+        self.malformed: list[str] = []  # recent malformed-frame descriptions (for the API / tests)
+        self._handlers: dict[int, Callable[[Ota, foundation.ZCLHeader, Any], Awaitable[None]]] = {
+            Ota.ServerCommandDefs.query_next_image.id: self._query_next_image,
+            Ota.ServerCommandDefs.image_block.id: self._image_block,
+            Ota.ServerCommandDefs.image_page.id: self._image_page,
+            Ota.ServerCommandDefs.upgrade_end.id: self._upgrade_end,
+            Ota.ServerCommandDefs.query_specific_file.id: self._query_specific_file,
+        }
 
     # ================================================================== lifecycle
     async def start(self) -> None:
@@ -178,7 +205,21 @@ class ZigbeeAdapter:
         return f"pan:{int(self.app.state.network_info.pan_id):04x}"
 
     def _key(self, cluster: Ota) -> DeviceKey:
-        return DeviceKey("zigbee", self._pan(), str(cluster.endpoint.device.ieee), cluster.endpoint.endpoint_id)
+        """The cluster's DeviceKey, cached on the cluster instance (asked for on every block) per PAN id."""
+        assert self.app is not None
+        pan_id = self.app.state.network_info.pan_id
+        cached = cluster.__dict__.get("_otagw_key")
+        if cached is not None and cached[0] == pan_id:
+            key: DeviceKey = cached[1]
+            return key
+        key = DeviceKey(
+            "zigbee",
+            f"pan:{int(pan_id):04x}",
+            str(cluster.endpoint.device.ieee),
+            cluster.endpoint.endpoint_id,
+        )
+        cluster.__dict__["_otagw_key"] = (pan_id, key)
+        return key
 
     def _info(self, cluster: Ota, qni: Any = None) -> DeviceInfo:
         device = cluster.endpoint.device
@@ -191,7 +232,11 @@ class ZigbeeAdapter:
         mbp = cluster.get(Ota.AttributeDefs.minimum_block_req_delay.name)
         if qni is not None:
             vendor, product, version = qni.manufacturer_code, qni.image_type, qni.current_file_version
-            hw = getattr(qni, "hardware_version", None) if getattr(qni, "hardware_version", None) is not None else hw
+            hw = (
+                getattr(qni, "hardware_version", None)
+                if getattr(qni, "hardware_version", None) is not None
+                else hw
+            )
         if vendor is None and node_desc is not None:
             vendor = node_desc.manufacturer_code
         sleepy = None if node_desc is None else not bool(node_desc.is_receiver_on_when_idle)
@@ -267,14 +312,20 @@ class ZigbeeAdapter:
         if self.app is None:
             return
         pan = self._pan()
-        keys = [k for k in {*self._observed, *self.state.transfers} if k.address == str(device.ieee) and k.network == pan]
+        keys = [
+            k
+            for k in {*self._observed, *self.state.transfers}
+            if k.address == str(device.ieee) and k.network == pan
+        ]
         for key in keys:
             self.state.transfers.pop(key, None)
             self._observed.pop(key, None)
             self._spawn(self.core.device_left(key), f"left {key.device_id}")
 
     def _on_malformed(self, device: Any, endpoint: int, frame: bytes, problem: str) -> None:
-        text = f"malformed OTA frame from {device.ieee} endpoint {endpoint}: {problem}; frame: {frame.hex(' ')}"
+        text = (
+            f"malformed OTA frame from {device.ieee} endpoint {endpoint}: {problem}; frame: {frame.hex(' ')}"
+        )
         LOGGER.warning("%s", text)
         self.malformed = [*self.malformed[-49:], text]
 
@@ -283,17 +334,13 @@ class ZigbeeAdapter:
         """Called synchronously by zigpy for each OTA cluster command from a device."""
         if hdr.direction != foundation.Direction.Client_to_Server:
             return  # server->client frames from a device (another OTA server?) are not for us
-        handlers: dict[int, Callable[[Ota, foundation.ZCLHeader, Any], Awaitable[None]]] = {
-            Ota.ServerCommandDefs.query_next_image.id: self._query_next_image,
-            Ota.ServerCommandDefs.image_block.id: self._image_block,
-            Ota.ServerCommandDefs.image_page.id: self._image_page,
-            Ota.ServerCommandDefs.upgrade_end.id: self._upgrade_end,
-            Ota.ServerCommandDefs.query_specific_file.id: self._query_specific_file,
-        }
-        handler = handlers.get(hdr.command_id)
+        handler = self._handlers.get(hdr.command_id)
         if handler is None or isinstance(args, bytes | bytearray):
             LOGGER.warning(
-                "unsupported OTA command 0x%02x from %s: %r", hdr.command_id, cluster.endpoint.device.ieee, args
+                "unsupported OTA command 0x%02x from %s: %r",
+                hdr.command_id,
+                cluster.endpoint.device.ieee,
+                args,
             )
             cluster.send_default_rsp(hdr, S.UNSUP_CLUSTER_COMMAND)
             return
@@ -301,16 +348,23 @@ class ZigbeeAdapter:
         self._spawn(self._run_handler(handler, cluster, hdr, args), f"OTA 0x{hdr.command_id:02x}")
 
     async def _run_handler(
-        self, handler: Callable[[Ota, foundation.ZCLHeader, Any], Awaitable[None]], cluster: Ota,
-        hdr: foundation.ZCLHeader, args: Any,
+        self,
+        handler: Callable[[Ota, foundation.ZCLHeader, Any], Awaitable[None]],
+        cluster: Ota,
+        hdr: foundation.ZCLHeader,
+        args: Any,
     ) -> None:
         try:
             key = self._key(cluster)
-            lock = self._locks.setdefault(key, asyncio.Lock())
+            lock = self._locks.get(key)
+            if lock is None:
+                lock = self._locks[key] = asyncio.Lock()
             async with lock:
                 await handler(cluster, hdr, args)
         except Exception:  # one bad exchange never takes the adapter down
-            LOGGER.exception("OTA command 0x%02x from %s failed", hdr.command_id, cluster.endpoint.device.ieee)
+            LOGGER.exception(
+                "OTA command 0x%02x from %s failed", hdr.command_id, cluster.endpoint.device.ieee
+            )
         finally:
             self._inflight -= 1
 
@@ -335,17 +389,31 @@ class ZigbeeAdapter:
                 tr = self._new_transfer(cluster, result)
             except UnknownToken as exc:
                 LOGGER.warning("%s: core offered an image it cannot open: %s", key.device_id, exc)
-                await self._send("Query Next Image Response", cluster, cluster.query_next_image_response(
-                    status=S.NO_IMAGE_AVAILABLE, tsn=hdr.tsn))
+                await self._send(
+                    "Query Next Image Response",
+                    cluster,
+                    cluster.query_next_image_response(status=S.NO_IMAGE_AVAILABLE, tsn=hdr.tsn),
+                )
                 return
-            await self._send("Query Next Image Response", cluster, cluster.query_next_image_response(
-                status=S.SUCCESS, manufacturer_code=tr.manufacturer_code, image_type=tr.image_type,
-                file_version=tr.file_version, image_size=tr.size, tsn=hdr.tsn,
-            ))
+            await self._send(
+                "Query Next Image Response",
+                cluster,
+                cluster.query_next_image_response(
+                    status=S.SUCCESS,
+                    manufacturer_code=tr.manufacturer_code,
+                    image_type=tr.image_type,
+                    file_version=tr.file_version,
+                    image_size=tr.size,
+                    tsn=hdr.tsn,
+                ),
+            )
             LOGGER.info("%s: offered %s (%d bytes)", key.device_id, result.image.image_id, tr.size)
             return
-        await self._send("Query Next Image Response", cluster, cluster.query_next_image_response(
-            status=S.NO_IMAGE_AVAILABLE, tsn=hdr.tsn))
+        await self._send(
+            "Query Next Image Response",
+            cluster,
+            cluster.query_next_image_response(status=S.NO_IMAGE_AVAILABLE, tsn=hdr.tsn),
+        )
         if isinstance(result, Busy) and info.sleepy is False:
             # mains-powered devices get an Image Notify when the core expects room; sleepy ones ask again
             self._schedule_notify(cluster, result.retry_after_s)
@@ -356,9 +424,15 @@ class ZigbeeAdapter:
         now_m = self.clock.monotonic()
         mbp = cluster.get(Ota.AttributeDefs.minimum_block_req_delay.name)
         tr = OtaDevice(
-            key=key, token=result.token, image=result.image, reader=reader, started_mono=now_m,
-            manufacturer_code=result.image.vendor_id, image_type=result.image.product_id,
-            file_version=result.image.numeric_version, model=cluster.endpoint.device.model,
+            key=key,
+            token=result.token,
+            image=result.image,
+            reader=reader,
+            started_mono=now_m,
+            manufacturer_code=result.image.vendor_id,
+            image_type=result.image.product_id,
+            file_version=result.image.numeric_version,
+            model=cluster.endpoint.device.model,
             last_activity_mono=now_m + result.delay_s,
             not_before_wall=self.clock.now() + result.delay_s,
             device_min_block_period_ms=int(mbp or 0),
@@ -366,45 +440,76 @@ class ZigbeeAdapter:
         old = self.state.transfers.get(key)
         if old is not None and old.token == tr.token:
             # same transfer offered again (device re-queried mid-download): keep its counters
-            tr.bytes_downloaded, tr.highest_offset, tr.paced = old.bytes_downloaded, old.highest_offset, old.paced
+            tr.bytes_downloaded, tr.highest_offset, tr.paced = (
+                old.bytes_downloaded,
+                old.highest_offset,
+                old.paced,
+            )
         self.state.transfers[key] = tr
         return tr
 
-    async def _resume(self, cluster: Ota, manufacturer_code: int, image_type: int, file_version: int) -> OtaDevice | None:
+    async def _resume(
+        self, cluster: Ota, manufacturer_code: int, image_type: int, file_version: int
+    ) -> OtaDevice | None:
         """A device asks for blocks of an image we hold no transfer for (gateway restart, stall expiry): ask the
         core again on its behalf and continue if it still offers that very image."""
         key = self._key(cluster)
         known = self._observed.get(key)
         base = self._info(cluster)
         info = DeviceInfo(
-            key=key, vendor_id=manufacturer_code, product_id=image_type, vendor_name=base.vendor_name,
-            model=base.model, hardware_version=base.hardware_version,
-            current_version=(known.current_version if known else None) if known and known.current_version is not None
+            key=key,
+            vendor_id=manufacturer_code,
+            product_id=image_type,
+            vendor_name=base.vendor_name,
+            model=base.model,
+            hardware_version=base.hardware_version,
+            current_version=(known.current_version if known else None)
+            if known and known.current_version is not None
             else base.current_version,
-            current_version_string=base.current_version_string, sleepy=base.sleepy, extra=base.extra,
+            current_version_string=base.current_version_string,
+            sleepy=base.sleepy,
+            extra=base.extra,
         )
         active = getattr(self.core, "active_transfer", None)
         ti = active(key) if callable(active) else None
-        if ti is not None and ti.image.numeric_version == file_version and \
-                ti.state in ("querying", "downloading", "downloaded", "waiting_to_apply"):
-            result: Any = Available(ti.token, ti.image, 0, resume_offset=ti.acked_offset,
-                                    reason="re-attached to the live transfer")
+        if (
+            ti is not None
+            and ti.image.numeric_version == file_version
+            and ti.state in ("querying", "downloading", "downloaded", "waiting_to_apply")
+        ):
+            result: Any = Available(
+                ti.token,
+                ti.image,
+                0,
+                resume_offset=ti.acked_offset,
+                reason="re-attached to the live transfer",
+            )
         else:
             result = await self.core.query(info)
         if not isinstance(result, Available):
-            LOGGER.info("%s asks for blocks of 0x%08x but the core has nothing for it (%s)", key.device_id,
-                        file_version, type(result).__name__)
+            LOGGER.info(
+                "%s asks for blocks of 0x%08x but the core has nothing for it (%s)",
+                key.device_id,
+                file_version,
+                type(result).__name__,
+            )
             return None
         try:
             tr = self._new_transfer(cluster, result)
         except UnknownToken:
             return None
         if not tr.matches(manufacturer_code, image_type, file_version):
-            LOGGER.info("%s asks for 0x%08x but the core now offers 0x%08x", key.device_id, file_version,
-                        tr.file_version)
+            LOGGER.info(
+                "%s asks for 0x%08x but the core now offers 0x%08x",
+                key.device_id,
+                file_version,
+                tr.file_version,
+            )
             self.state.transfers.pop(key, None)
             with contextlib.suppress(Exception):
-                await self.core.download_failed(tr.token, f"device asked for file version 0x{file_version:08x}")
+                await self.core.download_failed(
+                    tr.token, f"device asked for file version 0x{file_version:08x}"
+                )
             return None
         tr.resumed = True
         tr.last_activity_mono = self.clock.monotonic()
@@ -415,20 +520,32 @@ class ZigbeeAdapter:
     async def _transfer_for(self, cluster: Ota, cmd: Any) -> OtaDevice | None:
         key = self._key(cluster)
         tr = self.state.transfers.get(key)
-        if tr is not None and tr.matches(cmd.manufacturer_code, cmd.image_type, cmd.file_version) and \
-                tr.status is TransferStatus.DOWNLOADING:
+        if (
+            tr is not None
+            and tr.matches(cmd.manufacturer_code, cmd.image_type, cmd.file_version)
+            and tr.status is TransferStatus.DOWNLOADING
+        ):
             return tr
         return await self._resume(cluster, cmd.manufacturer_code, cmd.image_type, cmd.file_version)
 
     # ------------------------------------------------------------------ blocks
-    async def _wait_for_data(self, cluster: Ota, tr: OtaDevice, tsn: int | None, retry_after_s: float) -> None:
+    async def _wait_for_data(
+        self, cluster: Ota, tr: OtaDevice, tsn: int | None, retry_after_s: float
+    ) -> None:
         now = self.clock.now()
         # the device stays silent meanwhile: that is not a stall
         tr.last_activity_mono = max(tr.last_activity_mono, self.clock.monotonic() + retry_after_s)
-        await self._send("WAIT_FOR_DATA", cluster, cluster.image_block_response(
-            status=S.WAIT_FOR_DATA, current_time=zcl_utc(now), request_time=zcl_utc(now + retry_after_s),
-            minimum_block_period=self.state.pacing_period_ms(tr), tsn=tsn,
-        ))
+        await self._send(
+            "WAIT_FOR_DATA",
+            cluster,
+            cluster.image_block_response(
+                status=S.WAIT_FOR_DATA,
+                current_time=zcl_utc(now),
+                request_time=zcl_utc(now + retry_after_s),
+                minimum_block_period=self.state.pacing_period_ms(tr),
+                tsn=tsn,
+            ),
+        )
 
     async def _pre_block_checks(self, cluster: Ota, tr: OtaDevice, tsn: int | None) -> bool:
         """WAIT_FOR_DATA for a delayed start or to push the configured pacing; True when the block may go."""
@@ -442,8 +559,15 @@ class ZigbeeAdapter:
             return False
         return True
 
-    async def _serve_block(self, cluster: Ota, tr: OtaDevice, offset: int, requested: int, tsn: int | None,
-                           manufacturer_code: int) -> bool:
+    async def _serve_block(
+        self,
+        cluster: Ota,
+        tr: OtaDevice,
+        offset: int,
+        requested: int,
+        tsn: int | None,
+        manufacturer_code: int,
+    ) -> bool:
         """Ask the core, then send one block (or WAIT_FOR_DATA). True when a block went out."""
         n = min(self.state.block_size(manufacturer_code, tr.model, requested), tr.size - offset)
         decision = await self.core.progress(tr.token, offset, n)
@@ -451,14 +575,41 @@ class ZigbeeAdapter:
             await self._wait_for_data(cluster, tr, tsn, decision.retry_after_s)
             return False
         data = tr.read(offset, n)
-        ok = await self._send("Image Block Response", cluster, cluster.image_block_response(
-            status=S.SUCCESS, manufacturer_code=tr.manufacturer_code, image_type=tr.image_type,
-            file_version=tr.file_version, file_offset=offset, image_data=data, tsn=tsn,
-            priority=t.PacketPriority.LOW,
-        ))
+        ok = await self._send(
+            "Image Block Response", cluster, self._image_block_response(cluster, tr, offset, data, tsn)
+        )
         if ok:
             self.state.record_block(tr, offset, len(data), self.clock.monotonic())
         return ok
+
+    def _image_block_response(
+        self, cluster: Ota, tr: OtaDevice, offset: int, data: bytes, tsn: int | None
+    ) -> Awaitable[Any]:
+        """Send one SUCCESS Image Block Response: packed directly when the cluster is zigpy's plain Ota
+        (same bytes, none of the per-reply codec work), through zigpy's command otherwise (quirks)."""
+        if _plain_block_response(cluster):
+            if tsn is None:
+                tsn = cluster.endpoint.device.get_sequence()
+            return cluster.endpoint.reply(
+                cluster=OTA_CLUSTER,
+                sequence=tsn,  # type: ignore[arg-type]  # zigpy annotates uint8_t, takes any int
+                command_id=IBR_COMMAND,
+                data=encode_image_block_response(
+                    tsn, tr.manufacturer_code, tr.image_type, tr.file_version, offset, data
+                ),
+                priority=t.PacketPriority.LOW,
+                aps_encryption=cluster.aps_encryption,
+            )
+        return cluster.image_block_response(  # type: ignore[no-any-return]
+            status=S.SUCCESS,
+            manufacturer_code=tr.manufacturer_code,
+            image_type=tr.image_type,
+            file_version=tr.file_version,
+            file_offset=offset,
+            image_data=data,
+            tsn=tsn,
+            priority=t.PacketPriority.LOW,
+        )
 
     async def _image_block(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> None:
         tr = await self._transfer_for(cluster, cmd)
@@ -469,17 +620,26 @@ class ZigbeeAdapter:
             tr.device_min_block_period_ms = int(cmd.minimum_block_period)
         offset = int(cmd.file_offset)
         if offset >= tr.size or cmd.maximum_data_size == 0:
-            LOGGER.warning("%s: Image Block Request at offset %d (size %d, max %d) is out of range",
-                           tr.key.device_id, offset, tr.size, cmd.maximum_data_size)
-            await self._send("MALFORMED_COMMAND", cluster, cluster.image_block_response(
-                status=S.MALFORMED_COMMAND, tsn=hdr.tsn))
+            LOGGER.warning(
+                "%s: Image Block Request at offset %d (size %d, max %d) is out of range",
+                tr.key.device_id,
+                offset,
+                tr.size,
+                cmd.maximum_data_size,
+            )
+            await self._send(
+                "MALFORMED_COMMAND",
+                cluster,
+                cluster.image_block_response(status=S.MALFORMED_COMMAND, tsn=hdr.tsn),
+            )
             return
         tr.last_activity_mono = max(tr.last_activity_mono, self.clock.monotonic())
         if not await self._pre_block_checks(cluster, tr, hdr.tsn):
             return
         try:
-            await self._serve_block(cluster, tr, offset, int(cmd.maximum_data_size), hdr.tsn,
-                                    int(cmd.manufacturer_code))
+            await self._serve_block(
+                cluster, tr, offset, int(cmd.maximum_data_size), hdr.tsn, int(cmd.manufacturer_code)
+            )
         except UnknownToken as exc:
             # the core ended this episode (expired, cancelled, superseded): one fresh attempt, else ABORT
             LOGGER.info("%s: %s", tr.key.device_id, exc)
@@ -487,10 +647,13 @@ class ZigbeeAdapter:
             tr2 = await self._resume(cluster, cmd.manufacturer_code, cmd.image_type, cmd.file_version)
             if tr2 is None or not await self._pre_block_checks(cluster, tr2, hdr.tsn):
                 if tr2 is None:
-                    await self._send("ABORT", cluster, cluster.image_block_response(status=S.ABORT, tsn=hdr.tsn))
+                    await self._send(
+                        "ABORT", cluster, cluster.image_block_response(status=S.ABORT, tsn=hdr.tsn)
+                    )
                 return
-            await self._serve_block(cluster, tr2, offset, int(cmd.maximum_data_size), hdr.tsn,
-                                    int(cmd.manufacturer_code))
+            await self._serve_block(
+                cluster, tr2, offset, int(cmd.maximum_data_size), hdr.tsn, int(cmd.manufacturer_code)
+            )
 
     async def _image_page(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> None:
         tr = await self._transfer_for(cluster, cmd)
@@ -499,10 +662,18 @@ class ZigbeeAdapter:
             return
         offset = int(cmd.file_offset)
         if offset >= tr.size or cmd.maximum_data_size == 0 or cmd.page_size == 0:
-            LOGGER.warning("%s: Image Page Request at offset %d (size %d, page %d) is out of range",
-                           tr.key.device_id, offset, tr.size, cmd.page_size)
-            await self._send("MALFORMED_COMMAND", cluster, cluster.image_block_response(
-                status=S.MALFORMED_COMMAND, tsn=hdr.tsn))
+            LOGGER.warning(
+                "%s: Image Page Request at offset %d (size %d, page %d) is out of range",
+                tr.key.device_id,
+                offset,
+                tr.size,
+                cmd.page_size,
+            )
+            await self._send(
+                "MALFORMED_COMMAND",
+                cluster,
+                cluster.image_block_response(status=S.MALFORMED_COMMAND, tsn=hdr.tsn),
+            )
             return
         tr.last_activity_mono = max(tr.last_activity_mono, self.clock.monotonic())
         if not await self._pre_block_checks(cluster, tr, hdr.tsn):
@@ -512,7 +683,9 @@ class ZigbeeAdapter:
         if old is not None:
             old.cancel()
         self._inflight += 1
-        self._page_tasks[tr.key] = self._spawn(self._stream_page(cluster, tr, hdr, cmd), f"page {tr.key.device_id}")
+        self._page_tasks[tr.key] = self._spawn(
+            self._stream_page(cluster, tr, hdr, cmd), f"page {tr.key.device_id}"
+        )
 
     async def _stream_page(self, cluster: Ota, tr: OtaDevice, hdr: foundation.ZCLHeader, cmd: Any) -> None:
         """Send a page as consecutive Image Block Responses, `response_spacing` ms apart (clock)."""
@@ -520,10 +693,16 @@ class ZigbeeAdapter:
             offset = int(cmd.file_offset)
             end = min(tr.size, offset + int(cmd.page_size))
             spacing_ms = max(int(cmd.response_spacing), self.config.page_response_spacing_min_ms)
-            tsn: int | None = hdr.tsn   # first response answers the request; the rest carry fresh numbers
-            while offset < end and self.state.transfers.get(tr.key) is tr and tr.status is TransferStatus.DOWNLOADING:
-                n = min(self.state.block_size(int(cmd.manufacturer_code), tr.model, int(cmd.maximum_data_size)),
-                        end - offset)
+            tsn: int | None = hdr.tsn  # first response answers the request; the rest carry fresh numbers
+            while (
+                offset < end
+                and self.state.transfers.get(tr.key) is tr
+                and tr.status is TransferStatus.DOWNLOADING
+            ):
+                n = min(
+                    self.state.block_size(int(cmd.manufacturer_code), tr.model, int(cmd.maximum_data_size)),
+                    end - offset,
+                )
                 try:
                     if not await self._serve_block(cluster, tr, offset, n, tsn, int(cmd.manufacturer_code)):
                         return
@@ -546,13 +725,23 @@ class ZigbeeAdapter:
         key = self._key(cluster)
         status = S(cmd.status)
         tr = self.state.transfers.get(key)
-        if tr is None or not tr.matches(cmd.manufacturer_code, cmd.image_type, cmd.file_version) or \
-                tr.status is TransferStatus.FAILED:
-            tr = await self._resume(cluster, cmd.manufacturer_code, cmd.image_type, cmd.file_version) \
-                if status == S.SUCCESS else None
+        if (
+            tr is None
+            or not tr.matches(cmd.manufacturer_code, cmd.image_type, cmd.file_version)
+            or tr.status is TransferStatus.FAILED
+        ):
+            tr = (
+                await self._resume(cluster, cmd.manufacturer_code, cmd.image_type, cmd.file_version)
+                if status == S.SUCCESS
+                else None
+            )
         if tr is None:
-            LOGGER.info("%s: Upgrade End (%s) for 0x%08x, which it was not offered", key.device_id, status.name,
-                        cmd.file_version)
+            LOGGER.info(
+                "%s: Upgrade End (%s) for 0x%08x, which it was not offered",
+                key.device_id,
+                status.name,
+                cmd.file_version,
+            )
             if not hdr.frame_control.disable_default_response or status == S.SUCCESS:
                 cluster.send_default_rsp(hdr, S.SUCCESS if status != S.SUCCESS else S.ABORT)
             return
@@ -580,15 +769,25 @@ class ZigbeeAdapter:
         if not hdr.frame_control.disable_default_response:
             cluster.send_default_rsp(hdr, S.SUCCESS)
 
-    async def _answer_apply(self, cluster: Ota, tr: OtaDevice, decision: ApplyDecision, tsn: int | None) -> None:
+    async def _answer_apply(
+        self, cluster: Ota, tr: OtaDevice, decision: ApplyDecision, tsn: int | None
+    ) -> None:
         now = self.clock.now()
         if decision.action == ApplyAction.PROCEED:
             at = decision.apply_at if decision.apply_at is not None else now + decision.delay_s
             at = max(at, now)
-            sent = await self._send("Upgrade End Response", cluster, cluster.upgrade_end_response(
-                manufacturer_code=tr.manufacturer_code, image_type=tr.image_type, file_version=tr.file_version,
-                current_time=zcl_utc(now), upgrade_time=zcl_utc(at), tsn=tsn,
-            ))
+            sent = await self._send(
+                "Upgrade End Response",
+                cluster,
+                cluster.upgrade_end_response(
+                    manufacturer_code=tr.manufacturer_code,
+                    image_type=tr.image_type,
+                    file_version=tr.file_version,
+                    current_time=zcl_utc(now),
+                    upgrade_time=zcl_utc(at),
+                    tsn=tsn,
+                ),
+            )
             if not sent and tsn is None:
                 # an unsolicited trigger that did not arrive (sleepy device): try again later
                 tr.status = TransferStatus.AWAITING_APPLY
@@ -596,17 +795,32 @@ class ZigbeeAdapter:
                 return
             tr.status = TransferStatus.APPLY_SCHEDULED
             self._verify_pending.add(tr.key)
-            LOGGER.info("%s: apply %s at %s", tr.key.device_id, tr.image.image_id,
-                        "once" if at <= now else f"+{at - now:.0f}s")
+            LOGGER.info(
+                "%s: apply %s at %s",
+                tr.key.device_id,
+                tr.image.image_id,
+                "once" if at <= now else f"+{at - now:.0f}s",
+            )
             self._spawn(self._read_back(cluster, tr, at - now), f"read back {tr.key.device_id}")
             return
         # AWAIT_NEXT_ACTION (and DISCONTINUE): "wait" — 0xFFFFFFFF; a later Upgrade End Response triggers it
-        await self._send("Upgrade End Response (wait)", cluster, cluster.upgrade_end_response(
-            manufacturer_code=tr.manufacturer_code, image_type=tr.image_type, file_version=tr.file_version,
-            current_time=zcl_utc(now), upgrade_time=UPGRADE_TIME_WAIT, tsn=tsn,
-        ))
+        await self._send(
+            "Upgrade End Response (wait)",
+            cluster,
+            cluster.upgrade_end_response(
+                manufacturer_code=tr.manufacturer_code,
+                image_type=tr.image_type,
+                file_version=tr.file_version,
+                current_time=zcl_utc(now),
+                upgrade_time=UPGRADE_TIME_WAIT,
+                tsn=tsn,
+            ),
+        )
         if decision.action == ApplyAction.DISCONTINUE:
-            tr.status, tr.failure = TransferStatus.FAILED, f"policy discontinued the update: {decision.reason}"
+            tr.status, tr.failure = (
+                TransferStatus.FAILED,
+                f"policy discontinued the update: {decision.reason}",
+            )
             LOGGER.info("%s: %s", tr.key.device_id, tr.failure)
             return
         tr.status = TransferStatus.AWAITING_APPLY
@@ -616,7 +830,9 @@ class ZigbeeAdapter:
         old = self._apply_tasks.pop(tr.key, None)
         if old is not None and old is not asyncio.current_task():
             old.cancel()
-        self._apply_tasks[tr.key] = self._spawn(self._apply_recheck(cluster, tr, delay_s), f"apply {tr.key.device_id}")
+        self._apply_tasks[tr.key] = self._spawn(
+            self._apply_recheck(cluster, tr, delay_s), f"apply {tr.key.device_id}"
+        )
 
     async def _apply_recheck(self, cluster: Ota, tr: OtaDevice, delay_s: float) -> None:
         await self.clock.sleep(max(1.0, delay_s))
@@ -625,11 +841,14 @@ class ZigbeeAdapter:
         async with self._busy(), self._locks.setdefault(tr.key, asyncio.Lock()):
             decision = await self.core.apply_request(tr.token, tr.file_version)
             if decision.action == ApplyAction.PROCEED:
-                await self._answer_apply(cluster, tr, decision, None)   # unsolicited: the trigger
+                await self._answer_apply(cluster, tr, decision, None)  # unsolicited: the trigger
             elif decision.action == ApplyAction.AWAIT_NEXT_ACTION:
                 self._schedule_apply_recheck(cluster, tr, decision.delay_s or self.config.apply_recheck_s)
             else:
-                tr.status, tr.failure = TransferStatus.FAILED, f"policy discontinued the update: {decision.reason}"
+                tr.status, tr.failure = (
+                    TransferStatus.FAILED,
+                    f"policy discontinued the update: {decision.reason}",
+                )
 
     async def _read_back(self, cluster: Ota, tr: OtaDevice, apply_in_s: float) -> None:
         """After the upgrade time and the device's reboot, read current_file_version and tell the core."""
@@ -656,22 +875,40 @@ class ZigbeeAdapter:
     async def _query_specific_file(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> None:
         base = self._info(cluster)
         info = DeviceInfo(
-            key=base.key, vendor_id=int(cmd.manufacturer_code), product_id=int(cmd.image_type),
-            vendor_name=base.vendor_name, model=base.model, hardware_version=base.hardware_version,
-            current_version=base.current_version, current_version_string=base.current_version_string,
-            sleepy=base.sleepy, extra={**base.extra, "query_specific_file": int(cmd.file_version)},
+            key=base.key,
+            vendor_id=int(cmd.manufacturer_code),
+            product_id=int(cmd.image_type),
+            vendor_name=base.vendor_name,
+            model=base.model,
+            hardware_version=base.hardware_version,
+            current_version=base.current_version,
+            current_version_string=base.current_version_string,
+            sleepy=base.sleepy,
+            extra={**base.extra, "query_specific_file": int(cmd.file_version)},
         )
         result = await self.core.query(info)
         if isinstance(result, Available) and result.image.numeric_version == int(cmd.file_version):
             tr = self._new_transfer(cluster, result)
-            await self._send("Query Specific File Response", cluster, cluster.query_specific_file_response(
-                status=S.SUCCESS, manufacturer_code=tr.manufacturer_code, image_type=tr.image_type,
-                file_version=tr.file_version, image_size=tr.size, tsn=hdr.tsn))
+            await self._send(
+                "Query Specific File Response",
+                cluster,
+                cluster.query_specific_file_response(
+                    status=S.SUCCESS,
+                    manufacturer_code=tr.manufacturer_code,
+                    image_type=tr.image_type,
+                    file_version=tr.file_version,
+                    image_size=tr.size,
+                    tsn=hdr.tsn,
+                ),
+            )
             return
         # Not the file it asked for. The offer the core just made stays open (no failure is recorded): the
         # device's next Query Next Image gets it, or the core expires it.
-        await self._send("Query Specific File Response", cluster, cluster.query_specific_file_response(
-            status=S.NO_IMAGE_AVAILABLE, tsn=hdr.tsn))
+        await self._send(
+            "Query Specific File Response",
+            cluster,
+            cluster.query_specific_file_response(status=S.NO_IMAGE_AVAILABLE, tsn=hdr.tsn),
+        )
 
     # ================================================================== stalls and learned caps
     async def _stall_watchdog(self) -> None:
@@ -699,8 +936,13 @@ class ZigbeeAdapter:
         cap = self.state.learn_failure(tr.manufacturer_code, tr.model, tr.last_block_size)
         if cap is None:
             return
-        LOGGER.warning("learned block size cap %d for manufacturer 0x%04x model %r (failed at %d-byte blocks)",
-                       cap, tr.manufacturer_code, tr.model, tr.last_block_size)
+        LOGGER.warning(
+            "learned block size cap %d for manufacturer 0x%04x model %r (failed at %d-byte blocks)",
+            cap,
+            tr.manufacturer_code,
+            tr.model,
+            tr.last_block_size,
+        )
         if self.data_dir is not None:
             try:
                 self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -756,9 +998,12 @@ class ZigbeeAdapter:
         PT = Ota.ImageNotifyCommand.PayloadType
         fields: dict[str, Any] = {}
         if image is not None:
-            fields = dict(payload_type=PT.QueryJitter_ManufacturerCode_ImageType_NewFileVersion,
-                          manufacturer_code=image.vendor_id, image_type=image.product_id,
-                          new_file_version=image.numeric_version)
+            fields = dict(
+                payload_type=PT.QueryJitter_ManufacturerCode_ImageType_NewFileVersion,
+                manufacturer_code=image.vendor_id,
+                image_type=image.product_id,
+                new_file_version=image.numeric_version,
+            )
         else:
             fields = dict(payload_type=PT.QueryJitter)
         if keys is None or len(keys) >= self.config.notify_broadcast_threshold:
@@ -771,8 +1016,9 @@ class ZigbeeAdapter:
                 results[key] = False
                 continue
             # unicast: jitter 100 so the device always answers
-            results[key] = await self._send("Image Notify", cluster, cluster.image_notify(
-                query_jitter=100, retries=0, **fields))
+            results[key] = await self._send(
+                "Image Notify", cluster, cluster.image_notify(query_jitter=100, retries=0, **fields)
+            )
         return results
 
     async def notify_due(self) -> int:
@@ -789,7 +1035,7 @@ class ZigbeeAdapter:
         mark = getattr(self.core, "mark_notified", None)
         if callable(mark):
             for key in keys:
-                if results.get(key, not results):   # broadcast ({}): all count as notified
+                if results.get(key, not results):  # broadcast ({}): all count as notified
                     await mark(key, "Image Notify sent" + (" (broadcast)" if not results else ""))
         return len(keys)
 
@@ -805,13 +1051,23 @@ class ZigbeeAdapter:
     async def _broadcast_notify(self, fields: dict[str, Any]) -> None:
         assert self.app is not None
         tsn = self.app.get_sequence()
-        hdr = foundation.ZCLHeader.cluster(tsn, Ota.ClientCommandDefs.image_notify.id,
-                                           direction=foundation.Direction.Server_to_Client)
-        payload = Ota.ClientCommandDefs.image_notify.schema(query_jitter=self.config.notify_query_jitter, **fields)
+        hdr = foundation.ZCLHeader.cluster(
+            tsn, Ota.ClientCommandDefs.image_notify.id, direction=foundation.Direction.Server_to_Client
+        )
+        payload = Ota.ClientCommandDefs.image_notify.schema(
+            query_jitter=self.config.notify_query_jitter, **fields
+        )
         try:
             await self.app.broadcast(
-                profile=0x0104, cluster=Ota.cluster_id, src_ep=1, dst_ep=0xFF, grpid=0, radius=0, sequence=tsn,
-                data=hdr.serialize() + payload.serialize(), broadcast_address=t.BroadcastAddress.RX_ON_WHEN_IDLE,
+                profile=0x0104,
+                cluster=Ota.cluster_id,
+                src_ep=1,
+                dst_ep=0xFF,
+                grpid=0,
+                radius=0,
+                sequence=tsn,
+                data=hdr.serialize() + payload.serialize(),
+                broadcast_address=t.BroadcastAddress.RX_ON_WHEN_IDLE,
             )
         except (zigpy.exceptions.ZigbeeException, OSError) as exc:
             LOGGER.warning("Image Notify broadcast failed: %s", exc)

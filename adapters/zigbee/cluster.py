@@ -9,7 +9,10 @@ Hooking happens when devices join, initialise or are loaded, and again lazily fr
 `handle_message` event, which zigpy emits for every packet *before* it dispatches it to the device — so even a
 device whose object was swapped (quirks, re-interview) is hooked before its OTA frame reaches the cluster.
 The same event lets us see OTA frames zigpy's codec cannot parse (zigpy drops them silently): they are logged
-with what is wrong and answered with a Default Response MALFORMED_COMMAND, as ZCL requires.
+with what is wrong and answered with a Default Response MALFORMED_COMMAND, as ZCL requires. zigpy decodes each
+frame right after that event, synchronously; decoding it a second time here would double the codec work per
+block, so the frame is only noted, and checked with zigpy's codec (`describe_malformed`) one loop step later
+only if it never reached a cluster handler — exactly the frames zigpy dropped (or did not dispatch).
 
 When `device.ota_in_progress` is set (someone runs zigpy's own `device.update_firmware()`), requests go to
 zigpy's handler instead, so the two servers never answer the same frame.
@@ -17,6 +20,7 @@ zigpy's handler instead, so the two servers never answer the same frame.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import types
 from collections.abc import Callable
@@ -37,10 +41,25 @@ MalformedHandler = Callable[[Device, int, bytes, str], None]
 DeviceEvent = Callable[[Device], None]
 
 
+class _Frame:
+    """An OTA frame seen in `handle_message`, waiting to learn whether zigpy dispatched it."""
+
+    __slots__ = ("device", "dispatched", "endpoint", "message")
+
+    def __init__(self, device: Device, endpoint: int, message: bytes) -> None:
+        self.device = device
+        self.endpoint = endpoint
+        self.message = message
+        self.dispatched = False
+
+
 def _takeover_handle_cluster_request(
     self: Ota, hdr: foundation.ZCLHeader, args: Any, *, dst_addressing: t.AddrMode | None = None
 ) -> None:
     """Installed as the bound `handle_cluster_request` of a hooked Ota cluster instance."""
+    takeover: OtaTakeover | None = getattr(self, "_otagw_takeover", None)
+    if takeover is not None and takeover._current is not None:
+        takeover._current.dispatched = True  # zigpy decoded it: not malformed
     handler: RequestHandler | None = getattr(self, "_otagw_handler", None)
     if handler is None or self.endpoint.device.ota_in_progress:
         Ota.handle_cluster_request(self, hdr, args, dst_addressing=dst_addressing)
@@ -90,6 +109,7 @@ class OtaTakeover:
         self._on_joined = on_device_joined
         self._listener_id: int | None = None
         self._hooked: list[Ota] = []
+        self._current: _Frame | None = None  # the OTA frame zigpy is dispatching right now
 
     # ----------------------------------------------------------------- install / remove
     def install(self) -> None:
@@ -104,6 +124,9 @@ class OtaTakeover:
         for cluster in self._hooked:
             cluster.__dict__.pop("handle_cluster_request", None)
             cluster.__dict__.pop("_otagw_handler", None)
+            cluster.__dict__.pop("_otagw_takeover", None)
+            cluster.__dict__.pop("_otagw_key", None)  # the adapter's caches
+            cluster.__dict__.pop("_otagw_plain_ibr", None)
         self._hooked.clear()
 
     def ensure(self, device: Any) -> list[Ota]:
@@ -117,6 +140,7 @@ class OtaTakeover:
                 continue
             if cluster.__dict__.get("_otagw_handler") is not self._on_request:
                 cluster._otagw_handler = self._on_request
+                cluster._otagw_takeover = self
                 cluster.handle_cluster_request = types.MethodType(_takeover_handle_cluster_request, cluster)
                 self._hooked.append(cluster)
             found.append(cluster)
@@ -134,13 +158,26 @@ class OtaTakeover:
         if ota is None:
             LOGGER.warning(
                 "OTA frame from %s endpoint %s, which has no OTA client cluster: %s",
-                device.ieee, src_ep, message.hex(" "),
+                device.ieee,
+                src_ep,
+                message.hex(" "),
             )
             return
-        hdr, problem = describe_malformed(ota, message)
-        if problem is None:
+        # zigpy dispatches the frame right after this event returns; check it once that is over
+        frame = _Frame(device, src_ep, message)
+        self._current = frame
+        asyncio.get_running_loop().call_soon(self._check_frame, frame, ota)
+
+    def _check_frame(self, frame: _Frame, ota: Ota) -> None:
+        """A frame zigpy did not hand to the OTA cluster: say what is wrong with it, if anything."""
+        if self._current is frame:
+            self._current = None
+        if frame.dispatched or self._listener_id is None:
             return
-        self._on_malformed(device, src_ep, message, problem)
+        hdr, problem = describe_malformed(ota, frame.message)
+        if problem is None:
+            return  # well-formed but not dispatched (duplicate, uninitialised device, general command)
+        self._on_malformed(frame.device, frame.endpoint, frame.message, problem)
         if hdr is not None:
             ota.send_default_rsp(hdr, foundation.Status.MALFORMED_COMMAND)
 

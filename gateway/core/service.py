@@ -101,11 +101,12 @@ from gateway.store.selection import SelectionIndex, explain_selection, rejection
 log = logging.getLogger(__name__)
 
 S = DeviceState
-CHANGE_POLL_S = 1.0           # how often state.db is checked for other processes' commits (CLI commands)
-CATALOG_REFRESH_S = 30.0      # how often the catalog is re-read when nobody called catalog_changed()
-HISTORY_KEEP_S = 90 * 86400   # transition history older than this is pruned
-PROGRESS_EVENT_S = 1.0        # at most one progress event per device per second
+CHANGE_POLL_S = 1.0  # how often state.db is checked for other processes' commits (CLI commands)
+CATALOG_REFRESH_S = 30.0  # how often the catalog is re-read when nobody called catalog_changed()
+HISTORY_KEEP_S = 90 * 86400  # transition history older than this is pruned
+PROGRESS_EVENT_S = 1.0  # at most one progress event per device per second
 _LIVE = frozenset(set(DeviceState) - TERMINAL_STATES)
+_CONTINUE = Continue()  # immutable: one instance serves every progress() call
 
 
 class ImageSource(Protocol):
@@ -128,11 +129,11 @@ class Decision:
     reason: str
     image: CatalogEntry | None = None
     retry_after_s: float = 0.0
-    hold: DeviceState | None = None        # state a not-offered device rests in (update_available, ...)
+    hold: DeviceState | None = None  # state a not-offered device rests in (update_available, ...)
     consent: bool = False
     rollout_id: str | None = None
     wave: int | None = None
-    when: float | None = None              # for plan(): when the device would get it
+    when: float | None = None  # for plan(): when the device would get it
 
 
 class UpdateCore:
@@ -161,7 +162,7 @@ class UpdateCore:
         self._budget = BudgetTracker(config.policy)
         self._db = StateDB(config.data_dir / "state.db")
         self._devices: dict[str, DeviceRecord] = {}
-        self._live: set[str] = set()                 # device ids not at rest (sweep looks only at these)
+        self._live: set[str] = set()  # device ids not at rest (sweep looks only at these)
         self._by_token: dict[bytes, str] = {}
         self._rollouts: dict[str, Rollout] = {}
         self._entries: dict[str, CatalogEntry] = {}
@@ -222,7 +223,9 @@ class UpdateCore:
         self._policy = Policy(config.policy)
         self._budget.cfg = config.policy
         over = self._budget.over_budget()
-        self._publish("policy", reason="policy reloaded" + (f"; over budget: {', '.join(over)}" if over else ""))
+        self._publish(
+            "policy", reason="policy reloaded" + (f"; over budget: {', '.join(over)}" if over else "")
+        )
         return over
 
     async def catalog_changed(self) -> None:
@@ -276,9 +279,13 @@ class UpdateCore:
             return
         self._data_version = dv
         for r, old in await self._reload_rollouts():
-            self._publish("rollout", rollout_id=r.rollout_id, new=r.status.value, reason="changed by another process")
+            self._publish(
+                "rollout", rollout_id=r.rollout_id, new=r.status.value, reason="changed by another process"
+            )
             if self.role == "gateway" and old != r.status:
-                await self._sync_rollout_devices(r, f"rollout {r.rollout_id} {r.status.value}: {r.status_reason}")
+                await self._sync_rollout_devices(
+                    r, f"rollout {r.rollout_id} {r.status.value}: {r.status_reason}"
+                )
                 if old is None and r.status == RolloutStatus.ACTIVE:
                     await self._announce_wave(r)
 
@@ -290,8 +297,14 @@ class UpdateCore:
         created = rec is None
         if rec is None:
             rec = DeviceRecord(
-                device_id=key.device_id, protocol=key.protocol, network=key.network, address=key.address,
-                endpoint=key.endpoint, first_seen=now, last_seen=now, state_since=now,
+                device_id=key.device_id,
+                protocol=key.protocol,
+                network=key.network,
+                address=key.address,
+                endpoint=key.endpoint,
+                first_seen=now,
+                last_seen=now,
+                state_since=now,
                 state_reason="first seen",
             )
             self._index_record(rec)
@@ -352,11 +365,23 @@ class UpdateCore:
         if rec.token is not None and not _token_live(rec):
             self._by_token.pop(rec.token, None)
         hist.append(
-            HistoryEntry(rec.device_id, now, old.value, new.value, reason, rec.target_image_id, rec.target_version,
-                         rec.acked_offset if rec.target_size else None)
+            HistoryEntry(
+                rec.device_id,
+                now,
+                old.value,
+                new.value,
+                reason,
+                rec.target_image_id,
+                rec.target_version,
+                rec.acked_offset if rec.target_size else None,
+            )
         )
         self._publish(
-            "state", device_id=rec.device_id, old=old.value, new=new.value, reason=reason,
+            "state",
+            device_id=rec.device_id,
+            old=old.value,
+            new=new.value,
+            reason=reason,
             data={"image_id": rec.target_image_id, "version": rec.target_version},
         )
 
@@ -389,8 +414,11 @@ class UpdateCore:
             return None
         return DeviceDescriptor(
             protocol=rec.protocol,  # type: ignore[arg-type]
-            vendor_id=rec.vendor_id, product_id=rec.product_id, current_version=rec.current_version,
-            hardware_version=rec.hardware_version, ieee=rec.address if rec.protocol == "zigbee" else None,
+            vendor_id=rec.vendor_id,
+            product_id=rec.product_id,
+            current_version=rec.current_version,
+            hardware_version=rec.hardware_version,
+            ieee=rec.address if rec.protocol == "zigbee" else None,
             model=rec.model,
         )
 
@@ -411,7 +439,9 @@ class UpdateCore:
         pol = self.config.policy
         cb = pol.callback_interval_s
         if rec.vendor_id is None or rec.product_id is None:
-            return Decision("not_available", "device has not reported its vendor and product ids yet", when=None)
+            return Decision(
+                "not_available", "device has not reported its vendor and product ids yet", when=None
+            )
         desc = self._descriptor(rec)
         if desc is None:
             return Decision("not_available", "device has not reported its current version yet")
@@ -437,25 +467,33 @@ class UpdateCore:
                 return Decision("not_available", f"{tag}: device is in none of its waves")
             if r.status != RolloutStatus.ACTIVE:
                 return Decision(
-                    "busy", f"{tag} is {r.status.value}" + (f": {r.status_reason}" if r.status_reason else ""),
-                    image=entry, retry_after_s=pol.busy_retry_s, hold=S.UPDATE_AVAILABLE, rollout_id=r.rollout_id,
+                    "busy",
+                    f"{tag} is {r.status.value}" + (f": {r.status_reason}" if r.status_reason else ""),
+                    image=entry,
+                    retry_after_s=pol.busy_retry_s,
+                    hold=S.UPDATE_AVAILABLE,
+                    rollout_id=r.rollout_id,
                     wave=wave,
                 )
             if wave > r.current_wave:
                 soak = soak_remaining(r, now)
-                hint = f" (next wave in {soak:.0f} s)" if soak is not None and r.current_wave + 1 == wave else ""
+                hint = (
+                    f" (next wave in {soak:.0f} s)" if soak is not None and r.current_wave + 1 == wave else ""
+                )
                 return Decision(
                     "not_available",
                     f"{tag}: device is in wave {wave + 1}, wave {r.current_wave + 1} is open{hint}",
                     retry_after_s=min(cb, soak) if soak is not None and r.current_wave + 1 == wave else cb,
-                    rollout_id=r.rollout_id, wave=wave,
+                    rollout_id=r.rollout_id,
+                    wave=wave,
                 )
             reason = f"{tag} wave {wave + 1}: {entry.version_string} ({entry.numeric_version})"
             rollout_id = r.rollout_id
         else:
             if not eff.auto_approve and eff.pin_version is None:
                 return Decision(
-                    "not_available", f"auto-approve is off ({eff.source()}); updates come only through rollouts"
+                    "not_available",
+                    f"auto-approve is off ({eff.source()}); updates come only through rollouts",
                 )
             cands = self._index.candidates(desc)
             permitted: list[CatalogEntry] = []
@@ -475,17 +513,29 @@ class UpdateCore:
         if installed and entry.package_id in installed:
             return Decision("not_available", f"package {entry.package_id} is already installed")
         base = {"image": entry, "rollout_id": rollout_id, "wave": wave, "consent": eff.require_consent}
-        if rec.next_retry_at is not None and rec.next_retry_at > now and rec.target_image_id == entry.image_id:
+        if (
+            rec.next_retry_at is not None
+            and rec.next_retry_at > now
+            and rec.target_image_id == entry.image_id
+        ):
             return Decision(
-                "busy", f"{reason}; retrying after {rec.failures} failed attempt(s) (last: {rec.last_error})",
-                retry_after_s=rec.next_retry_at - now, hold=None, when=rec.next_retry_at, **base,  # type: ignore[arg-type]
+                "busy",
+                f"{reason}; retrying after {rec.failures} failed attempt(s) (last: {rec.last_error})",
+                retry_after_s=rec.next_retry_at - now,
+                hold=None,
+                when=rec.next_retry_at,
+                **base,  # type: ignore[arg-type]
             )
         win = self._policy.window(eff.download_window)
         if win is not None and not win.is_open(now):
             nxt = win.next_open(now)
             return Decision(
-                "busy", f"{reason}; download window {win.text} closed, opens {win.describe_next(now)}",
-                retry_after_s=nxt - now, hold=S.WAITING_FOR_WINDOW, when=nxt, **base,  # type: ignore[arg-type]
+                "busy",
+                f"{reason}; download window {win.text} closed, opens {win.describe_next(now)}",
+                retry_after_s=nxt - now,
+                hold=S.WAITING_FOR_WINDOW,
+                when=nxt,
+                **base,  # type: ignore[arg-type]
             )
         return Decision("available", reason, when=now, **base)  # type: ignore[arg-type]
 
@@ -498,7 +548,9 @@ class UpdateCore:
         rec, created = self._record_for(device, now)
         hist: list[HistoryEntry] = []
         if device.current_version is not None:
-            self._on_version(rec, device.current_version, device.current_version_string, now, hist, via_query=False)
+            self._on_version(
+                rec, device.current_version, device.current_version_string, now, hist, via_query=False
+            )
         if created:
             self._publish("device", device_id=rec.device_id, reason="first seen")
         await self._save([rec], hist)
@@ -523,13 +575,19 @@ class UpdateCore:
         rec.last_query = now
         hist: list[HistoryEntry] = []
         if device.current_version is None and installed and rec.current_version is None:
-            known = [self._entries[p.rsplit(":", 1)[-1]] for p in installed if p.rsplit(":", 1)[-1] in self._entries]
+            known = [
+                self._entries[p.rsplit(":", 1)[-1]]
+                for p in installed
+                if p.rsplit(":", 1)[-1] in self._entries
+            ]
             mine = [e for e in known if e.protocol == rec.protocol]
             if mine:
                 best = max(mine, key=lambda e: e.numeric_version)
                 rec.current_version, rec.current_version_string = best.numeric_version, best.version_string
         if device.current_version is not None:
-            self._on_version(rec, device.current_version, device.current_version_string, now, hist, via_query=True)
+            self._on_version(
+                rec, device.current_version, device.current_version_string, now, hist, via_query=True
+            )
         result = self._answer(rec, now, installed, hist)
         outcome = type(result).__name__
         self.counters.decisions[outcome] += 1
@@ -554,22 +612,46 @@ class UpdateCore:
                 f"installing {rec.target_version_string} ({rec.target_version}); waiting for the device to report it",
             )
         d = self._decide(rec, now, installed)
-        token_live = rec.token is not None and st in (S.QUERYING, S.DOWNLOADING, S.DOWNLOADED, S.WAITING_TO_APPLY)
+        token_live = rec.token is not None and st in (
+            S.QUERYING,
+            S.DOWNLOADING,
+            S.DOWNLOADED,
+            S.WAITING_TO_APPLY,
+        )
         if token_live:
             assert rec.token is not None
             if d.outcome == "available" and d.image is not None and d.image.image_id == rec.target_image_id:
-                where = "already downloaded" if st in (S.DOWNLOADED, S.WAITING_TO_APPLY) else (
-                    f"resuming at offset {rec.acked_offset}"
+                where = (
+                    "already downloaded"
+                    if st in (S.DOWNLOADED, S.WAITING_TO_APPLY)
+                    else (f"resuming at offset {rec.acked_offset}")
                 )
                 return Available(
-                    rec.token, d.image, 0, d.consent, None, f"{d.reason}; {where}", resume_offset=rec.acked_offset
+                    rec.token,
+                    d.image,
+                    0,
+                    d.consent,
+                    None,
+                    f"{d.reason}; {where}",
+                    resume_offset=rec.acked_offset,
                 )
-            if d.outcome == "busy" and d.image is not None and d.image.image_id == rec.target_image_id and st in (
-                S.QUERYING, S.DOWNLOADING
-            ) and self._budget.holds(rec.device_id):
+            if (
+                d.outcome == "busy"
+                and d.image is not None
+                and d.image.image_id == rec.target_image_id
+                and st in (S.QUERYING, S.DOWNLOADING)
+                and self._budget.holds(rec.device_id)
+            ):
                 # a window closing or a back-off does not cut an offer already made: let it resume
-                return Available(rec.token, d.image, 0, d.consent, None, f"{d.reason}; transfer already under way",
-                                 resume_offset=rec.acked_offset)
+                return Available(
+                    rec.token,
+                    d.image,
+                    0,
+                    d.consent,
+                    None,
+                    f"{d.reason}; transfer already under way",
+                    resume_offset=rec.acked_offset,
+                )
             self._transition(rec, S.CANCELLED, f"superseded: {d.reason}", hist, now)
         if d.outcome == "not_available":
             if rec.state in (S.UPDATE_AVAILABLE, S.NOTIFIED, S.WAITING_FOR_WINDOW):
@@ -610,7 +692,13 @@ class UpdateCore:
         return Available(token, d.image, 0, d.consent, None, d.reason)
 
     def _on_version(
-        self, rec: DeviceRecord, version: int, vstr: str | None, now: float, hist: list[HistoryEntry], *,
+        self,
+        rec: DeviceRecord,
+        version: int,
+        vstr: str | None,
+        now: float,
+        hist: list[HistoryEntry],
+        *,
         via_query: bool,
     ) -> None:
         """A fresh version from the device: the only way an update counts as successful."""
@@ -627,9 +715,13 @@ class UpdateCore:
                 self._transition(rec, S.APPLYING, "device installed the image without waiting", hist, now)
                 st = rec.state
             if st in APPLY_STATES:
-                self._transition(rec, S.UPDATED, f"device reports version {shown}: update verified", hist, now)
+                self._transition(
+                    rec, S.UPDATED, f"device reports version {shown}: update verified", hist, now
+                )
             elif st in (S.QUERYING, S.DOWNLOADING, S.PAUSED):
-                self._transition(rec, S.CANCELLED, f"device already runs the target version {shown}", hist, now)
+                self._transition(
+                    rec, S.CANCELLED, f"device already runs the target version {shown}", hist, now
+                )
             elif st in (S.UPDATE_AVAILABLE, S.NOTIFIED, S.WAITING_FOR_WINDOW):
                 self._transition(rec, S.IDLE, f"device already runs the target version {shown}", hist, now)
             return
@@ -639,23 +731,29 @@ class UpdateCore:
             )
         elif st == S.APPLYING and via_query and (rec.apply_at is None or now >= rec.apply_at):
             self._transition(
-                rec, S.FAILED,
+                rec,
+                S.FAILED,
                 f"device came back asking for updates with version {shown} after being told to install {t}",
-                hist, now,
+                hist,
+                now,
             )
 
     def _rec_by_token(self, token: bytes) -> DeviceRecord:
-        dev = self._by_token.get(bytes(token))
+        if type(token) is not bytes:  # bytearray / memoryview from a codec: hashable copy
+            token = bytes(token)
+        dev = self._by_token.get(token)
         rec = self._devices.get(dev) if dev is not None else None
         if rec is None or rec.token != token or not _token_live(rec):
-            raise UnknownToken(f"token {bytes(token).hex()} is not a live transfer")
+            raise UnknownToken(f"token {token.hex()} is not a live transfer")
         return rec
 
     def open_image(self, token: bytes) -> ImageReader:
         rec = self._rec_by_token(token)
         entry = self._entries.get(rec.target_image_id or "")
         if entry is None:
-            raise UnknownToken(f"token {bytes(token).hex()}: image {rec.target_image_id} is no longer in the catalog")
+            raise UnknownToken(
+                f"token {bytes(token).hex()}: image {rec.target_image_id} is no longer in the catalog"
+            )
         reader = self._readers.get(entry.sha256)
         if reader is None or getattr(reader, "closed", False):
             reader = self.store.open_reader(entry)
@@ -688,9 +786,14 @@ class UpdateCore:
         if now - self._progress_event_at.get(rec.device_id, -math.inf) >= PROGRESS_EVENT_S:
             self._progress_event_at[rec.device_id] = now
             self._publish(
-                "progress", device_id=rec.device_id,
-                data={"offset": rec.acked_offset, "bytes_sent": rec.bytes_sent, "percent": rec.percent,
-                      "size": size},
+                "progress",
+                device_id=rec.device_id,
+                data={
+                    "offset": rec.acked_offset,
+                    "bytes_sent": rec.bytes_sent,
+                    "percent": rec.percent,
+                    "size": size,
+                },
             )
         if hist or self.clock.monotonic() - self._persisted_at.get(rec.device_id, -math.inf) >= (
             pol.progress_persist_s
@@ -698,7 +801,7 @@ class UpdateCore:
             await self._save([rec], hist)
         else:
             self._dirty.add(rec.device_id)
-        return Continue()
+        return _CONTINUE
 
     async def download_complete(self, token: bytes) -> None:
         try:
@@ -752,11 +855,15 @@ class UpdateCore:
             self._transition(rec, S.FAILED, why, hist, now)
             return ApplyDecision(ApplyAction.DISCONTINUE, pol.busy_retry_s, reason=why)
         if rec.state == S.PAUSED:
-            return ApplyDecision(ApplyAction.AWAIT_NEXT_ACTION, pol.busy_retry_s, reason=f"paused: {rec.state_reason}")
+            return ApplyDecision(
+                ApplyAction.AWAIT_NEXT_ACTION, pol.busy_retry_s, reason=f"paused: {rec.state_reason}"
+            )
         if rec.state in (S.QUERYING, S.DOWNLOADING):
             if rec.target_size:
                 rec.acked_offset = rec.target_size
-            self._transition(rec, S.DOWNLOADED, "device reports the download complete (apply request)", hist, now)
+            self._transition(
+                rec, S.DOWNLOADED, "device reports the download complete (apply request)", hist, now
+            )
         if rec.state in APPLY_STATES:
             return ApplyDecision(ApplyAction.PROCEED, 0, now, reason="already told to install; proceed")
         entry = self._entries.get(rec.target_image_id or "")
@@ -765,16 +872,27 @@ class UpdateCore:
             ok, why = version_permitted(eff, entry)
             if not ok:
                 self._transition(rec, S.CANCELLED, f"not installing: {why}", hist, now)
-                return ApplyDecision(ApplyAction.DISCONTINUE, pol.callback_interval_s, reason=f"{why} ({eff.source()})")
+                return ApplyDecision(
+                    ApplyAction.DISCONTINUE, pol.callback_interval_s, reason=f"{why} ({eff.source()})"
+                )
         r = self._rollouts.get(rec.rollout_id or "")
         if r is not None and r.status in (RolloutStatus.PAUSED, RolloutStatus.HALTED):
-            self._transition(rec, S.WAITING_TO_APPLY, f"rollout {r.rollout_id} is {r.status.value}", hist, now)
+            self._transition(
+                rec, S.WAITING_TO_APPLY, f"rollout {r.rollout_id} is {r.status.value}", hist, now
+            )
+            rec.last_progress_at = (
+                now  # the latest ask: sweep's "never asked again" deadline counts from here
+            )
             return ApplyDecision(
-                ApplyAction.AWAIT_NEXT_ACTION, pol.busy_retry_s, reason=f"rollout {r.rollout_id} is {r.status.value}"
+                ApplyAction.AWAIT_NEXT_ACTION,
+                pol.busy_retry_s,
+                reason=f"rollout {r.rollout_id} is {r.status.value}",
             )
         if r is not None and r.status == RolloutStatus.ABORTED:
             self._transition(rec, S.CANCELLED, f"rollout {r.rollout_id} aborted", hist, now)
-            return ApplyDecision(ApplyAction.DISCONTINUE, pol.callback_interval_s, reason=f"rollout {r.rollout_id} aborted")
+            return ApplyDecision(
+                ApplyAction.DISCONTINUE, pol.callback_interval_s, reason=f"rollout {r.rollout_id} aborted"
+            )
         win = self._policy.window(eff.apply_window)
         if win is not None and not win.is_open(now):
             at = win.next_open(now)
@@ -788,6 +906,9 @@ class UpdateCore:
             rec.apply_at = None
             why = f"apply window {win.text} opens {win.describe_next(now)}; ask again later"
             self._transition(rec, S.WAITING_TO_APPLY, why, hist, now)
+            # a repeated "wait" is no transition (state_since stays at the first one): remember the latest ask,
+            # sweep's "never asked again" deadline counts from it
+            rec.last_progress_at = now
             return ApplyDecision(ApplyAction.AWAIT_NEXT_ACTION, pol.max_apply_delay_s, reason=why)
         rec.apply_at = now
         rec.verify_deadline = now + pol.verify_deadline_s
@@ -812,7 +933,11 @@ class UpdateCore:
         hist: list[HistoryEntry] = []
         st = rec.state
         rs = ReportedStatus
-        if report.status == rs.NOTIFIED and st in (S.IDLE, S.UPDATE_AVAILABLE, S.WAITING_FOR_WINDOW) and rec.target_version:
+        if (
+            report.status == rs.NOTIFIED
+            and st in (S.IDLE, S.UPDATE_AVAILABLE, S.WAITING_FOR_WINDOW)
+            and rec.target_version
+        ):
             self._transition(rec, S.NOTIFIED, "device reports it was notified", hist, now)
         elif report.status == rs.DOWNLOADING and st == S.QUERYING:
             self._transition(rec, S.DOWNLOADING, "device reports downloading", hist, now)
@@ -824,8 +949,13 @@ class UpdateCore:
                 self._transition(rec, S.APPLYING, "device reports installing", hist, now)
                 rec.verify_deadline = rec.verify_deadline or now + self.config.policy.verify_deadline_s
             if rec.state == S.APPLYING:
-                self._transition(rec, S.VERIFYING, "device reports success; waiting for it to report the version",
-                                 hist, now)
+                self._transition(
+                    rec,
+                    S.VERIFYING,
+                    "device reports success; waiting for it to report the version",
+                    hist,
+                    now,
+                )
         elif report.status == rs.FAILED_TO_UPDATE:
             why = f"device reports failure: {report.error or 'no error text'}"
             if S.FAILED in TRANSITIONS[st]:
@@ -833,8 +963,9 @@ class UpdateCore:
             else:  # nothing of ours in flight: keep the word, change no state
                 rec.last_error = why
         if report.percent is not None:
-            self._publish("progress", device_id=rec.device_id, data={"percent": rec.reported_percent,
-                                                                      "reported": True})
+            self._publish(
+                "progress", device_id=rec.device_id, data={"percent": rec.reported_percent, "reported": True}
+            )
         await self._save([rec], hist)
         await self._after_terminal(rec, hist)
 
@@ -864,8 +995,10 @@ class UpdateCore:
 
     async def _after_terminal(self, rec: DeviceRecord, hist: list[HistoryEntry]) -> None:
         """A device ended an episode inside a rollout: re-evaluate that rollout (auto-halt promptly)."""
-        if rec.rollout_id and rec.state in (S.FAILED, S.UPDATED, S.CANCELLED) and any(
-            h.new_state == rec.state.value for h in hist
+        if (
+            rec.rollout_id
+            and rec.state in (S.FAILED, S.UPDATED, S.CANCELLED)
+            and any(h.new_state == rec.state.value for h in hist)
         ):
             r = self._rollouts.get(rec.rollout_id)
             if r is not None and r.status == RolloutStatus.ACTIVE and self.role == "gateway":
@@ -888,28 +1021,41 @@ class UpdateCore:
             if st in (S.QUERYING, S.DOWNLOADING, S.DOWNLOADED):
                 since = rec.last_progress_at or rec.state_since
                 if now - since >= pol.stale_transfer_s:
-                    what = "no apply request" if st == S.DOWNLOADED else f"no block (acknowledged {rec.acked_offset}"
+                    what = (
+                        "no apply request"
+                        if st == S.DOWNLOADED
+                        else f"no block (acknowledged {rec.acked_offset}"
+                    )
                     what += "" if st == S.DOWNLOADED else f" of {rec.target_size} bytes)"
-                    self._transition(rec, S.FAILED, f"transfer expired: {what} for {now - since:.0f} s", hist, now)
+                    self._transition(
+                        rec, S.FAILED, f"transfer expired: {what} for {now - since:.0f} s", hist, now
+                    )
             elif st == S.WAITING_TO_APPLY:
                 if rec.apply_at is not None and now >= rec.apply_at:
                     self._transition(rec, S.APPLYING, "apply time reached", hist, now)
-                elif rec.apply_at is None and now - rec.state_since >= pol.max_apply_delay_s + pol.stale_transfer_s:
+                elif rec.apply_at is None and now - max(rec.state_since, rec.last_progress_at or 0.0) >= (
+                    pol.max_apply_delay_s + pol.stale_transfer_s
+                ):
                     self._transition(rec, S.FAILED, "device never asked again to apply", hist, now)
             elif st in APPLY_STATES:
                 deadline = rec.verify_deadline or rec.state_since + pol.verify_deadline_s
                 if now >= deadline:
                     self._transition(
-                        rec, S.FAILED,
+                        rec,
+                        S.FAILED,
                         f"not verified: device did not report version {rec.target_version_string} "
-                        f"({rec.target_version}) within {pol.verify_deadline_s} s of the apply time", hist, now,
+                        f"({rec.target_version}) within {pol.verify_deadline_s} s of the apply time",
+                        hist,
+                        now,
                     )
             elif st == S.WAITING_FOR_WINDOW:
                 win = self._policy.window(self._policy.effective(rec).download_window)
                 if win is None or win.is_open(now):
                     self._transition(rec, S.UPDATE_AVAILABLE, "download window open", hist, now)
             elif st == S.NOTIFIED and now - rec.state_since >= pol.stale_transfer_s:
-                self._transition(rec, S.UPDATE_AVAILABLE, "notified device did not ask; notify again", hist, now)
+                self._transition(
+                    rec, S.UPDATE_AVAILABLE, "notified device did not ask; notify again", hist, now
+                )
             if len(hist) > n:
                 changed.append(rec)
         if changed:
@@ -954,8 +1100,17 @@ class UpdateCore:
         n = await self._db.execute_cas(
             "UPDATE rollouts SET status=?, status_reason=?, current_wave=?, wave_opened_at=?, wave_completed_at=?,"
             " updated_at=? WHERE rollout_id=? AND status=? AND current_wave=?",
-            (status.value, step.reason if step.status else r.status_reason, wave, opened, completed, now,
-             r.rollout_id, r.status.value, r.current_wave),
+            (
+                status.value,
+                step.reason if step.status else r.status_reason,
+                wave,
+                opened,
+                completed,
+                now,
+                r.rollout_id,
+                r.status.value,
+                r.current_wave,
+            ),
             [(INSERT_EVENT, (r.rollout_id, now, step.event, wave, step.reason))],
         )
         if not n:
@@ -966,8 +1121,14 @@ class UpdateCore:
         if step.status:
             r.status_reason = step.reason
         r.current_wave, r.wave_opened_at, r.wave_completed_at, r.updated_at = wave, opened, completed, now
-        self._publish("rollout", rollout_id=r.rollout_id, old=old_status.value, new=status.value,
-                      reason=step.reason, data={"event": step.event, "wave": wave})
+        self._publish(
+            "rollout",
+            rollout_id=r.rollout_id,
+            old=old_status.value,
+            new=status.value,
+            reason=step.reason,
+            data={"event": step.event, "wave": wave},
+        )
         log.info("rollout %s: %s", r.rollout_id, step.reason)
         if status != old_status:
             await self._sync_rollout_devices(r, f"rollout {r.rollout_id} {status.value}: {step.reason}")
@@ -991,7 +1152,9 @@ class UpdateCore:
             if self._covering_rollout(rec) is not r:
                 continue
             desc = self._descriptor(rec)
-            if desc is None or rejection(entry, desc, allow_downgrade=self._policy.effective(rec).allow_downgrade):
+            if desc is None or rejection(
+                entry, desc, allow_downgrade=self._policy.effective(rec).allow_downgrade
+            ):
                 continue
             self._target(rec, entry)
             self._transition(rec, S.UPDATE_AVAILABLE, f"rollout {r.rollout_id} wave {w + 1} open", hist, now)
@@ -1017,7 +1180,9 @@ class UpdateCore:
                 back = rec.resume_state or S.UPDATE_AVAILABLE
                 self._transition(rec, back, reason, hist, now)
                 rec.last_progress_at = now  # the pause does not count against the stale-transfer timer
-            elif r.status == RolloutStatus.ABORTED and (rec.state in PAUSABLE_STATES or rec.state == S.PAUSED):
+            elif r.status == RolloutStatus.ABORTED and (
+                rec.state in PAUSABLE_STATES or rec.state == S.PAUSED
+            ):
                 self._transition(rec, S.CANCELLED, reason, hist, now)
             if len(hist) > n:
                 changed.append(rec)
@@ -1038,7 +1203,11 @@ class UpdateCore:
     ) -> Rollout:
         """Start a rollout of catalog image `image` (id or unique prefix); wave 1 opens at once."""
         try:
-            sel = selector if isinstance(selector, PolicySelector) else PolicySelector.model_validate(selector or {})
+            sel = (
+                selector
+                if isinstance(selector, PolicySelector)
+                else PolicySelector.model_validate(selector or {})
+            )
         except Exception as exc:
             raise RolloutError(f"bad selector: {exc}") from None
         wave_specs = parse_waves(waves)
@@ -1059,26 +1228,50 @@ class UpdateCore:
             raise RolloutError(f"selector protocol {sel.protocol} does not match the {entry.protocol} image")
         now = self.clock.now()
         r = Rollout(
-            rollout_id=f"r{secrets.token_hex(4)}", name=name or f"{entry.name or entry.file_name} {entry.version_string}",
-            image_id=entry.image_id, image_sha256=entry.sha256, protocol=entry.protocol, vendor_id=entry.vendor_id,
-            product_id=entry.product_id, numeric_version=entry.numeric_version, version_string=entry.version_string,
-            selector=sel, waves=wave_specs, soak_s=soak_s, max_failures=max_failures,
-            max_failure_rate=max_failure_rate, wave_deadline_s=wave_deadline_s, status=RolloutStatus.ACTIVE,
-            status_reason="created", current_wave=0, wave_opened_at=now, wave_completed_at=None,
-            created_at=now, updated_at=now,
+            rollout_id=f"r{secrets.token_hex(4)}",
+            name=name or f"{entry.name or entry.file_name} {entry.version_string}",
+            image_id=entry.image_id,
+            image_sha256=entry.sha256,
+            protocol=entry.protocol,
+            vendor_id=entry.vendor_id,
+            product_id=entry.product_id,
+            numeric_version=entry.numeric_version,
+            version_string=entry.version_string,
+            selector=sel,
+            waves=wave_specs,
+            soak_s=soak_s,
+            max_failures=max_failures,
+            max_failure_rate=max_failure_rate,
+            wave_deadline_s=wave_deadline_s,
+            status=RolloutStatus.ACTIVE,
+            status_reason="created",
+            current_wave=0,
+            wave_opened_at=now,
+            wave_completed_at=None,
+            created_at=now,
+            updated_at=now,
         )
-        await self._db.write(sql=[
-            (INSERT_ROLLOUT, rollout_row(r)),
-            (INSERT_EVENT, (r.rollout_id, now, "created", 0, f"created; wave 1 ({r.waves[0]}) open")),
-        ])
+        await self._db.write(
+            sql=[
+                (INSERT_ROLLOUT, rollout_row(r)),
+                (INSERT_EVENT, (r.rollout_id, now, "created", 0, f"created; wave 1 ({r.waves[0]}) open")),
+            ]
+        )
         self._rollouts[r.rollout_id] = r
-        self._publish("rollout", rollout_id=r.rollout_id, new=r.status.value, reason="created",
-                      data={"event": "created", "wave": 0})
+        self._publish(
+            "rollout",
+            rollout_id=r.rollout_id,
+            new=r.status.value,
+            reason="created",
+            data={"event": "created", "wave": 0},
+        )
         if self.role == "gateway":
             await self._announce_wave(r)
         return r
 
-    async def _command(self, rollout_id: str, new: RolloutStatus, allowed: set[RolloutStatus], reason: str) -> Rollout:
+    async def _command(
+        self, rollout_id: str, new: RolloutStatus, allowed: set[RolloutStatus], reason: str
+    ) -> Rollout:
         await self._check_external_changes(force=True)
         r = self._rollouts.get(rollout_id)
         if r is None:
@@ -1092,33 +1285,51 @@ class UpdateCore:
         # resuming a halted rollout restarts its current wave's clock (the operator accepted the failures)
         n = await self._db.execute_cas(
             "UPDATE rollouts SET status=?, status_reason=?, updated_at=?"
-            + (", wave_opened_at=?, wave_completed_at=NULL, max_failures=NULL, max_failure_rate=NULL" if reopen else "")
+            + (
+                ", wave_opened_at=?, wave_completed_at=NULL, max_failures=NULL, max_failure_rate=NULL"
+                if reopen
+                else ""
+            )
             + " WHERE rollout_id=? AND status=?",
             (new.value, reason, now, *((now,) if reopen else ()), rollout_id, r.status.value),
             [(INSERT_EVENT, (rollout_id, now, new.value, r.current_wave, reason))],
         )
         if not n:
             await self._check_external_changes(force=True)
-            raise RolloutError(f"rollout {rollout_id} changed meanwhile; it is now {self._rollouts[rollout_id].status}")
+            raise RolloutError(
+                f"rollout {rollout_id} changed meanwhile; it is now {self._rollouts[rollout_id].status}"
+            )
         old = r.status
         r.status, r.status_reason, r.updated_at = new, reason, now
         if reopen:
             r.wave_opened_at, r.wave_completed_at, r.max_failures, r.max_failure_rate = now, None, None, None
-        self._publish("rollout", rollout_id=rollout_id, old=old.value, new=new.value, reason=reason,
-                      data={"event": new.value, "wave": r.current_wave})
+        self._publish(
+            "rollout",
+            rollout_id=rollout_id,
+            old=old.value,
+            new=new.value,
+            reason=reason,
+            data={"event": new.value, "wave": r.current_wave},
+        )
         await self._sync_rollout_devices(r, f"rollout {rollout_id} {new.value}: {reason}")
         return r
 
     async def pause_rollout(self, rollout_id: str, reason: str = "paused by operator") -> Rollout:
-        return await self._command(rollout_id, RolloutStatus.PAUSED, {RolloutStatus.ACTIVE, RolloutStatus.HALTED}, reason)
+        return await self._command(
+            rollout_id, RolloutStatus.PAUSED, {RolloutStatus.ACTIVE, RolloutStatus.HALTED}, reason
+        )
 
     async def resume_rollout(self, rollout_id: str, reason: str = "resumed by operator") -> Rollout:
-        return await self._command(rollout_id, RolloutStatus.ACTIVE, {RolloutStatus.PAUSED, RolloutStatus.HALTED}, reason)
+        return await self._command(
+            rollout_id, RolloutStatus.ACTIVE, {RolloutStatus.PAUSED, RolloutStatus.HALTED}, reason
+        )
 
     async def abort_rollout(self, rollout_id: str, reason: str = "aborted by operator") -> Rollout:
         return await self._command(
-            rollout_id, RolloutStatus.ABORTED,
-            {RolloutStatus.ACTIVE, RolloutStatus.PAUSED, RolloutStatus.HALTED}, reason,
+            rollout_id,
+            RolloutStatus.ABORTED,
+            {RolloutStatus.ACTIVE, RolloutStatus.PAUSED, RolloutStatus.HALTED},
+            reason,
         )
 
     def list_rollouts(self) -> list[Rollout]:
@@ -1176,11 +1387,15 @@ class UpdateCore:
 
     def image_users(self, image_id: str) -> list[str]:
         users = [
-            f"device {d} ({self._devices[d].state.value})" for d in self._live
+            f"device {d} ({self._devices[d].state.value})"
+            for d in self._live
             if self._devices[d].target_image_id == image_id and self._devices[d].token is not None
         ]
-        users += [f"rollout {r.rollout_id} ({r.status.value})" for r in self._rollouts.values()
-                  if r.image_id == image_id and r.covering]
+        users += [
+            f"rollout {r.rollout_id} ({r.status.value})"
+            for r in self._rollouts.values()
+            if r.image_id == image_id and r.covering
+        ]
         return users
 
     def metrics(self) -> dict[str, dict[str, int]]:
@@ -1201,19 +1416,38 @@ class UpdateCore:
                 out.append(PlanItem.of(rec, "left", None, None, "device left the network"))
                 continue
             if rec.state in _LIVE and rec.state not in (S.UPDATE_AVAILABLE, S.NOTIFIED, S.WAITING_FOR_WINDOW):
-                out.append(PlanItem.of(rec, "in_progress", rec.target_image_id, now,
-                                       f"{rec.state.value}: {rec.state_reason}", rec.target_version_string))
+                out.append(
+                    PlanItem.of(
+                        rec,
+                        "in_progress",
+                        rec.target_image_id,
+                        now,
+                        f"{rec.state.value}: {rec.state_reason}",
+                        rec.target_version_string,
+                    )
+                )
                 continue
             d = self._decide(rec, now)
             if d.outcome == "available":
                 assert d.image is not None
                 ok = all(used < limit for _, limit, used in self._budget.limits(rec.protocol, rec.network))
                 reason = d.reason if ok else f"{d.reason}; waits for a transfer slot (budget full)"
-                out.append(PlanItem.of(rec, "update", d.image.image_id, now if ok else None, reason,
-                                       d.image.version_string))
+                out.append(
+                    PlanItem.of(
+                        rec, "update", d.image.image_id, now if ok else None, reason, d.image.version_string
+                    )
+                )
             elif d.outcome == "busy":
-                out.append(PlanItem.of(rec, "later", d.image.image_id if d.image else None, d.when, d.reason,
-                                       d.image.version_string if d.image else None))
+                out.append(
+                    PlanItem.of(
+                        rec,
+                        "later",
+                        d.image.image_id if d.image else None,
+                        d.when,
+                        d.reason,
+                        d.image.version_string if d.image else None,
+                    )
+                )
             else:
                 out.append(PlanItem.of(rec, "none", None, None, d.reason))
         return out

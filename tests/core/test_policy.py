@@ -24,8 +24,15 @@ def ts(y: int, mo: int, d: int, h: int, mi: int = 0, tz: str = "UTC") -> float:
 @pytest.mark.parametrize(
     ("spec", "numeric", "text", "ok"),
     [
-        (3, 3, "x", True), (3, 4, "x", False), (">=3", 3, "", True), (">3", 3, "", False), ("<0x10", 15, "", True),
-        ("2..4", 4, "", True), ("2..4", 5, "", False), ("1.2.*", 9, "1.2.7", True), ("1.2.*", 9, "1.3", False),
+        (3, 3, "x", True),
+        (3, 4, "x", False),
+        (">=3", 3, "", True),
+        (">3", 3, "", False),
+        ("<0x10", 15, "", True),
+        ("2..4", 4, "", True),
+        ("2..4", 5, "", False),
+        ("1.2.*", 9, "1.2.7", True),
+        ("1.2.*", 9, "1.3", False),
         ("7", 7, "", True),
     ],
 )
@@ -34,12 +41,23 @@ def test_version_specs(spec, numeric, text, ok) -> None:
 
 
 def test_rule_folding_later_overrides_blocks_accumulate() -> None:
-    cfg = parse_config({"policy": {"rules": [
-        {"name": "all", "block_versions": [5], "require_consent": True},
-        {"name": "lab", "match": {"tags": ["lab"]}, "require_consent": False, "block_versions": [">=9"],
-         "pin_version": "2.0"},
-        {"name": "other-vendor", "match": {"vendor_id": "0x1234"}, "auto_approve": False},
-    ]}}).policy
+    cfg = parse_config(
+        {
+            "policy": {
+                "rules": [
+                    {"name": "all", "block_versions": [5], "require_consent": True},
+                    {
+                        "name": "lab",
+                        "match": {"tags": ["lab"]},
+                        "require_consent": False,
+                        "block_versions": [">=9"],
+                        "pin_version": "2.0",
+                    },
+                    {"name": "other-vendor", "match": {"vendor_id": "0x1234"}, "auto_approve": False},
+                ]
+            }
+        }
+    ).policy
     pol = Policy(cfg)
     rec = DeviceRecord("matter:f:1:0", "matter", "f", "1", 0, T0, T0, vendor_id=0xFFF1, tags=("lab",))
     eff = pol.effective(rec)
@@ -63,10 +81,10 @@ def test_config_errors_name_the_key() -> None:
 
 def test_window_across_midnight_and_days() -> None:
     w = Window("night", TimeWindow(days=["mon", "tue"], start="22:00", end="02:00"), "UTC")
-    mon = ts(2024, 1, 1, 23)        # Monday 23:00
+    mon = ts(2024, 1, 1, 23)  # Monday 23:00
     assert w.is_open(mon) and w.is_open(ts(2024, 1, 2, 1, 59)) and not w.is_open(ts(2024, 1, 2, 2))
-    assert w.is_open(ts(2024, 1, 3, 1))        # Tuesday's window runs into Wednesday
-    assert not w.is_open(ts(2024, 1, 3, 23))   # Wednesday does not open
+    assert w.is_open(ts(2024, 1, 3, 1))  # Tuesday's window runs into Wednesday
+    assert not w.is_open(ts(2024, 1, 3, 23))  # Wednesday does not open
     assert w.next_open(ts(2024, 1, 3, 12)) == ts(2024, 1, 8, 22)  # next Monday
     assert w.next_open(mon) == mon
 
@@ -88,19 +106,27 @@ async def test_block_allow_pin_and_downgrade(make_core: CoreFactory, store) -> N
     assert isinstance(res, Available) and res.image.numeric_version == 2
     core = await make_core(data_dir=None, rules=[{"block_versions": [">=2"]}])
     res = await core.query(matter_dev(7))
-    assert isinstance(res, NotAvailable) and "policy held back 2" in res.reason and "blocked by '>=2'" in res.reason
+    assert (
+        isinstance(res, NotAvailable)
+        and "policy held back 2" in res.reason
+        and "blocked by '>=2'" in res.reason
+    )
     core = await make_core(rules=[{"match": {"devices": ["matter:*:0000000000000008:0"]}, "pin_version": 2}])
     res = await core.query(matter_dev(8, version=3))
     assert isinstance(res, NotAvailable) and "downgrade" in res.reason
-    core = await make_core(rules=[{"match": {"devices": ["matter:*:0000000000000009:0"]}, "pin_version": 2,
-                                    "allow_downgrade": True}])
+    core = await make_core(
+        rules=[
+            {"match": {"devices": ["matter:*:0000000000000009:0"]}, "pin_version": 2, "allow_downgrade": True}
+        ]
+    )
     res = await core.query(matter_dev(9, version=3))
     assert isinstance(res, Available) and res.image.numeric_version == 2 and "downgrade" in res.reason
 
 
 async def test_consent_and_auto_approve(make_core: CoreFactory) -> None:
-    core = await make_core(require_consent=True, rules=[{"name": "hold-lab", "match": {"tags": ["lab"]},
-                                                          "auto_approve": False}])
+    core = await make_core(
+        require_consent=True, rules=[{"name": "hold-lab", "match": {"tags": ["lab"]}, "auto_approve": False}]
+    )
     res = await core.query(matter_dev(1))
     assert isinstance(res, Available) and res.consent_needed
     res = await core.query(matter_dev(2, tags=("lab",)))
@@ -136,7 +162,7 @@ async def test_download_now_install_in_window(make_core: CoreFactory, clock) -> 
     opens = ts(2023, 11, 15, 1)
     assert dec.action == ApplyAction.PROCEED and dec.apply_at == opens and dec.delay_s == opens - T0
     assert core.get_device(dev.key.device_id).state == S.WAITING_TO_APPLY  # type: ignore[union-attr]
-    busy = await core.query(dev)   # the device asking meanwhile is told to wait, not re-offered
+    busy = await core.query(dev)  # the device asking meanwhile is told to wait, not re-offered
     assert isinstance(busy, Busy)
     await clock.advance(opens - T0)
     await core.sweep()
@@ -146,8 +172,11 @@ async def test_download_now_install_in_window(make_core: CoreFactory, clock) -> 
 
 
 async def test_long_apply_delay_becomes_await_next_action(make_core: CoreFactory) -> None:
-    core = await make_core(windows={"sun": {"days": ["sun"], "start": "03:00", "end": "04:00"}},
-                           apply_window="sun", max_apply_delay_s=3600)
+    core = await make_core(
+        windows={"sun": {"days": ["sun"], "start": "03:00", "end": "04:00"}},
+        apply_window="sun",
+        max_apply_delay_s=3600,
+    )
     res = await core.query(matter_dev(1))
     assert isinstance(res, Available)
     dec = await core.apply_request(res.token, 3)
@@ -176,3 +205,37 @@ async def test_zigbee_hw_and_wildcards_via_selection(make_core: CoreFactory, sto
     assert isinstance(res, Available) and res.image.numeric_version == 0x20
     res = await core.query(zigbee_dev(2, version=0x10, hardware_version=3))
     assert isinstance(res, Available) and res.image.numeric_version == 0x30
+
+
+async def test_repeated_wait_answers_restart_the_never_asked_again_deadline(
+    make_core: CoreFactory, clock
+) -> None:
+    """A device told "ask again later" (AWAIT_NEXT_ACTION) that does ask again on schedule is not failed; the
+    "never asked again" deadline (max_apply_delay_s + stale_transfer_s) counts from its latest ask."""
+    core = await make_core(
+        windows={"sun": {"days": ["sun"], "start": "03:00", "end": "04:00"}},
+        apply_window="sun",
+        max_apply_delay_s=3600,
+        stale_transfer_s=600,
+    )
+    dev = matter_dev(1)
+    res = await core.query(dev)
+    assert isinstance(res, Available)
+    await core.progress(res.token, 0, res.image.size)
+    await core.download_complete(res.token)
+    for _ in range(6):  # six hours of waiting, asking again each time it was told to
+        dec = await core.apply_request(res.token, 3)
+        assert dec.action == ApplyAction.AWAIT_NEXT_ACTION and dec.delay_s == 3600
+        await clock.advance(dec.delay_s)
+        await core.sweep()
+        rec = core.get_device(dev.key.device_id)
+        assert rec is not None and rec.state == S.WAITING_TO_APPLY, rec.state_reason
+    # it asks once more, then goes silent: failed max_apply_delay_s + stale_transfer_s after that last ask
+    await core.apply_request(res.token, 3)
+    await clock.advance(3600 + 600 - 1)
+    await core.sweep()
+    assert core.get_device(dev.key.device_id).state == S.WAITING_TO_APPLY  # type: ignore[union-attr]
+    await clock.advance(1)
+    await core.sweep()
+    rec = core.get_device(dev.key.device_id)
+    assert rec is not None and rec.state == S.FAILED and "never asked again" in rec.state_reason

@@ -32,12 +32,17 @@ async def test_pacing_budget_two_of_ten(tmp_path):
 
     for d in devs:
         d.on_block = watch
-    stack = await make_stack(tmp_path, devs, [data], clock=clock,
-                             policy={"budgets": {"per_network": {"pan:1a2b": 2}}, "busy_retry_s": 30})
+    stack = await make_stack(
+        tmp_path,
+        devs,
+        [data],
+        clock=clock,
+        policy={"budgets": {"per_network": {"pan:1a2b": 2}}, "busy_retry_s": 30},
+    )
     try:
         await stack.run_until(lambda: all(d.file_version == NEW for d in devs), step_s=0.5, max_s=3600)
         await stack.run_until(lambda: all(stack.record(d).state == "updated" for d in devs), max_s=600)
-        assert peak == 2, peak                 # parallel up to the budget, never beyond
+        assert peak == 2, peak  # parallel up to the budget, never beyond
         for d in devs:
             assert d.completed_images[-1] == data
     finally:
@@ -45,7 +50,7 @@ async def test_pacing_budget_two_of_ten(tmp_path):
 
 
 async def test_apply_at_window_time_is_honoured(tmp_path):
-    clock = ManualClock()   # 2023-11-14 22:13:20 UTC
+    clock = ManualClock()  # 2023-11-14 22:13:20 UTC
     dev = sim_device(1, clock, VENDOR)
     policy = {"windows": {"night": {"start": "02:00", "end": "04:00"}}, "apply_window": "night"}
     stack = await make_stack(tmp_path, [dev], [synthetic()], clock=clock, policy=policy)
@@ -65,17 +70,21 @@ async def test_apply_at_window_time_is_honoured(tmp_path):
 async def test_apply_wait_then_later_upgrade_end_response_triggers(tmp_path):
     clock = ManualClock()
     dev = sim_device(1, clock, VENDOR)
-    # stale_transfer_s: the core measures "never asked again" from the first "wait", not the latest re-ask
-    # (reported to the lead); keep it long enough for the window that opens ~3.8 h later
-    policy = {"windows": {"night": {"start": "02:00", "end": "04:00"}}, "apply_window": "night",
-              "max_apply_delay_s": 3600, "stale_transfer_s": 86400}
-    stack = await make_stack(tmp_path, [dev], [synthetic()], clock=clock, policy=policy,
-                             zigbee={"apply_recheck_s": 600})
+    # the window opens ~3.8 h later, longer than max_apply_delay_s + stale_transfer_s (default 3600): the adapter's
+    # re-asks keep the transfer alive (the core counts "never asked again" from the latest ask)
+    policy = {
+        "windows": {"night": {"start": "02:00", "end": "04:00"}},
+        "apply_window": "night",
+        "max_apply_delay_s": 3600,
+    }
+    stack = await make_stack(
+        tmp_path, [dev], [synthetic()], clock=clock, policy=policy, zigbee={"apply_recheck_s": 600}
+    )
     try:
         await stack.run_until(lambda: dev.state == "waiting_apply", max_s=60)
-        assert dev.stats.upgrade_end_responses[-1][1] == 0xFFFFFFFF    # "wait"
+        assert dev.stats.upgrade_end_responses[-1][1] == 0xFFFFFFFF  # "wait"
         await stack.run_until(lambda: dev.state == "apply_scheduled", step_s=60, max_s=6 * 3600)
-        assert len(dev.stats.upgrade_end_responses) == 2               # the later, unsolicited trigger
+        assert len(dev.stats.upgrade_end_responses) == 2  # the later, unsolicited trigger
         current, upgrade = dev.stats.upgrade_end_responses[-1]
         assert upgrade != 0xFFFFFFFF and upgrade >= current
         await stack.run_until(lambda: stack.record(dev).state == "updated", step_s=60, max_s=6 * 3600)
@@ -124,13 +133,19 @@ async def test_stall_detected_with_per_manufacturer_timeout_then_resume(tmp_path
     data = synthetic(size=3000)
     dev = sim_device(1, clock, VENDOR, behaviour=Behaviour(stall_at=1024, stall_for_s=200))
     stack = await make_stack(
-        tmp_path, [dev], [data], clock=clock, policy={"retry_backoff_s": 0},
+        tmp_path,
+        [dev],
+        [data],
+        clock=clock,
+        policy={"retry_backoff_s": 0},
         zigbee={"stall_timeout_s": 600, "stall_timeouts": [{"manufacturer": MFR, "timeout_s": 90}]},
     )
     try:
         with caplog.at_level(logging.WARNING):
-            await stack.run_until(lambda: any(tr.status is TransferStatus.FAILED
-                                              for tr in stack.adapter.transfers.values()), max_s=150)
+            await stack.run_until(
+                lambda: any(tr.status is TransferStatus.FAILED for tr in stack.adapter.transfers.values()),
+                max_s=150,
+            )
         assert "stalled" in stack.record(dev).state_reason or stack.record(dev).state == "failed"
         assert "limit 90 s" in caplog.text
         # the failure at 64-byte blocks taught a smaller cap for this model, persisted in the data dir
@@ -149,15 +164,17 @@ async def test_sleepy_device_served_on_check_in_and_failed_notify_is_harmless(tm
     dev = sim_device(1, clock, VENDOR, behaviour=Behaviour(sleepy=True, query_interval_s=3600))
     stack = await make_stack(tmp_path, [dev], [], clock=clock)
     try:
-        await stack.run_until(lambda: stack.record(dev) is not None and stack.record(dev).sleepy is True, max_s=10)
+        await stack.run_until(
+            lambda: stack.record(dev) is not None and stack.record(dev).sleepy is True, max_s=10
+        )
         await stack.store.add_bytes(synthetic(), file_name="new.ota")
         await stack.core.catalog_changed()
-        await stack.clock.advance(30)            # the device dozes off
+        await stack.clock.advance(30)  # the device dozes off
         key = stack.record(dev).key
         assert await stack.adapter.notify([key]) == {key: False}
         assert dev.stats.queries <= 1
         await stack.run_until(lambda: dev.file_version == NEW, step_s=30, max_s=2 * 3600)
-        assert dev.stats.notifies == 1           # only the one zigpy sent during the interview
+        assert dev.stats.notifies == 1  # only the one zigpy sent during the interview
         await stack.run_until(lambda: stack.record(dev).state == "updated", step_s=30, max_s=2 * 3600)
     finally:
         await stack.close()
@@ -166,7 +183,9 @@ async def test_sleepy_device_served_on_check_in_and_failed_notify_is_harmless(tm
 async def test_page_mode_honours_response_spacing(tmp_path):
     clock = ManualClock()
     data = synthetic(size=5000)
-    dev = sim_device(1, clock, VENDOR, behaviour=Behaviour(page_mode=True, page_size=1024, response_spacing_ms=50))
+    dev = sim_device(
+        1, clock, VENDOR, behaviour=Behaviour(page_mode=True, page_size=1024, response_spacing_ms=50)
+    )
     stack = await make_stack(tmp_path, [dev], [data], clock=clock)
     try:
         await stack.run_until(lambda: dev.file_version == NEW, step_s=0.05, max_s=600)
@@ -185,9 +204,13 @@ async def test_larger_block_requests_are_capped_per_manufacturer_and_model(tmp_p
     data = synthetic(size=3000)
     a = sim_device(1, clock, VENDOR, behaviour=Behaviour(max_data_size=200))
     b = sim_device(2, clock, VENDOR, behaviour=Behaviour(max_data_size=200), model="BigBlocks")
-    zigbee = {"default_max_block_bytes": 64, "block_size_caps": [
-        {"manufacturer": MFR, "max_block_bytes": 80},
-        {"manufacturer": MFR, "model": "BigBlocks", "max_block_bytes": 180}]}
+    zigbee = {
+        "default_max_block_bytes": 64,
+        "block_size_caps": [
+            {"manufacturer": MFR, "max_block_bytes": 80},
+            {"manufacturer": MFR, "model": "BigBlocks", "max_block_bytes": 180},
+        ],
+    }
     stack = await make_stack(tmp_path, [a, b], [data], clock=clock, zigbee=zigbee)
     try:
         await stack.run_until(lambda: a.file_version == NEW and b.file_version == NEW, max_s=600)
@@ -222,7 +245,7 @@ async def test_duplicate_and_overlapping_block_requests(tmp_path):
         assert dev.completed_images[-1] == data
         tr = stack.adapter.transfers[stack.record(dev).key]
         assert tr.highest_offset == len(data)
-        assert tr.bytes_downloaded > len(data)        # OTA_Device.bytes_downloaded over-counts (reference 004)
+        assert tr.bytes_downloaded > len(data)  # OTA_Device.bytes_downloaded over-counts (reference 004)
         assert stack.record(dev).bytes_sent == tr.bytes_downloaded
         assert dev.stats.timeouts == 0 and dev.stats.unexpected_responses == []
     finally:
@@ -243,10 +266,42 @@ async def test_malformed_frames_are_logged_answered_and_harmless(tmp_path, caplo
             await stack.network.settle()
         assert dev.completed_images[-1] == data
         assert any(cmd == 0x03 and st == S.MALFORMED_COMMAND for _, cmd, st in dev.stats.default_responses)
-        assert any(cmd == 0x2A and st == S.UNSUP_CLUSTER_COMMAND for _, cmd, st in dev.stats.default_responses)
+        assert any(
+            cmd == 0x2A and st == S.UNSUP_CLUSTER_COMMAND for _, cmd, st in dev.stats.default_responses
+        )
         assert "image_block (0x03) payload of" in caplog.text
         assert "ZCL header unreadable" in caplog.text
         assert len(stack.adapter.malformed) == 2
+    finally:
+        await stack.close()
+
+
+async def test_frames_zigpy_dispatches_are_not_decoded_twice(tmp_path, monkeypatch):
+    """The malformed-frame check runs zigpy's codec only on frames zigpy did not hand to a cluster handler."""
+    import adapters.zigbee.cluster as cluster_mod
+
+    checked: list[bytes] = []
+    real = cluster_mod.describe_malformed
+
+    def counting(cluster, data):
+        checked.append(bytes(data))
+        return real(cluster, data)
+
+    monkeypatch.setattr(cluster_mod, "describe_malformed", counting)
+    clock = ManualClock()
+    data = synthetic(size=3000)
+    dev = sim_device(1, clock, VENDOR, behaviour=Behaviour(max_data_size=50))
+    stack = await make_stack(tmp_path, [dev], [data], clock=clock)
+    try:
+        await stack.run_until(lambda: dev.file_version == NEW and dev.state == "idle", max_s=120)
+        assert dev.stats.block_responses >= 60
+        # only frames that are not cluster commands to the server were looked at (attribute read responses)
+        for frame in checked:
+            hdr, _ = foundation.ZCLHeader.deserialize(frame)
+            assert not hdr.frame_control.is_cluster, frame.hex(" ")
+        dev.send_raw_ota(bytes([0x01, 0x77, 0x03]) + b"\x00" * 3)  # a truncated Image Block Request
+        await stack.network.settle()
+        assert len(stack.adapter.malformed) == 1 and "image_block (0x03)" in stack.adapter.malformed[0]
     finally:
         await stack.close()
 
@@ -262,7 +317,7 @@ async def test_one_response_per_request_and_zigpy_handler_silent(tmp_path):
             if pkt.cluster_id == 0x0019:
                 hdr, _ = foundation.ZCLHeader.deserialize(pkt.data.serialize())
                 qni_rsp += hdr.frame_control.is_cluster and hdr.command_id == 0x02
-        assert qni_rsp == dev.stats.queries        # zigpy's NO_IMAGE_AVAILABLE never went out as well
+        assert qni_rsp == dev.stats.queries  # zigpy's NO_IMAGE_AVAILABLE never went out as well
         assert dev.stats.unexpected_responses == [] and dev.stats.timeouts == 0
     finally:
         await stack.close()
@@ -296,8 +351,9 @@ async def test_join_and_leave_keep_records(tmp_path):
     dev = sim_device(1, clock, VENDOR, behaviour=Behaviour(hardware_version=3, min_block_period_ms=20))
     stack = await make_stack(tmp_path, [dev], [], clock=clock)
     try:
-        await stack.run_until(lambda: stack.record(dev) is not None
-                              and stack.record(dev).hardware_version == 3, max_s=10)
+        await stack.run_until(
+            lambda: stack.record(dev) is not None and stack.record(dev).hardware_version == 3, max_s=10
+        )
         rec = stack.record(dev)
         assert (rec.vendor_id, rec.product_id, rec.current_version) == (MFR, ITYPE, NEW - 1)
         assert rec.model == "SimLight" and rec.vendor_name == "otagw-sim" and rec.sleepy is False

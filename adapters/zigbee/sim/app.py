@@ -62,21 +62,30 @@ class SimNetwork:
         self.tick_s = tick_s
         self.devices: dict[t.EUI64, SimOtaDevice] = {}
         self.app: ControllerApplication | None = None
-        self.tx_log: list[t.ZigbeePacket] = []      # gateway -> devices
-        self.rx_log: list[t.ZigbeePacket] = []      # devices -> gateway
+        self.tx_log: list[t.ZigbeePacket] = []  # gateway -> devices
+        self.rx_log: list[t.ZigbeePacket] = []  # devices -> gateway
         self.keep_logs = True
         self._ticker: asyncio.Task[None] | None = None
         self._idle_hooks: list[Callable[[], bool]] = []
+        self._by_nwk: dict[int, SimOtaDevice] = {}
+        # devices inside a response wait (the only ones that can be `awaiting_response`): keeps is_idle(),
+        # asked on every loop step while settling, independent of the fleet size
+        self.waiting: set[SimOtaDevice] = set()
 
     # ------------------------------------------------------------------ topology
     def add(self, device: SimOtaDevice) -> SimOtaDevice:
         self.devices[device.ieee] = device
+        self._by_nwk[device.nwk] = device
         device.network = self
         return device
 
     def by_nwk(self, nwk: int) -> SimOtaDevice | None:
-        for dev in self.devices.values():
+        dev = self._by_nwk.get(nwk)
+        if dev is not None and dev.nwk == nwk and self.devices.get(dev.ieee) is dev:
+            return dev
+        for dev in self.devices.values():  # a device whose address changed after add()
             if dev.nwk == nwk:
+                self._by_nwk[nwk] = dev
                 return dev
         return None
 
@@ -165,9 +174,7 @@ class SimNetwork:
         self._idle_hooks.append(hook)
 
     def is_idle(self) -> bool:
-        return not any(dev.awaiting_response for dev in self.devices.values()) and all(
-            h() for h in self._idle_hooks
-        )
+        return not any(dev.awaiting_response for dev in self.waiting) and all(h() for h in self._idle_hooks)
 
     async def settle(self, guard_s: float = 5.0) -> bool:
         """Spin the loop until no device awaits an answer (and hooks agree) for a while; never sleeps."""
@@ -199,7 +206,7 @@ class SimNetwork:
         used = 0.0
         while True:
             if not await self.settle():
-                busy = [str(d.ieee) for d in self.devices.values() if d.awaiting_response]
+                busy = [str(d.ieee) for d in self.waiting if d.awaiting_response]
                 LOGGER.warning("settle guard expired (devices awaiting an answer: %s)", busy or "none")
             if cond():
                 return used

@@ -52,27 +52,27 @@ BASIC_ID = Basic.cluster_id
 class Behaviour:
     """How a simulated device deviates from (or exercises optional parts of) the plain OTA client."""
 
-    page_mode: bool = False              # Image Page Requests instead of Image Block Requests
+    page_mode: bool = False  # Image Page Requests instead of Image Block Requests
     page_size: int = 512
     response_spacing_ms: int = 0
-    max_data_size: int = 64              # maximum_data_size asked for in each request
-    min_block_period_ms: int = 0         # the device's own MinimumBlockPeriod (sent in the request)
-    sleepy: bool = False                 # rx off when idle: reachable only shortly after it transmits
+    max_data_size: int = 64  # maximum_data_size asked for in each request
+    min_block_period_ms: int = 0  # the device's own MinimumBlockPeriod (sent in the request)
+    sleepy: bool = False  # rx off when idle: reachable only shortly after it transmits
     awake_window_s: float = 3.0
     query_interval_s: float | None = None  # periodic Query Next Image (None: only on Image Notify)
-    stall_at: int | None = None          # stop requesting once this offset is reached ...
-    stall_for_s: float | None = None     # ... for this long (None: for good)
+    stall_at: int | None = None  # stop requesting once this offset is reached ...
+    stall_for_s: float | None = None  # ... for this long (None: for good)
     end_status: foundation.Status = foundation.Status.SUCCESS  # status reported in Upgrade End Request
-    duplicate_every: int = 0             # every Nth block request is sent twice (new sequence number)
-    overlap_every: int = 0               # every Nth block request starts half a block early
-    malformed_first: bool = False        # first block request goes out truncated (then a proper one)
-    reboot_s: float = 5.0                # unreachable this long while applying the image
+    duplicate_every: int = 0  # every Nth block request is sent twice (new sequence number)
+    overlap_every: int = 0  # every Nth block request starts half a block early
+    malformed_first: bool = False  # first block request goes out truncated (then a proper one)
+    reboot_s: float = 5.0  # unreachable this long while applying the image
     response_timeout_s: float = 5.0
     max_retries: int = 3
-    notify_delay_max_s: float = 0.0      # random delay before answering an Image Notify
-    resume_partial: bool = True          # keep a partial download and resume it when offered again
+    notify_delay_max_s: float = 0.0  # random delay before answering an Image Notify
+    resume_partial: bool = True  # keep a partial download and resume it when offered again
     hardware_version: int | None = 1
-    answers_notify: bool = True          # False: ignores Image Notify (queries only on its own schedule)
+    answers_notify: bool = True  # False: ignores Image Notify (queries only on its own schedule)
 
 
 @dataclass
@@ -88,9 +88,9 @@ class DeviceStats:
     notifies: int = 0
     timeouts: int = 0
     upgrade_end_responses: list[tuple[int, int]] = field(default_factory=list)  # (current_time, upgrade_time)
-    applied_at: list[float] = field(default_factory=list)                      # wall time of each apply
+    applied_at: list[float] = field(default_factory=list)  # wall time of each apply
     responses_per_tsn: Counter[int] = field(default_factory=Counter)
-    block_log: list[tuple[float, int, int]] = field(default_factory=list)   # (clock monotonic, offset, length)
+    block_log: list[tuple[float, int, int]] = field(default_factory=list)  # (clock monotonic, offset, length)
 
 
 class SimOtaDevice:
@@ -124,16 +124,18 @@ class SimOtaDevice:
         self.rng = random.Random(seed or hash(ieee))
         self.network: SimNetwork | None = None
         self.stats = DeviceStats()
-        self.on_block: Callable[[SimOtaDevice], None] | None = None   # test hook, called per accepted block
+        self.on_block: Callable[[SimOtaDevice], None] | None = None  # test hook, called per accepted block
 
         # transfer state
-        self.image_ident: tuple[int, int, int] | None = None   # (manufacturer, type, version) being downloaded
+        self.image_ident: tuple[int, int, int] | None = None  # (manufacturer, type, version) being downloaded
         self.image_size = 0
         self.assembled = bytearray()
         self.offset = 0
         self.highest_requested = 0
-        self.pending_version: int | None = None                 # downloaded, waiting for the upgrade time
-        self.state = "idle"   # idle | querying | downloading | ending | waiting_apply | apply_scheduled | rebooting
+        self.pending_version: int | None = None  # downloaded, waiting for the upgrade time
+        self.state = (
+            "idle"  # idle | querying | downloading | ending | waiting_apply | apply_scheduled | rebooting
+        )
         self.completed_images: list[bytes] = []
         self.end_sent = 0
 
@@ -216,8 +218,15 @@ class SimOtaDevice:
         self._tsn = (self._tsn + 1) & 0xFF
         return self._tsn
 
-    def _send(self, cluster_id: int, data: bytes, *, profile: int = PROFILE_HA, src_ep: int | None = None,
-              dst_ep: int = 1) -> bool:
+    def _send(
+        self,
+        cluster_id: int,
+        data: bytes,
+        *,
+        profile: int = PROFILE_HA,
+        src_ep: int | None = None,
+        dst_ep: int = 1,
+    ) -> bool:
         if self.network is None or self.clock.monotonic() < self._offline_until:
             return False
         self._awake_until = self.clock.monotonic() + self.b.awake_window_s
@@ -236,17 +245,30 @@ class SimOtaDevice:
         )
         return self.network.from_device(packet)
 
-    def _zcl(self, cluster_id: int, command_id: int, payload: bytes, *, tsn: int | None = None,
-             general: bool = False, direction: foundation.Direction = foundation.Direction.Client_to_Server,
-             disable_default_response: bool = True) -> int:
+    def _zcl(
+        self,
+        cluster_id: int,
+        command_id: int,
+        payload: bytes,
+        *,
+        tsn: int | None = None,
+        general: bool = False,
+        direction: foundation.Direction = foundation.Direction.Client_to_Server,
+        disable_default_response: bool = True,
+    ) -> int:
         tsn = self._next_tsn() if tsn is None else tsn
         hdr = foundation.ZCLHeader(
             frame_control=foundation.FrameControl(
-                frame_type=foundation.FrameType.GLOBAL_COMMAND if general else foundation.FrameType.CLUSTER_COMMAND,
-                is_manufacturer_specific=0, direction=direction,
-                disable_default_response=int(disable_default_response), reserved=0,
+                frame_type=foundation.FrameType.GLOBAL_COMMAND
+                if general
+                else foundation.FrameType.CLUSTER_COMMAND,
+                is_manufacturer_specific=0,
+                direction=direction,
+                disable_default_response=int(disable_default_response),
+                reserved=0,
             ),
-            tsn=tsn, command_id=command_id,
+            tsn=tsn,
+            command_id=command_id,
         )
         self._send(cluster_id, hdr.serialize() + payload)
         return tsn
@@ -281,16 +303,22 @@ class SimOtaDevice:
         if packet.cluster_id == BASIC_ID:
             self._handle_basic(hdr, rest)
         elif packet.cluster_id == OTA_ID:
-            self._handle_ota(hdr, rest, broadcast=packet.dst is not None
-                             and packet.dst.addr_mode == t.AddrMode.Broadcast)
+            self._handle_ota(
+                hdr, rest, broadcast=packet.dst is not None and packet.dst.addr_mode == t.AddrMode.Broadcast
+            )
         elif not hdr.frame_control.disable_default_response and hdr.frame_control.is_cluster:
             self._default_rsp(packet.cluster_id, hdr, S.UNSUP_CLUSTER_COMMAND)
 
     def _default_rsp(self, cluster_id: int, hdr: foundation.ZCLHeader, status: foundation.Status) -> None:
         schema = foundation.GENERAL_COMMANDS[foundation.GeneralCommand.Default_Response].schema
-        self._zcl(cluster_id, foundation.GeneralCommand.Default_Response,
-                  schema(command_id=hdr.command_id, status=status).serialize(), tsn=hdr.tsn, general=True,
-                  direction=hdr.direction.flip())
+        self._zcl(
+            cluster_id,
+            foundation.GeneralCommand.Default_Response,
+            schema(command_id=hdr.command_id, status=status).serialize(),
+            tsn=hdr.tsn,
+            general=True,
+            direction=hdr.direction.flip(),
+        )
 
     # ------------------------------------------------------------------ ZDO interview
     def _handle_zdo(self, cluster_id: int, data: bytes) -> None:
@@ -298,26 +326,43 @@ class SimOtaDevice:
         if cluster_id == zdo_t.ZDOCmd.Node_Desc_req:
             flags = zdo_t.MACCapabilityFlags.AllocateAddress
             if not self.b.sleepy:
-                flags |= (zdo_t.MACCapabilityFlags.MainsPowered | zdo_t.MACCapabilityFlags.RxOnWhenIdle
-                          | zdo_t.MACCapabilityFlags.FullFunctionDevice)
+                flags |= (
+                    zdo_t.MACCapabilityFlags.MainsPowered
+                    | zdo_t.MACCapabilityFlags.RxOnWhenIdle
+                    | zdo_t.MACCapabilityFlags.FullFunctionDevice
+                )
             desc = zdo_t.NodeDescriptor(
                 logical_type=zdo_t.LogicalType.EndDevice if self.b.sleepy else zdo_t.LogicalType.Router,
-                complex_descriptor_available=0, user_descriptor_available=0, reserved=0, aps_flags=0,
-                frequency_band=zdo_t.FrequencyBand.Freq2400MHz, mac_capability_flags=flags,
-                manufacturer_code=self.manufacturer_code, maximum_buffer_size=82,
-                maximum_incoming_transfer_size=82, server_mask=0, maximum_outgoing_transfer_size=82,
+                complex_descriptor_available=0,
+                user_descriptor_available=0,
+                reserved=0,
+                aps_flags=0,
+                frequency_band=zdo_t.FrequencyBand.Freq2400MHz,
+                mac_capability_flags=flags,
+                manufacturer_code=self.manufacturer_code,
+                maximum_buffer_size=82,
+                maximum_incoming_transfer_size=82,
+                server_mask=0,
+                maximum_outgoing_transfer_size=82,
                 descriptor_capability_field=zdo_t.DescriptorCapability.NONE,
             )
             body = zdo_t.Status.SUCCESS.serialize() + t.NWK(self.nwk).serialize() + desc.serialize()
             self._send(zdo_t.ZDOCmd.Node_Desc_rsp, bytes([tsn]) + body, profile=0, src_ep=0, dst_ep=0)
         elif cluster_id == zdo_t.ZDOCmd.Active_EP_req:
-            body = (zdo_t.Status.SUCCESS.serialize() + t.NWK(self.nwk).serialize()
-                    + t.LVList[t.uint8_t, t.uint8_t]([self.endpoint]).serialize())
+            body = (
+                zdo_t.Status.SUCCESS.serialize()
+                + t.NWK(self.nwk).serialize()
+                + t.LVList[t.uint8_t, t.uint8_t]([self.endpoint]).serialize()
+            )
             self._send(zdo_t.ZDOCmd.Active_EP_rsp, bytes([tsn]) + body, profile=0, src_ep=0, dst_ep=0)
         elif cluster_id == zdo_t.ZDOCmd.Simple_Desc_req:
             sd = zdo_t.SizePrefixedSimpleDescriptor(
-                endpoint=self.endpoint, profile=PROFILE_HA, device_type=0x0100, device_version=1,
-                input_clusters=[BASIC_ID], output_clusters=[OTA_ID],
+                endpoint=self.endpoint,
+                profile=PROFILE_HA,
+                device_type=0x0100,
+                device_version=1,
+                input_clusters=[BASIC_ID],
+                output_clusters=[OTA_ID],
             )
             body = zdo_t.Status.SUCCESS.serialize() + t.NWK(self.nwk).serialize() + sd.serialize()
             self._send(zdo_t.ZDOCmd.Simple_Desc_rsp, bytes([tsn]) + body, profile=0, src_ep=0, dst_ep=0)
@@ -366,21 +411,32 @@ class SimOtaDevice:
                 records.append(foundation.ReadAttributeRecord(attrid=attrid, status=S.UNSUPPORTED_ATTRIBUTE))
             else:
                 value, type_id = found
-                records.append(foundation.ReadAttributeRecord(
-                    attrid=attrid, status=S.SUCCESS, value=foundation.TypeValue(type=type_id, value=value)))
+                records.append(
+                    foundation.ReadAttributeRecord(
+                        attrid=attrid, status=S.SUCCESS, value=foundation.TypeValue(type=type_id, value=value)
+                    )
+                )
         rsp_schema = foundation.GENERAL_COMMANDS[foundation.GeneralCommand.Read_Attributes_rsp].schema
         # a response travels opposite to the request: Basic server answers server->client, OTA *client* answers
         # client->server
-        self._zcl(cluster_id, foundation.GeneralCommand.Read_Attributes_rsp,
-                  rsp_schema(status_records=records).serialize(), tsn=hdr.tsn, general=True,
-                  direction=hdr.direction.flip())
+        self._zcl(
+            cluster_id,
+            foundation.GeneralCommand.Read_Attributes_rsp,
+            rsp_schema(status_records=records).serialize(),
+            tsn=hdr.tsn,
+            general=True,
+            direction=hdr.direction.flip(),
+        )
 
     def _handle_basic(self, hdr: foundation.ZCLHeader, rest: bytes) -> None:
         if hdr.frame_control.is_general and hdr.command_id == foundation.GeneralCommand.Read_Attributes:
             self._read_attributes(BASIC_ID, hdr, rest)
         elif not hdr.frame_control.disable_default_response:
-            self._default_rsp(BASIC_ID, hdr, S.UNSUP_GENERAL_COMMAND if hdr.frame_control.is_general
-                              else S.UNSUP_CLUSTER_COMMAND)
+            self._default_rsp(
+                BASIC_ID,
+                hdr,
+                S.UNSUP_GENERAL_COMMAND if hdr.frame_control.is_general else S.UNSUP_CLUSTER_COMMAND,
+            )
 
     # ------------------------------------------------------------------ OTA client
     def _handle_ota(self, hdr: foundation.ZCLHeader, rest: bytes, *, broadcast: bool) -> None:
@@ -407,8 +463,11 @@ class SimOtaDevice:
         if name == "image_notify":
             self.stats.notifies += 1
             self._on_notify(cmd, broadcast)
-        elif name == "upgrade_end_response" and self.state in ("waiting_apply", "apply_scheduled") \
-                and not self._tsn_outstanding(hdr.tsn):
+        elif (
+            name == "upgrade_end_response"
+            and self.state in ("waiting_apply", "apply_scheduled")
+            and not self._tsn_outstanding(hdr.tsn)
+        ):
             # unsolicited Upgrade End Response: the server's later trigger
             self._on_upgrade_end_response(cmd)
         else:
@@ -416,7 +475,10 @@ class SimOtaDevice:
                 self.stats.block_responses += 1
             self._count_response(hdr.tsn, name)
             self._rx.put_nowait((hdr, cmd))
-        if not hdr.frame_control.disable_default_response and name in ("image_notify", "upgrade_end_response"):
+        if not hdr.frame_control.disable_default_response and name in (
+            "image_notify",
+            "upgrade_end_response",
+        ):
             self._default_rsp(OTA_ID, hdr, S.SUCCESS)
 
     def _tsn_outstanding(self, tsn: int) -> bool:
@@ -433,14 +495,20 @@ class SimOtaDevice:
         if self.state not in ("idle",) or not self.b.answers_notify:
             return
         pt = cmd.payload_type
-        if pt >= Ota.ImageNotifyCommand.PayloadType.QueryJitter_ManufacturerCode and \
-                cmd.manufacturer_code not in (self.manufacturer_code, 0xFFFF):
+        if (
+            pt >= Ota.ImageNotifyCommand.PayloadType.QueryJitter_ManufacturerCode
+            and cmd.manufacturer_code not in (self.manufacturer_code, 0xFFFF)
+        ):
             return
-        if pt >= Ota.ImageNotifyCommand.PayloadType.QueryJitter_ManufacturerCode_ImageType and \
-                cmd.image_type not in (self.image_type, 0xFFFF):
+        if (
+            pt >= Ota.ImageNotifyCommand.PayloadType.QueryJitter_ManufacturerCode_ImageType
+            and cmd.image_type not in (self.image_type, 0xFFFF)
+        ):
             return
-        if pt >= Ota.ImageNotifyCommand.PayloadType.QueryJitter_ManufacturerCode_ImageType_NewFileVersion and \
-                cmd.new_file_version == self.file_version:
+        if (
+            pt >= Ota.ImageNotifyCommand.PayloadType.QueryJitter_ManufacturerCode_ImageType_NewFileVersion
+            and cmd.new_file_version == self.file_version
+        ):
             return
         if broadcast and self.rng.randint(1, 100) > cmd.query_jitter:
             return
@@ -468,9 +536,14 @@ class SimOtaDevice:
         self._timeout_fut = loop.create_future()
         self._deadline = self.clock.monotonic() + (timeout_s or self.b.response_timeout_s)
         getter = loop.create_task(self._rx.get())
+        network = self.network
+        if network is not None:
+            network.waiting.add(self)  # `awaiting_response` can only be true in here
         try:
             done, _ = await asyncio.wait({getter, self._timeout_fut}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if network is not None:
+                network.waiting.discard(self)
             self._deadline = None
             if not self._timeout_fut.done():
                 self._timeout_fut.set_result(None)
@@ -504,8 +577,11 @@ class SimOtaDevice:
 
     def _query_fields(self) -> dict[str, Any]:
         fc = Ota.QueryNextImageCommand.FieldControl(0)
-        fields: dict[str, Any] = dict(manufacturer_code=self.manufacturer_code, image_type=self.image_type,
-                                      current_file_version=self.file_version)
+        fields: dict[str, Any] = dict(
+            manufacturer_code=self.manufacturer_code,
+            image_type=self.image_type,
+            current_file_version=self.file_version,
+        )
         if self.b.hardware_version is not None:
             fc |= Ota.QueryNextImageCommand.FieldControl.HardwareVersion
             fields["hardware_version"] = self.b.hardware_version
@@ -523,8 +599,11 @@ class SimOtaDevice:
             self.state = "idle"
             return
         rsp = got[1]
-        if rsp.manufacturer_code not in (self.manufacturer_code, 0xFFFF) or \
-                rsp.image_type not in (self.image_type, 0xFFFF) or rsp.file_version == self.file_version:
+        if (
+            rsp.manufacturer_code not in (self.manufacturer_code, 0xFFFF)
+            or rsp.image_type not in (self.image_type, 0xFFFF)
+            or rsp.file_version == self.file_version
+        ):
             self.state = "idle"
             return
         ident = (rsp.manufacturer_code, rsp.image_type, rsp.file_version)
@@ -539,8 +618,13 @@ class SimOtaDevice:
         assert self.image_ident is not None
         mfr, itype, ver = self.image_ident
         fc = Ota.ImageBlockCommand.FieldControl(0)
-        fields: dict[str, Any] = dict(manufacturer_code=mfr, image_type=itype, file_version=ver,
-                                      file_offset=offset, maximum_data_size=self.b.max_data_size)
+        fields: dict[str, Any] = dict(
+            manufacturer_code=mfr,
+            image_type=itype,
+            file_version=ver,
+            file_offset=offset,
+            maximum_data_size=self.b.max_data_size,
+        )
         if self.b.min_block_period_ms:
             fc |= Ota.ImageBlockCommand.FieldControl.MinimumBlockPeriod
             fields["minimum_block_period"] = self.b.min_block_period_ms
@@ -553,14 +637,14 @@ class SimOtaDevice:
             if self.b.stall_at is not None and not self._stalled_once and self.offset >= self.b.stall_at:
                 self._stalled_once = True
                 if self.b.stall_for_s is None:
-                    self.state = "idle"   # gives up silently; keeps the partial image for a later resume
+                    self.state = "idle"  # gives up silently; keeps the partial image for a later resume
                     return
                 await self.clock.sleep(self.b.stall_for_s)
             got = await self._request_next()
             if got is None:
                 retries += 1
                 if retries > self.b.max_retries:
-                    self.state = "idle"   # server gone: keep partial, resume on the next check-in
+                    self.state = "idle"  # server gone: keep partial, resume on the next check-in
                     return
                 continue
             retries = 0
@@ -575,7 +659,7 @@ class SimOtaDevice:
                 if delay > 0:
                     await self.clock.sleep(delay)
                 continue
-            if cmd.status != S.SUCCESS:   # ABORT or anything else ends this download
+            if cmd.status != S.SUCCESS:  # ABORT or anything else ends this download
                 self.image_ident = None
                 self.state = "idle"
                 return
@@ -585,15 +669,20 @@ class SimOtaDevice:
 
     def _accept_block(self, cmd: Any) -> bool:
         """Store a SUCCESS block if it fits; True when it advanced (or re-confirmed) the image."""
-        if self.image_ident is None or (cmd.manufacturer_code, cmd.image_type, cmd.file_version) != self.image_ident:
+        if (
+            self.image_ident is None
+            or (cmd.manufacturer_code, cmd.image_type, cmd.file_version) != self.image_ident
+        ):
             return False
         off, data = int(cmd.file_offset), bytes(cmd.image_data)
         if off > self.offset or off + len(data) > self.image_size or not data:
             return False
-        if off < self.offset and bytes(self.assembled[off:off + len(data)][: self.offset - off]) != \
-                data[: self.offset - off]:
+        if (
+            off < self.offset
+            and bytes(self.assembled[off : off + len(data)][: self.offset - off]) != data[: self.offset - off]
+        ):
             raise AssertionError(f"server re-sent different bytes at offset {off}")
-        self.assembled[off:off + len(data)] = data
+        self.assembled[off : off + len(data)] = data
         self.stats.bytes_received += len(data)
         self.stats.block_log.append((self.clock.monotonic(), off, len(data)))
         self.offset = max(self.offset, off + len(data))
@@ -615,7 +704,7 @@ class SimOtaDevice:
             self._ota_request("image_block", truncate=3, **self._block_fields(offset))
             got = await self._await_rx()
             if got is not None and hdr_is_default(got[0]):
-                pass   # the server answered MALFORMED_COMMAND, as it should
+                pass  # the server answered MALFORMED_COMMAND, as it should
         tsn = self._ota_request("image_block", **self._block_fields(offset))
         if self.b.duplicate_every and n % self.b.duplicate_every == 0:
             self._ota_request("image_block", **self._block_fields(offset))
@@ -640,8 +729,14 @@ class SimOtaDevice:
         page_end = min(self.image_size, start + self.b.page_size)
         self.stats.page_requests += 1
         self._ota_request(
-            "image_page", field_control=0, manufacturer_code=mfr, image_type=itype, file_version=ver,
-            file_offset=start, maximum_data_size=self.b.max_data_size, page_size=self.b.page_size,
+            "image_page",
+            field_control=0,
+            manufacturer_code=mfr,
+            image_type=itype,
+            file_version=ver,
+            file_offset=start,
+            maximum_data_size=self.b.max_data_size,
+            page_size=self.b.page_size,
             response_spacing=self.b.response_spacing_ms,
         )
         last = None
@@ -649,7 +744,7 @@ class SimOtaDevice:
             # blocks of a page come response_spacing apart: allow that per block on top of the timeout
             got = await self._await_rx(self.b.response_timeout_s + self.b.response_spacing_ms / 1000)
             if got is None:
-                return last   # partial page: caller asks again from self.offset
+                return last  # partial page: caller asks again from self.offset
             hdr, cmd = got
             if hdr_is_default(hdr) or hdr.command_id != 0x05:
                 continue
@@ -679,8 +774,9 @@ class SimOtaDevice:
         self.state = "ending"
         self.end_sent += 1
         got = await self._exchange(
-            lambda: self._ota_request("upgrade_end", status=status, manufacturer_code=mfr, image_type=itype,
-                                      file_version=ver),
+            lambda: self._ota_request(
+                "upgrade_end", status=status, manufacturer_code=mfr, image_type=itype, file_version=ver
+            ),
             lambda tsn, hdr, cmd: hdr.tsn == tsn and hdr.command_id in (0x07, 0x0B),
         )
         self.image_ident = None
@@ -724,8 +820,13 @@ class SimOtaDevice:
         """Send Query Specific File for `file_version`; returns the response (or None)."""
         got = await self._exchange(
             lambda: self._ota_request(
-                "query_specific_file", request_node_addr=self.ieee, manufacturer_code=self.manufacturer_code,
-                image_type=self.image_type, file_version=file_version, current_zigbee_stack_version=2),
+                "query_specific_file",
+                request_node_addr=self.ieee,
+                manufacturer_code=self.manufacturer_code,
+                image_type=self.image_type,
+                file_version=file_version,
+                current_zigbee_stack_version=2,
+            ),
             lambda tsn, hdr, cmd: hdr.tsn == tsn and hdr.command_id in (0x09, 0x0B),
         )
         return None if got is None else got[1]
