@@ -418,8 +418,9 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
-    if base_dir is not None and not cfg.data_dir.is_absolute():
-        cfg = cfg.model_copy(update={"data_dir": base_dir / cfg.data_dir})
+    if not cfg.data_dir.is_absolute():
+        # absolute from here on: workers (the chip SDK controller) run with another working directory
+        cfg = cfg.model_copy(update={"data_dir": (base_dir or Path.cwd()).absolute() / cfg.data_dir})
     return cfg
 
 

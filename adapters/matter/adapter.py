@@ -1,6 +1,6 @@
 """The Matter adapter the service starts: fabric admin + the Python OTA Provider node + the admin loop.
 
-`MatterAdapter(config, core, clock, data_dir)`; `await start()` / `await stop()`. Start-up, in order:
+`MatterAdapter(matter_config, core, clock, data_dir)` (its `MatterConfig` section, like the Zigbee adapter); `await start()` / `await stop()`. Start-up, in order:
   1. preconditions: IPv6 sockets, the chip SDK controller worker (root, unshare, SDK importable); otherwise
      `AdapterStartError` with the reason (the gateway serves without Matter);
   2. the fabric (`FabricAdmin`, storage in `<data_dir>/matter/`, owner-only): created on first start, loaded later;
@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import socket
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from adapters.matter.interaction.server import IMServer
 from adapters.matter.node import ProviderNode
 from adapters.matter.provider import MatterOtaProvider, ProviderFabric, matter_device_key
 from gateway.clock import Clock
-from gateway.config import Config
+from gateway.config import MatterConfig
 from gateway.core.interface import DeviceInfo, DeviceKey, ReportedStatus, StatusReport, UpdateCoreInterface
 
 __all__ = ["AdapterStartError", "MatterAdapter"]
@@ -49,8 +48,9 @@ POLL_S = 1.0  # how often subscription reports are drained from the worker
 ANNOUNCE_CHECK_S = 15.0  # how often the plan is checked for nodes to announce to
 ANNOUNCE_REPEAT_S = 3600.0  # re-announce the same image to a silent node after this long
 RETRY_S = 60.0  # a node that could not be reached is retried after this long
-VERIFY_BACKOFF_S = (2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)  # SoftwareVersion read-backs after an install
-VERIFY_TIMEOUT_MS = 8000
+VERIFY_BACKOFF_S = (3.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)  # SoftwareVersion read-backs after an install
+VERIFY_TIMEOUT_MS = 5000
+SUBSCRIBE_MAX_S = 10  # max interval: a rebooted node's lost subscription is noticed (and re-made) within ~this
 
 # UpdateStateEnum (Matter 11.20.7.4.x)
 _IDLE, _QUERYING, _DELAYED_ON_QUERY, _DOWNLOADING, _APPLYING, _DELAYED_ON_APPLY, _ROLLING_BACK = 1, 2, 3, 4, 5, 6, 7
@@ -75,10 +75,9 @@ def ipv6_unavailable_reason() -> str | None:
 class MatterAdapter:
     """See the module docstring."""
 
-    def __init__(self, config: Config, core: UpdateCoreInterface, clock: Clock, data_dir: str | os.PathLike[str],
-                 *, netns: str | None = None, control_socket: bool = True) -> None:
-        self.config = config
-        self.cfg = config.matter
+    def __init__(self, config: MatterConfig, core: UpdateCoreInterface, clock: Clock,
+                 data_dir: str | os.PathLike[str], *, netns: str | None = None, control_socket: bool = True) -> None:
+        self.cfg = config
         self.core = core
         self.clock = clock
         self.dir = matter_dir(data_dir)
@@ -186,7 +185,7 @@ class MatterAdapter:
         self._versions[node_id] = (b.get("SoftwareVersion"), b.get("SoftwareVersionString"))
         if info.get("has_requestor"):
             await self.admin.set_provider(node_id)
-            await self.admin.subscribe(node_id)
+            await self.admin.subscribe(node_id, min_s=0, max_s=SUBSCRIBE_MAX_S)
         self._adopted.add(node_id)
         self._retry_at.pop(node_id, None)
 
@@ -267,7 +266,7 @@ class MatterAdapter:
         for item in (plan() if plan else []):
             if item.device_id in mine and item.outcome == "update":
                 due.setdefault(item.device_id, item.image_id)
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for dev, image in due.items():
             last = self._announced.get(dev)
             if last is not None and last[0] == image and now - last[1] < ANNOUNCE_REPEAT_S:

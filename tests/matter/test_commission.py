@@ -8,6 +8,7 @@ poll_events). Then `otagw matter nodes --json` lists the node from the same data
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -102,3 +103,47 @@ async def test_commission_read_set_provider_subscribe(netns_pair: NetnsPair, tmp
     assert [
         (n["node_id"], n["vendor_id"], n["product_id"], n["software_version"]) for n in listed["nodes"]
     ] == [(node_id, 0xFFF1, 0x8000, 3)]
+
+
+async def test_cli_commission_goes_through_the_running_gateway(netns_pair: NetnsPair, tmp_path: Path) -> None:
+    """While the gateway runs it owns the fabric; `otagw matter commission` hands the job to its control socket."""
+    _skip_unless_peers()
+    from adapters.matter.adapter import MatterAdapter
+    from gateway.clock import SystemClock
+    from gateway.config import parse_config
+    from gateway.core.service import UpdateCore
+    from gateway.store.store import ImageStore
+
+    pair = netns_pair
+    paa = export_paas(tmp_path / "paa")
+    cfg_file = tmp_path / "otagw.yaml"
+    cfg_file.write_text(f"data_dir: {tmp_path / 'data'}\nmatter:\n  node_id: {PROVIDER_NODE}\n"
+                        f"  paa_trust_store: {paa}\n  interfaces: [{pair.a.iface}]\n")
+    from gateway.config import load_config
+
+    cfg = load_config(cfg_file)
+    assert parse_config({}).matter.port == cfg.matter.port
+    store = ImageStore(cfg.data_dir)
+    await store.open()
+    core = UpdateCore(cfg, store, SystemClock(), auto_sweep=False)
+    await core.start()
+    adapter = MatterAdapter(cfg.matter, core, SystemClock(), cfg.data_dir, netns=pair.a.netns)
+    device = MatterJsDevice(pair.b.netns, tmp_path / "device")
+    try:
+        ready = await device.start()
+        with pair.enter(pair.a):
+            await adapter.start()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "-c", str(cfg_file), "matter", "commission", ready["qrPairingCode"],
+            "--json", cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 180)
+        assert proc.returncode == 0, err.decode()
+        entry = json.loads(out)
+        assert (entry["vendor_id"], entry["product_id"], entry["default_provider"]) == (0xFFF1, 0x8000, PROVIDER_NODE)
+        rec = core.get_device(adapter.key(entry["node_id"]).device_id)
+        assert rec is not None and rec.current_version == 1  # adopted: observed by the core
+    finally:
+        await adapter.stop()
+        await core.stop()
+        await store.close()
+        await device.stop()

@@ -139,7 +139,7 @@ class Gateway:
             await asyncio.sleep(0.2)
 
     async def commission(self, device: MatterJsDevice, ready: dict[str, Any]) -> int:
-        got = await self.adapter.commission(ready["manualPairingCode"], timeout_s=30)
+        got = await self.adapter.commission(ready["qrPairingCode"], timeout_s=30)
         return int(got["node_id"])
 
 
@@ -164,7 +164,7 @@ async def start_gateway(pair: NetnsPair, tmp: Path, images: list[Path], **policy
     clock = SystemClock()
     core = UpdateCore(cfg, store, clock, auto_sweep=False)
     await core.start()
-    adapter = MatterAdapter(cfg, core, clock, cfg.data_dir, netns=pair.a.netns)
+    adapter = MatterAdapter(cfg.matter, core, clock, cfg.data_dir, netns=pair.a.netns)
     with pair.enter(pair.a):
         await adapter.start()
     return Gateway(core, store, adapter, pair, tmp)
@@ -235,9 +235,10 @@ async def test_two_devices_at_once(
             netns_pair.b.netns, tmp_path / "d2", port=5541, discriminator=3841, passcode=20202022
         )
         devices += [d1, d2]
-        r1, r2 = await asyncio.gather(d1.start(), d2.start())
-        n1 = await gw.commission(d1, r1)
-        n2 = await gw.commission(d2, r2)
+        # one commissionable device at a time: both share netns B's address and host name, and the chip SDK's
+        # on-network discovery can then reach the wrong one of two open commissioning windows
+        n1 = await gw.commission(d1, await d1.start())
+        n2 = await gw.commission(d2, await d2.start())
         await gw.adapter._announce_due()
         a1, a2 = await asyncio.gather(
             *(d.wait_for(lambda e: e["event"] == "applied", 120, "applied") for d in (d1, d2))
