@@ -32,14 +32,30 @@ def devices(n: int) -> list[DeviceInfo]:
         if i % 2 == 0:
             prod = (i // 2) % 50
             key = DeviceKey("matter", f"fabric:{i % 4:016x}", f"{i:016X}", 0)
-            out.append(DeviceInfo(key, vendor_id=0xFFF1, product_id=0x8000 + prod, current_version=1,
-                                  current_version_string="1", sleepy=sleepy))
+            out.append(
+                DeviceInfo(
+                    key,
+                    vendor_id=0xFFF1,
+                    product_id=0x8000 + prod,
+                    current_version=1,
+                    current_version_string="1",
+                    sleepy=sleepy,
+                )
+            )
         else:
             prod = (i // 2) % 50
             ieee = ":".join(f"{b:02x}" for b in i.to_bytes(8, "big"))
             key = DeviceKey("zigbee", f"pan:{i % 10:04x}", ieee, 1)
-            out.append(DeviceInfo(key, vendor_id=0x117C, product_id=0x2800 + prod, current_version=1,
-                                  sleepy=sleepy, model=f"M{prod}"))
+            out.append(
+                DeviceInfo(
+                    key,
+                    vendor_id=0x117C,
+                    product_id=0x2800 + prod,
+                    current_version=1,
+                    sleepy=sleepy,
+                    model=f"M{prod}",
+                )
+            )
     return out
 
 
@@ -49,8 +65,13 @@ async def fill_store(store: ImageStore, n: int) -> None:
     for p in range(products):
         for v in range(2, 2 + per):
             payload = bytes([p & 0xFF, v]) * 2048
-            m = build_matter_image(payload, vendor_id=0xFFF1, product_id=0x8000 + p, software_version=v,
-                                   software_version_string=f"{v}.0")
+            m = build_matter_image(
+                payload,
+                vendor_id=0xFFF1,
+                product_id=0x8000 + p,
+                software_version=v,
+                software_version_string=f"{v}.0",
+            )
             await store.add_bytes(m, file_name=f"m{p}-{v}.ota", source="bench")
             z = build_zigbee_image(payload, manufacturer_code=0x117C, image_type=0x2800 + p, file_version=v)
             await store.add_bytes(z, file_name=f"z{p}-{v}.ota", source="bench")
@@ -70,14 +91,18 @@ async def main(n_dev: int, n_img: int, conc: int) -> None:
         t = time.perf_counter()
         await fill_store(store, n_img)
         entries = await store.list()
-        print(f"catalog: {len(entries)} images imported in {time.perf_counter() - t:.1f} s (set-up, not core)")
+        print(
+            f"catalog: {len(entries)} images imported in {time.perf_counter() - t:.1f} s (set-up, not core)"
+        )
         devs = devices(n_dev)
 
         core = UpdateCore(cfg, store, SystemClock(), auto_sweep=False)
         t = time.perf_counter()
         await core.start()
         print(f"start-up, empty state: {(time.perf_counter() - t) * 1000:.0f} ms")
-        target = next(e for e in entries if e.protocol == "matter" and e.product_id == 0x8000 and e.numeric_version == 6)
+        target = next(
+            e for e in entries if e.protocol == "matter" and e.product_id == 0x8000 and e.numeric_version == 6
+        )
         await core.create_rollout(target.image_id, waves=["1", "10%", "100%"])
 
         t = time.perf_counter()
@@ -94,8 +119,10 @@ async def main(n_dev: int, n_img: int, conc: int) -> None:
             res = await core.query(d)
             lat.append(time.perf_counter() - t0)
             outcomes[type(res).__name__] = outcomes.get(type(res).__name__, 0) + 1
-        print(f"query latency, sequential, {n_dev} decisions: p50 {statistics.median(lat) * 1e6:.0f} us, "
-              f"p99 {pct(lat, 0.99) * 1e6:.0f} us, max {max(lat) * 1e3:.1f} ms; outcomes {outcomes}")
+        print(
+            f"query latency, sequential, {n_dev} decisions: p50 {statistics.median(lat) * 1e6:.0f} us, "
+            f"p99 {pct(lat, 0.99) * 1e6:.0f} us, max {max(lat) * 1e3:.1f} ms; outcomes {outcomes}"
+        )
         print(f"  sequential throughput: {n_dev / sum(lat):,.0f} decisions/s")
 
         # 2) sustained: `conc` devices asking at once, several rounds (group commit batches their writes)
@@ -113,8 +140,10 @@ async def main(n_dev: int, n_img: int, conc: int) -> None:
         for _ in range(rounds):
             await asyncio.gather(*(one(d) for d in devs))
         dt = time.perf_counter() - t
-        print(f"sustained, {conc} concurrent, {rounds * n_dev} decisions: {rounds * n_dev / dt:,.0f} decisions/s "
-              f"(p50 {statistics.median(lat2) * 1e3:.2f} ms, p99 {pct(lat2, 0.99) * 1e3:.2f} ms incl. queueing)")
+        print(
+            f"sustained, {conc} concurrent, {rounds * n_dev} decisions: {rounds * n_dev / dt:,.0f} decisions/s "
+            f"(p50 {statistics.median(lat2) * 1e3:.2f} ms, p99 {pct(lat2, 0.99) * 1e3:.2f} ms incl. queueing)"
+        )
 
         # 3) transfer bookkeeping: progress calls for the live transfers
         live = [r for r in core.list_devices({"state": "querying"})]
@@ -146,8 +175,10 @@ async def main(n_dev: int, n_img: int, conc: int) -> None:
         async with core._db.conn.execute("SELECT count(*) FROM history") as cur:
             row = await cur.fetchone()
             hist_rows = row[0] if row else 0
-        print(f"start-up with {len(core.list_devices())} devices, {hist_rows} history rows, {len(entries)} images, "
-              f"1 rollout: {dt * 1000:.0f} ms")
+        print(
+            f"start-up with {len(core.list_devices())} devices, {hist_rows} history rows, {len(entries)} images, "
+            f"1 rollout: {dt * 1000:.0f} ms"
+        )
         res = await core.query(devs[0])
         assert not isinstance(res, Available) or res.token
         await core.stop()

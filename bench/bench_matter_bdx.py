@@ -128,7 +128,9 @@ def run_concurrent(image: bytes, block: int, n: int) -> tuple[float, int]:
 
 def report(label: str, wall: float, cpu: float | None, blocks: int, nbytes: int) -> None:
     cpu_s = f", sender CPU {cpu / blocks * 1e6:.1f} µs/block" if cpu is not None else ""
-    print(f"{label:<38} {wall * 1000:8.1f} ms  {blocks / wall:10.0f} blocks/s  {nbytes / MiB / wall:8.1f} MiB/s{cpu_s}")
+    print(
+        f"{label:<38} {wall * 1000:8.1f} ms  {blocks / wall:10.0f} blocks/s  {nbytes / MiB / wall:8.1f} MiB/s{cpu_s}"
+    )
 
 
 def main() -> None:
@@ -145,7 +147,9 @@ def main() -> None:
     wall, cpu, blocks = asyncio.run(run_udp(image, args.block))
     report("UDP loopback (M1 udp.py, no crypto)", wall, cpu, blocks, args.size)
     wall, blocks = run_concurrent(image, args.block, args.concurrent)
-    report(f"{args.concurrent} concurrent, one shared reader", wall, None, blocks, args.size * args.concurrent)
+    report(
+        f"{args.concurrent} concurrent, one shared reader", wall, None, blocks, args.size * args.concurrent
+    )
     print("reference: matter.js provider moved 1 MiB to a matter.js requestor in 1.14 s (shared notes)")
 
 

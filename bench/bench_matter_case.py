@@ -60,14 +60,20 @@ def main() -> int:
     elapsed = time.perf_counter() - start
 
     resp = [a + b for a, b in zip(t_sigma1, t_sigma3, strict=True)]
-    print(f"CASE handshakes (responder + initiator in one thread): {count} in {elapsed:.2f} s "
-          f"= {count / elapsed:.1f} handshakes/s")
-    print(f"responder CPU per handshake: median {statistics.median(resp) * 1e3:.2f} ms "
-          f"(Sigma1->Sigma2 {statistics.median(t_sigma1) * 1e3:.2f} ms, "
-          f"Sigma3 validation {statistics.median(t_sigma3) * 1e3:.2f} ms), "
-          f"p95 {sorted(resp)[int(0.95 * (len(resp) - 1))] * 1e3:.2f} ms")
-    print(f"responder-only capacity: {1 / statistics.median(resp):.0f} handshakes/s per core "
-          f"({args.fabrics} fabric(s) searched)")
+    print(
+        f"CASE handshakes (responder + initiator in one thread): {count} in {elapsed:.2f} s "
+        f"= {count / elapsed:.1f} handshakes/s"
+    )
+    print(
+        f"responder CPU per handshake: median {statistics.median(resp) * 1e3:.2f} ms "
+        f"(Sigma1->Sigma2 {statistics.median(t_sigma1) * 1e3:.2f} ms, "
+        f"Sigma3 validation {statistics.median(t_sigma3) * 1e3:.2f} ms), "
+        f"p95 {sorted(resp)[int(0.95 * (len(resp) - 1))] * 1e3:.2f} ms"
+    )
+    print(
+        f"responder-only capacity: {1 / statistics.median(resp):.0f} handshakes/s per core "
+        f"({args.fabrics} fabric(s) searched)"
+    )
     print(f"responder share of handshake time: {sum(resp) / elapsed:.0%}")
     return 0
 

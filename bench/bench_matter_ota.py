@@ -49,9 +49,29 @@ VID, PID = 0xFFF1, 0x8000
 def make_image(tmp: Path, size: int) -> Path:
     payload, out = tmp / "payload.bin", tmp / "bench-2.ota"
     payload.write_bytes(hashlib.shake_256(b"otagw-bench").digest(size))
-    subprocess.run([sys.executable, "-m", "gateway", "image", "create-matter", "--vendor-id", hex(VID),
-                    "--product-id", hex(PID), "--version", "2", "--version-string", "2.0", str(payload), str(out)],
-                   cwd=REPO, check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "image",
+            "create-matter",
+            "--vendor-id",
+            hex(VID),
+            "--product-id",
+            hex(PID),
+            "--version",
+            "2",
+            "--version-string",
+            "2.0",
+            str(payload),
+            str(out),
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return out
 
 
@@ -75,16 +95,27 @@ class Gateway:
 
     async def __aenter__(self) -> Gateway:
         paa = export_paas(self.tmp / "paa")
-        self.cfg = parse_config({"data_dir": str(self.tmp / "gw"), "policy": {"budgets": {"per_network_default": 64}},
-                                 "matter": {"port": 5540, "interfaces": [self.pair.a.iface],
-                                            "paa_trust_store": str(paa), "node_id": PROVIDER}})
+        self.cfg = parse_config(
+            {
+                "data_dir": str(self.tmp / "gw"),
+                "policy": {"budgets": {"per_network_default": 64}},
+                "matter": {
+                    "port": 5540,
+                    "interfaces": [self.pair.a.iface],
+                    "paa_trust_store": str(paa),
+                    "node_id": PROVIDER,
+                },
+            }
+        )
         self.store = ImageStore(self.cfg.data_dir)
         await self.store.open()
         await self.store.add_file(self.image)
         clock = SystemClock()
         self.core = UpdateCore(self.cfg, self.store, clock, auto_sweep=False)
         await self.core.start()
-        self.adapter = MatterAdapter(self.cfg.matter, self.core, clock, self.cfg.data_dir, netns=self.pair.a.netns)
+        self.adapter = MatterAdapter(
+            self.cfg.matter, self.core, clock, self.cfg.data_dir, netns=self.pair.a.netns
+        )
         with self.pair.enter(self.pair.a):
             await self.adapter.start()
         return self
@@ -131,9 +162,23 @@ async def one_matterjs(pair: NetnsPair, tmp: Path, image: Path) -> float:
         (tmp / "mjs").mkdir()
         log = open(tmp / "mjs" / "provider.log", "wb")  # noqa: SIM115
         provider = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", pair.a.netns, "node", str(JS_DIR / "matterjs_ota_provider.mjs"), "--dir",
-            str(tmp / "mjs"), "--image", str(image), "--code", ready["manualPairingCode"], cwd=str(JS_DIR),
-            stdout=log, stderr=log, start_new_session=True)
+            "ip",
+            "netns",
+            "exec",
+            pair.a.netns,
+            "node",
+            str(JS_DIR / "matterjs_ota_provider.mjs"),
+            "--dir",
+            str(tmp / "mjs"),
+            "--image",
+            str(image),
+            "--code",
+            ready["manualPairingCode"],
+            cwd=str(JS_DIR),
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
         log.close()
         applied = await dev.wait_for(lambda e: e["event"] == "applied", 300, "applied (matter.js provider)")
         assert applied["sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
@@ -161,8 +206,12 @@ async def announce(gw: Gateway, node: int, attempts: int = 3) -> None:
 
 
 async def many_otagw(pair: NetnsPair, tmp: Path, image: Path, n: int) -> dict[str, float]:
-    devs = [MatterJsDevice(pair.b.netns, tmp / f"many-{i}", port=5540 + i, discriminator=3840 + i,
-                           passcode=20202021 + i) for i in range(n)]
+    devs = [
+        MatterJsDevice(
+            pair.b.netns, tmp / f"many-{i}", port=5540 + i, discriminator=3840 + i, passcode=20202021 + i
+        )
+        for i in range(n)
+    ]
     try:
         async with Gateway(pair, tmp / "otagw-many", image) as gw:
             # one commissionable device at a time (they share netns B's address and host name)
@@ -170,17 +219,22 @@ async def many_otagw(pair: NetnsPair, tmp: Path, image: Path, n: int) -> dict[st
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: peak RSS of the transfer phase only
             t0 = time.monotonic()
             await asyncio.gather(*(announce(gw, nd) for nd in nodes))
-            applied = await asyncio.gather(*(d.wait_for(lambda e: e["event"] == "applied", 600, "applied")
-                                             for d in devs))
+            applied = await asyncio.gather(
+                *(d.wait_for(lambda e: e["event"] == "applied", 600, "applied") for d in devs)
+            )
             t_applied = max(a["t"] for a in applied) - t0
             await gw.wait_updated(nodes, 300)
             t_updated = time.monotonic() - t0
             assert gw.adapter.admin is not None and gw.adapter.admin.runner._proc is not None
             worker = gw.adapter.admin.runner._proc.pid
             # the worker runs as `unshare ... sh -c ... exec python`: its pid is the python process
-            return {"applied_s": t_applied, "updated_s": t_updated, "gateway_peak_mib": _status_kb("self", "VmHWM") / 1024,
-                    "worker_peak_mib": _status_kb(worker, "VmHWM") / 1024,
-                    "per_device_s": sum(transfer_seconds(d, a) for d, a in zip(devs, applied, strict=True)) / n}
+            return {
+                "applied_s": t_applied,
+                "updated_s": t_updated,
+                "gateway_peak_mib": _status_kb("self", "VmHWM") / 1024,
+                "worker_peak_mib": _status_kb(worker, "VmHWM") / 1024,
+                "per_device_s": sum(transfer_seconds(d, a) for d, a in zip(devs, applied, strict=True)) / n,
+            }
     finally:
         await asyncio.gather(*(d.stop() for d in devs))
 
@@ -212,8 +266,10 @@ async def main() -> int:
             try:
                 t_mjs = await one_matterjs(pair, tmp, image)
                 print(f"   matter.js provider: transfer {t_mjs:6.2f} s  ({mib / t_mjs:5.2f} MiB/s)")
-                print(f"   ratio otagw / matter.js transfer time: {t_otagw / t_mjs:.2f} "
-                      f"({'otagw faster' if t_otagw < t_mjs else 'matter.js faster'})")
+                print(
+                    f"   ratio otagw / matter.js transfer time: {t_otagw / t_mjs:.2f} "
+                    f"({'otagw faster' if t_otagw < t_mjs else 'matter.js faster'})"
+                )
             finally:
                 delete_pair(pair)
         if a.devices < 1:
@@ -223,11 +279,15 @@ async def main() -> int:
             r = await many_otagw(pair, tmp, image, a.devices)
         finally:
             delete_pair(pair)
-        print(f"2. {a.devices} requestors at once from otagw: all applied after {r['applied_s']:.2f} s, all verified "
-              f"updated after {r['updated_s']:.2f} s (mean per-device transfer {r['per_device_s']:.2f} s; "
-              f"aggregate {a.devices * mib / r['applied_s']:.2f} MiB/s)")
-        print(f"   peak RSS: gateway process {r['gateway_peak_mib']:.1f} MiB, chip controller worker "
-              f"{r['worker_peak_mib']:.1f} MiB")
+        print(
+            f"2. {a.devices} requestors at once from otagw: all applied after {r['applied_s']:.2f} s, all verified "
+            f"updated after {r['updated_s']:.2f} s (mean per-device transfer {r['per_device_s']:.2f} s; "
+            f"aggregate {a.devices * mib / r['applied_s']:.2f} MiB/s)"
+        )
+        print(
+            f"   peak RSS: gateway process {r['gateway_peak_mib']:.1f} MiB, chip controller worker "
+            f"{r['worker_peak_mib']:.1f} MiB"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

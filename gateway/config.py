@@ -98,11 +98,14 @@ class PolicyRule(Section):
     match: PolicySelector = Field(default_factory=PolicySelector)
     allow_versions: list[VersionSpec] | None = Field(None, description="only these versions may be offered")
     block_versions: list[VersionSpec] = Field(default_factory=list, description="never offer these versions")
-    pin_version: VersionSpec | None = Field(None, description="offer exactly this version (numeric or string)")
+    pin_version: VersionSpec | None = Field(
+        None, description="offer exactly this version (numeric or string)"
+    )
     allow_downgrade: bool | None = None
     require_consent: bool | None = None
     auto_approve: bool | None = Field(
-        None, description="offer the newest allowed image without a rollout (false: only rollouts/pins update)"
+        None,
+        description="offer the newest allowed image without a rollout (false: only rollouts/pins update)",
     )
     download_window: str | None = Field(None, description="name in policy.windows, or 'always'")
     apply_window: str | None = Field(None, description="name in policy.windows, or 'always'")
@@ -120,7 +123,12 @@ class TimeWindow(Section):
     @classmethod
     def _hhmm(cls, v: str) -> str:
         m = re.fullmatch(r"(\d{1,2}):(\d{2})", v)
-        if not m or int(m.group(1)) > 24 or int(m.group(2)) > 59 or (int(m.group(1)) == 24 and m.group(2) != "00"):
+        if (
+            not m
+            or int(m.group(1)) > 24
+            or int(m.group(2)) > 59
+            or (int(m.group(1)) == 24 and m.group(2) != "00")
+        ):
             raise ValueError("expected HH:MM between 00:00 and 24:00")
         return v
 
@@ -136,7 +144,9 @@ def _check_tz(v: str) -> str:
     try:
         ZoneInfo(v)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {v!r} (expected an IANA name like Europe/Berlin or UTC)") from None
+        raise ValueError(
+            f"unknown time zone {v!r} (expected an IANA name like Europe/Berlin or UTC)"
+        ) from None
     return v
 
 
@@ -146,7 +156,9 @@ class BudgetConfig(Section):
     global_: int = Field(16, alias="global", ge=1, description="transfers at once, all protocols")
     per_protocol: dict[Literal["matter", "zigbee"], int] = Field(default_factory=dict)
     per_network: dict[str, int] = Field(default_factory=dict, description="e.g. {'pan:1a2b': 1}")
-    per_network_default: int | None = Field(4, ge=1, description="per Zigbee PAN / Matter fabric unless listed")
+    per_network_default: int | None = Field(
+        4, ge=1, description="per Zigbee PAN / Matter fabric unless listed"
+    )
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True)
 
@@ -231,19 +243,32 @@ class MatterConfig(Section):
     port: int = Field(5540, ge=0, le=65535, description="UDP port of the provider node (0 = any)")
     interfaces: list[str] = Field(default_factory=list, description="DNS-SD interfaces (empty = all)")
     # --- fabric admin + provider identity (owned by adapters/matter/adapter.py, fabric/admin.py)
-    node_id: int = Field(0x0000_0000_0A11_0001, ge=1, le=0xFFFF_FFEF_FFFF_FFFF,
-                         description="operational node id of the provider node on the gateway's fabric")
+    node_id: int = Field(
+        0x0000_0000_0A11_0001,
+        ge=1,
+        le=0xFFFF_FFEF_FFFF_FFFF,
+        description="operational node id of the provider node on the gateway's fabric",
+    )
     fabric_id: int = Field(1, ge=1, description="fabric id of the gateway's own fabric")
     vendor_id: int = Field(0xFFF1, ge=0, le=0xFFFE, description="admin vendor id written into the fabric")
-    controller_node_id: int = Field(112233, ge=1, le=0xFFFF_FFEF_FFFF_FFFF,
-                                    description="node id of the fabric admin (chip SDK controller)")
-    paa_trust_store: Path | None = Field(None, description="directory of PAA certificates (DER) for attestation")
+    controller_node_id: int = Field(
+        112233,
+        ge=1,
+        le=0xFFFF_FFEF_FFFF_FFFF,
+        description="node id of the fabric admin (chip SDK controller)",
+    )
+    paa_trust_store: Path | None = Field(
+        None, description="directory of PAA certificates (DER) for attestation"
+    )
     announce: bool = Field(True, description="send AnnounceOTAProvider when an update is due for a node")
     max_transfers: int = Field(64, ge=1, description="concurrent BDX transfers the provider serves")
     bdx_block_size: int = Field(1024, ge=64, le=8192, description="max BDX block size offered")
-    test_mode: MatterTestMode | None = Field(None, description="reference-provider test knobs for every requestor")
+    test_mode: MatterTestMode | None = Field(
+        None, description="reference-provider test knobs for every requestor"
+    )
     test_mode_devices: dict[str, MatterTestMode] = Field(
-        default_factory=dict, description="per-requestor test knobs, keyed by node id (decimal or 0x hex)")
+        default_factory=dict, description="per-requestor test knobs, keyed by node id (decimal or 0x hex)"
+    )
 
     @field_validator("test_mode_devices", mode="before")
     @classmethod
@@ -255,7 +280,9 @@ class MatterConfig(Section):
             try:
                 nid = k if isinstance(k, int) else int(str(k), 0)
             except ValueError:
-                raise ValueError(f"test_mode_devices: key {k!r} is not a node id (decimal or 0x hex)") from None
+                raise ValueError(
+                    f"test_mode_devices: key {k!r} is not a node id (decimal or 0x hex)"
+                ) from None
             if not 1 <= nid <= 0xFFFF_FFEF_FFFF_FFFF:
                 raise ValueError(f"test_mode_devices: node id {k!r} outside the operational range")
             out[f"{nid:016X}"] = knobs
@@ -269,7 +296,9 @@ class MatterConfig(Section):
 # ------------------------------------------------------------------------------------------ zigbee
 class ZigbeeRadioConfig(Section):
     type: Literal["ezsp", "znp", "deconz", "zigate", "xbee"] = "ezsp"
-    device: str = Field("/dev/ttyUSB0", description="serial path, or socket://HOST:PORT for a networked radio")
+    device: str = Field(
+        "/dev/ttyUSB0", description="serial path, or socket://HOST:PORT for a networked radio"
+    )
     baudrate: int = Field(115200, gt=0)
     flow_control: Literal["hardware", "software"] | None = None
     startup_timeout_s: float = Field(60.0, gt=0, description="give up starting the radio after this long")

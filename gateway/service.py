@@ -74,7 +74,9 @@ def load_adapter_class(target: str) -> type[Any]:
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise LookupError(f"{module_name} is not part of this installation") from None
-        raise LookupError(f"{module_name} needs the Python module {exc.name!r}, which is not installed") from None
+        raise LookupError(
+            f"{module_name} needs the Python module {exc.name!r}, which is not installed"
+        ) from None
     cls = getattr(module, class_name, None)
     if not isinstance(cls, type):
         raise LookupError(f"{module_name} has no class {class_name}")
@@ -154,8 +156,10 @@ class Gateway:
         if cfg.api.enabled:
             await self._start_api()
         running = [a.slot.name for a in self.adapters if a.state == "running"]
-        log.info("otagw is serving", extra={"fields": {"adapters": ",".join(running) or "none",
-                                                       "api": self.api_url or "disabled"}})
+        log.info(
+            "otagw is serving",
+            extra={"fields": {"adapters": ",".join(running) or "none", "api": self.api_url or "disabled"}},
+        )
 
     async def _import_configured_images(self) -> None:
         """Import the image sources named in `images:`; failures are logged one per file, never fatal."""
@@ -189,8 +193,12 @@ class Gateway:
         except Exception as exc:
             rt.state, rt.error = "failed", f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
             expected = type(exc).__name__ == "AdapterStartError"
-            log.error("%s adapter could not start: %s; serving without it", name, rt.error,
-                      exc_info=None if expected else exc)
+            log.error(
+                "%s adapter could not start: %s; serving without it",
+                name,
+                rt.error,
+                exc_info=None if expected else exc,
+            )
             with contextlib.suppress(Exception):
                 if rt.instance is not None:
                     await rt.instance.stop()
@@ -208,8 +216,15 @@ class Gateway:
             self.token, self.token_source = resolve_token(cfg.api.token, cfg.data_dir)
         except TokenError as exc:
             raise GatewayStartError(str(exc)) from None
-        svc = ApiServices(core=self.core, store=self.store, config=cfg, token=self.token, clock=self.clock,
-                          health=self.health, progress_interval=self._progress_interval)
+        svc = ApiServices(
+            core=self.core,
+            store=self.store,
+            config=cfg,
+            token=self.token,
+            clock=self.clock,
+            health=self.health,
+            progress_interval=self._progress_interval,
+        )
         app = create_app(svc)
         host, _, port = cfg.api.listen.rpartition(":")
         host = host.strip("[]")
@@ -219,12 +234,15 @@ class Gateway:
         try:
             await site.start()
         except OSError as exc:
-            raise GatewayStartError(f"api.listen {cfg.api.listen}: cannot listen: {exc.strerror or exc}") from None
+            raise GatewayStartError(
+                f"api.listen {cfg.api.listen}: cannot listen: {exc.strerror or exc}"
+            ) from None
         bound = self._runner.addresses[0] if self._runner.addresses else (host, int(port))
         shown = f"[{bound[0]}]" if ":" in str(bound[0]) else str(bound[0])
         self.api_url = f"http://{shown}:{bound[1]}"
-        log.info("API and dashboard listening", extra={"fields": {"url": self.api_url,
-                                                                   "token": self.token_source}})
+        log.info(
+            "API and dashboard listening", extra={"fields": {"url": self.api_url, "token": self.token_source}}
+        )
         log.info("dashboard: open %s/login and paste the token from %s", self.api_url, self.token_source)
 
     # -------------------------------------------------------------------------------------------- stop
@@ -286,8 +304,11 @@ class Gateway:
         except Exception as exc:
             log.error("SIGHUP: policy not reloaded: %s", exc)
             return False
-        changed = [name for name in ("data_dir", "images", "matter", "zigbee", "api", "log")
-                   if getattr(new, name) != getattr(self.config, name)]
+        changed = [
+            name
+            for name in ("data_dir", "images", "matter", "zigbee", "api", "log")
+            if getattr(new, name) != getattr(self.config, name)
+        ]
         self.config = self.config.model_copy(update={"policy": new.policy})
         log.info("policy reloaded", extra={"fields": {"config": str(source)}})
         if over:

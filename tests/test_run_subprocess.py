@@ -32,7 +32,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def request(url: str, *, data: bytes | None = None, method: str = "GET", auth: bool = True) -> tuple[int, bytes]:
+def request(
+    url: str, *, data: bytes | None = None, method: str = "GET", auth: bool = True
+) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=data, method=method)
     if auth:
         req.add_header("Authorization", f"Bearer {TOKEN}")
@@ -48,7 +50,9 @@ def request(url: str, *, data: bytes | None = None, method: str = "GET", auth: b
 def wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, f"otagw run exited early: {proc.stderr.read().decode() if proc.stderr else ''}"
+        assert proc.poll() is None, (
+            f"otagw run exited early: {proc.stderr.read().decode() if proc.stderr else ''}"
+        )
         try:
             status, body = request(base + "/healthz", auth=False)
             if status == 200:
@@ -62,27 +66,43 @@ def wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float = 30.0
 def test_run_upload_list_sigterm(tmp_path: Path) -> None:
     port = free_port()
     cfg = tmp_path / "otagw.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "data_dir": str(tmp_path / "data"),
-        "matter": {"enabled": False},
-        "api": {"listen": f"127.0.0.1:{port}"},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "matter": {"enabled": False},
+                "api": {"listen": f"127.0.0.1:{port}"},
+            }
+        )
+    )
     env = {**os.environ, "OTAGW_API_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(otagw("--log-json", "-c", str(cfg), "run"), cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        otagw("--log-json", "-c", str(cfg), "run"),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         health = wait_healthy(base, proc)
         assert health["status"] == "ok" and health["adapters"]["zigbee"]["state"] == "disabled"
         assert request(base + "/api/v1/images", auth=False)[0] == 401
 
-        image = build_zigbee_image(b"\x42" * 4096, manufacturer_code=0x1135, image_type=7, file_version=0x0301)
+        image = build_zigbee_image(
+            b"\x42" * 4096, manufacturer_code=0x1135, image_type=7, file_version=0x0301
+        )
         status, body = request(base + "/api/v1/images?file_name=lamp.zigbee", data=image, method="POST")
         assert status == 201, body
         image_id = json.loads(body)["image"]["image_id"]
 
-        listed = subprocess.run(otagw("-c", str(cfg), "image", "list", "--json"), cwd=tmp_path, env=env,
-                                capture_output=True, timeout=60)
+        listed = subprocess.run(
+            otagw("-c", str(cfg), "image", "list", "--json"),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
         assert listed.returncode == 0, listed.stderr.decode()
         assert image_id in listed.stdout.decode()
 
@@ -109,7 +129,9 @@ def test_run_reports_config_errors_in_one_line(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("api:\n  listen: nowhere\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(otagw("-c", str(cfg), "run"), cwd=tmp_path, env=env, capture_output=True, timeout=60)
+    proc = subprocess.run(
+        otagw("-c", str(cfg), "run"), cwd=tmp_path, env=env, capture_output=True, timeout=60
+    )
     assert proc.returncode == 2
     err = proc.stderr.decode()
     assert err.startswith("error: ") and "api.listen" in err and "Traceback" not in err

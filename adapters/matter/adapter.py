@@ -50,10 +50,20 @@ ANNOUNCE_REPEAT_S = 3600.0  # re-announce the same image to a silent node after 
 RETRY_S = 60.0  # a node that could not be reached is retried after this long
 VERIFY_BACKOFF_S = (3.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)  # SoftwareVersion read-backs after an install
 VERIFY_TIMEOUT_MS = 5000
-SUBSCRIBE_MAX_S = 10  # max interval: a rebooted node's lost subscription is noticed (and re-made) within ~this
+SUBSCRIBE_MAX_S = (
+    10  # max interval: a rebooted node's lost subscription is noticed (and re-made) within ~this
+)
 
 # UpdateStateEnum (Matter 11.20.7.4.x)
-_IDLE, _QUERYING, _DELAYED_ON_QUERY, _DOWNLOADING, _APPLYING, _DELAYED_ON_APPLY, _ROLLING_BACK = 1, 2, 3, 4, 5, 6, 7
+_IDLE, _QUERYING, _DELAYED_ON_QUERY, _DOWNLOADING, _APPLYING, _DELAYED_ON_APPLY, _ROLLING_BACK = (
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+)
 _FAILURE = 2  # ChangeReasonEnum
 
 
@@ -75,8 +85,16 @@ def ipv6_unavailable_reason() -> str | None:
 class MatterAdapter:
     """See the module docstring."""
 
-    def __init__(self, config: MatterConfig, core: UpdateCoreInterface, clock: Clock,
-                 data_dir: str | os.PathLike[str], *, netns: str | None = None, control_socket: bool = True) -> None:
+    def __init__(
+        self,
+        config: MatterConfig,
+        core: UpdateCoreInterface,
+        clock: Clock,
+        data_dir: str | os.PathLike[str],
+        *,
+        netns: str | None = None,
+        control_socket: bool = True,
+    ) -> None:
         self.cfg = config
         self.core = core
         self.clock = clock
@@ -118,23 +136,43 @@ class MatterAdapter:
         except Exception as exc:  # credentials problems (modes, mismatch) are user-fixable: say which
             raise AdapterStartError(f"matter: provider identity: {exc}") from None
         self.fabric = ProviderFabric.from_credentials(creds)
-        self.provider = MatterOtaProvider(self.core, [self.fabric], clock=self.clock, config=self.cfg,
-                                          verify=self._verify)
+        self.provider = MatterOtaProvider(
+            self.core, [self.fabric], clock=self.clock, config=self.cfg, verify=self._verify
+        )
         acl = AccessControl.default([creds.fabric_index], {creds.fabric_index: [self.cfg.controller_node_id]})
-        registry, _ = build_provider_node(BasicInfo(vendor_id=self.cfg.vendor_id, product_name="otagw OTA provider",
-                                                    unique_id=f"otagw-{creds.node_id:016X}"), self.provider, acl)
-        self.node = ProviderNode([creds], im_factory=IMServer(registry, now=self.clock.monotonic),
-                                 bdx_factory=self.provider.bdx_factory, port=self.cfg.port,
-                                 interfaces=self.cfg.interfaces or None, clock=self.clock)
+        registry, _ = build_provider_node(
+            BasicInfo(
+                vendor_id=self.cfg.vendor_id,
+                product_name="otagw OTA provider",
+                unique_id=f"otagw-{creds.node_id:016X}",
+            ),
+            self.provider,
+            acl,
+        )
+        self.node = ProviderNode(
+            [creds],
+            im_factory=IMServer(registry, now=self.clock.monotonic),
+            bdx_factory=self.provider.bdx_factory,
+            port=self.cfg.port,
+            interfaces=self.cfg.interfaces or None,
+            clock=self.clock,
+        )
         try:
             await self.node.start()
         except OSError as exc:
-            raise AdapterStartError(f"matter: cannot open UDP port {self.cfg.port}: {exc.strerror or exc}") from None
+            raise AdapterStartError(
+                f"matter: cannot open UDP port {self.cfg.port}: {exc.strerror or exc}"
+            ) from None
         if self.control_socket:
             await self._start_control()
         self._tasks = [asyncio.create_task(self._admin_loop(), name="matter-admin")]
-        log.info("matter adapter: provider node 0x%016X on fabric 0x%016X (cfid %016x), %d node(s) known",
-                 creds.node_id, creds.fabric_id, int(info["compressed_fabric_id"]), len(self.admin.nodes))
+        log.info(
+            "matter adapter: provider node 0x%016X on fabric 0x%016X (cfid %016x), %d node(s) known",
+            creds.node_id,
+            creds.fabric_id,
+            int(info["compressed_fabric_id"]),
+            len(self.admin.nodes),
+        )
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -164,8 +202,9 @@ class MatterAdapter:
         assert self.fabric is not None
         return matter_device_key(self.fabric.compressed_fabric_id, node_id)
 
-    async def commission(self, code: str, *, ip: str | None = None, node_id: int | None = None,
-                         timeout_s: float = 60.0) -> dict[str, Any]:
+    async def commission(
+        self, code: str, *, ip: str | None = None, node_id: int | None = None, timeout_s: float = 60.0
+    ) -> dict[str, Any]:
         """Commission a device onto our fabric and adopt it (observe, provider, subscription)."""
         assert self.admin is not None
         entry = await self.admin.commission(code, ip=ip, node_id=node_id, timeout_s=timeout_s)
@@ -177,11 +216,20 @@ class MatterAdapter:
         assert self.admin is not None
         info = await self.admin.node_info(node_id)
         b = info.get("basic", {})
-        await self.core.observe(DeviceInfo(
-            self.key(node_id), vendor_id=b.get("VendorID"), product_id=b.get("ProductID"),
-            vendor_name=b.get("VendorName"), model=b.get("ProductName"), hardware_version=b.get("HardwareVersion"),
-            current_version=b.get("SoftwareVersion"), current_version_string=b.get("SoftwareVersionString"),
-            sleepy=False, extra={"serial_number": b.get("SerialNumber")} if b.get("SerialNumber") else {}))
+        await self.core.observe(
+            DeviceInfo(
+                self.key(node_id),
+                vendor_id=b.get("VendorID"),
+                product_id=b.get("ProductID"),
+                vendor_name=b.get("VendorName"),
+                model=b.get("ProductName"),
+                hardware_version=b.get("HardwareVersion"),
+                current_version=b.get("SoftwareVersion"),
+                current_version_string=b.get("SoftwareVersionString"),
+                sleepy=False,
+                extra={"serial_number": b.get("SerialNumber")} if b.get("SerialNumber") else {},
+            )
+        )
         self._versions[node_id] = (b.get("SoftwareVersion"), b.get("SoftwareVersionString"))
         if info.get("has_requestor"):
             await self.admin.set_provider(node_id)
@@ -216,8 +264,12 @@ class MatterAdapter:
                             await self.adopt(nid)
                         except ControllerError as exc:
                             self._retry_at[nid] = now + RETRY_S
-                            log.info("matter adapter: node 0x%016X not reachable (%s); retry in %.0f s", nid, exc,
-                                     RETRY_S)
+                            log.info(
+                                "matter adapter: node 0x%016X not reachable (%s); retry in %.0f s",
+                                nid,
+                                exc,
+                                RETRY_S,
+                            )
                 for ev in await self.admin.poll_events():
                     await self._on_report(ev)
                 await self._verify_installs(now)
@@ -240,8 +292,11 @@ class MatterAdapter:
         wall = self.clock.now()
         for nid in list(self._adopted):
             rec = get(self.key(nid).device_id)
-            if rec is None or rec.state.value not in ("applying", "verifying") or (
-                    rec.apply_at is not None and wall < rec.apply_at):
+            if (
+                rec is None
+                or rec.state.value not in ("applying", "verifying")
+                or (rec.apply_at is not None and wall < rec.apply_at)
+            ):
                 self._verify_at.pop(nid, None)
                 continue
             at, attempt = self._verify_at.setdefault(nid, (now + VERIFY_BACKOFF_S[0], 0))
@@ -259,11 +314,11 @@ class MatterAdapter:
         mine = {self.key(n).device_id: n for n in self._adopted}
         due: dict[str, str | None] = {}
         notify = getattr(self.core, "devices_to_notify", None)
-        for key in (notify() if notify else []):
+        for key in notify() if notify else []:
             if key.device_id in mine:
                 due[key.device_id] = "rollout"
         plan = getattr(self.core, "plan", None)
-        for item in (plan() if plan else []):
+        for item in plan() if plan else []:
             if item.device_id in mine and item.outcome == "update":
                 due.setdefault(item.device_id, item.image_id)
         now = self.clock.monotonic()
@@ -302,29 +357,50 @@ class MatterAdapter:
                     await self.core.status_report(key, StatusReport(ReportedStatus.DOWNLOADING))
                 elif value == _APPLYING:
                     await self.core.status_report(key, StatusReport(ReportedStatus.UPDATING))
-            elif name == "UpdateStateProgress" and isinstance(value, int) and self._states.get(node_id) == _DOWNLOADING:
+            elif (
+                name == "UpdateStateProgress"
+                and isinstance(value, int)
+                and self._states.get(node_id) == _DOWNLOADING
+            ):
                 await self.core.status_report(key, StatusReport(ReportedStatus.DOWNLOADING, percent=value))
         elif kind == "event":
             data = ev.get("data") or {}
             name = ev.get("event")
             if name == "VersionApplied":
-                log.info("matter adapter: node 0x%016X reports version %s applied", node_id,
-                         data.get("softwareVersion"))
+                log.info(
+                    "matter adapter: node 0x%016X reports version %s applied",
+                    node_id,
+                    data.get("softwareVersion"),
+                )
                 await self.core.status_report(key, StatusReport(ReportedStatus.SUCCESSFULLY_UPDATED, 100))
                 with contextlib.suppress(ControllerError):
                     await self._verify(key)
             elif name == "DownloadError":
                 # not an update failure: the token stays live and the requestor retries (see provider.py)
-                log.info("matter adapter: node 0x%016X download error at %s bytes (platform code %s)", node_id,
-                         data.get("bytesDownloaded"), data.get("platformCode"))
-            elif name == "StateTransition" and (data.get("newState") == _ROLLING_BACK or (
-                    data.get("previousState") == _APPLYING and data.get("newState") == _IDLE
-                    and data.get("reason") == _FAILURE)):
-                await self.core.status_report(key, StatusReport(
-                    ReportedStatus.FAILED_TO_UPDATE, error=f"requestor state transition {data}"))
+                log.info(
+                    "matter adapter: node 0x%016X download error at %s bytes (platform code %s)",
+                    node_id,
+                    data.get("bytesDownloaded"),
+                    data.get("platformCode"),
+                )
+            elif name == "StateTransition" and (
+                data.get("newState") == _ROLLING_BACK
+                or (
+                    data.get("previousState") == _APPLYING
+                    and data.get("newState") == _IDLE
+                    and data.get("reason") == _FAILURE
+                )
+            ):
+                await self.core.status_report(
+                    key,
+                    StatusReport(ReportedStatus.FAILED_TO_UPDATE, error=f"requestor state transition {data}"),
+                )
         elif kind == "error":
-            log.info("matter adapter: subscription to node 0x%016X: error %s (the SDK resubscribes)", node_id,
-                     ev.get("error"))
+            log.info(
+                "matter adapter: subscription to node 0x%016X: error %s (the SDK resubscribes)",
+                node_id,
+                ev.get("error"),
+            )
 
     # ------------------------------------------------------------------------------------------ control socket
     async def _start_control(self) -> None:
@@ -344,8 +420,12 @@ class MatterAdapter:
             req = json.loads(line or b"{}")
             op = req.get("op")
             if op == "commission":
-                result: Any = await self.commission(str(req["code"]), ip=req.get("ip"), node_id=req.get("node_id"),
-                                                    timeout_s=float(req.get("timeout_s", 60)))
+                result: Any = await self.commission(
+                    str(req["code"]),
+                    ip=req.get("ip"),
+                    node_id=req.get("node_id"),
+                    timeout_s=float(req.get("timeout_s", 60)),
+                )
             elif op == "refresh":
                 assert self.admin is not None
                 for nid in list(self.admin.nodes):

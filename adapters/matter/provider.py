@@ -83,7 +83,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_PACING_WAIT_S = 10.0  # a core Wait up to this long delays the next block; longer ones end the transfer
-IGNORE_HOLD_S = 120.0  # test mode "ignore": the command is held unanswered this long, then dropped with FAILURE
+IGNORE_HOLD_S = (
+    120.0  # test mode "ignore": the command is held unanswered this long, then dropped with FAILURE
+)
 MAX_STRING = 64  # SoftwareVersionString: 1..64 bytes
 
 
@@ -220,27 +222,42 @@ class MatterOtaProvider:
         ts = self._tstate(key)
         if knobs is not None and ts.ignored_queries < knobs.ignore_query_image:
             ts.ignored_queries += 1
-            log.info("matter provider: test mode ignores QueryImage %d/%d from %s", ts.ignored_queries,
-                     knobs.ignore_query_image, key.device_id)
+            log.info(
+                "matter provider: test mode ignores QueryImage %d/%d from %s",
+                ts.ignored_queries,
+                knobs.ignore_query_image,
+                key.device_id,
+            )
             await self._hold("QueryImage")
         first = ts.queries == 0
         ts.queries += 1
         shaped = knobs is not None and (first or not knobs.first_only)
 
-        extra: dict[str, object] = {"requestor_can_consent": req.requestor_can_consent,
-                                    "protocols_supported": list(req.protocols_supported)}
+        extra: dict[str, object] = {
+            "requestor_can_consent": req.requestor_can_consent,
+            "protocols_supported": list(req.protocols_supported),
+        }
         if req.location is not None:
             extra["location"] = req.location
         if req.metadata_for_provider is not None:
             extra["metadata_for_provider"] = req.metadata_for_provider.hex()
-        device = DeviceInfo(key, vendor_id=req.vendor_id, product_id=req.product_id,
-                            hardware_version=req.hardware_version, current_version=req.software_version,
-                            sleepy=None, extra=extra)
+        device = DeviceInfo(
+            key,
+            vendor_id=req.vendor_id,
+            product_id=req.product_id,
+            hardware_version=req.hardware_version,
+            current_version=req.software_version,
+            sleepy=None,
+            extra=extra,
+        )
 
         if DownloadProtocol.BDX_SYNCHRONOUS not in req.protocols_supported:
             await self.core.observe(device)
-            log.info("matter provider: %s supports no BDX synchronous (protocols %s)", key.device_id,
-                     list(req.protocols_supported))
+            log.info(
+                "matter provider: %s supports no BDX synchronous (protocols %s)",
+                key.device_id,
+                list(req.protocols_supported),
+            )
             return QueryImageResponse(OtaStatus.DOWNLOAD_PROTOCOL_NOT_SUPPORTED)
 
         delay_knob = knobs.delayed_query_action_time_s if shaped and knobs is not None else None
@@ -251,30 +268,45 @@ class MatterOtaProvider:
                 status, why = forced
                 log.info("matter provider: test mode answers %s to %s (%s)", status.name, key.device_id, why)
                 if status == OtaStatus.BUSY:
-                    return QueryImageResponse(status, delayed_action_time=delay_knob
-                                              if delay_knob is not None else self.core_busy_retry())
+                    return QueryImageResponse(
+                        status,
+                        delayed_action_time=delay_knob if delay_knob is not None else self.core_busy_retry(),
+                    )
                 return QueryImageResponse(status)
 
         result = await self.core.query(device)
         if isinstance(result, Busy):
-            return QueryImageResponse(OtaStatus.BUSY, delayed_action_time=_u32(
-                delay_knob if delay_knob is not None else result.retry_after_s))
+            return QueryImageResponse(
+                OtaStatus.BUSY,
+                delayed_action_time=_u32(delay_knob if delay_knob is not None else result.retry_after_s),
+            )
         if isinstance(result, NotAvailable):
             log.info("matter provider: nothing for %s: %s", key.device_id, result.reason)
             return QueryImageResponse(OtaStatus.NOT_AVAILABLE)
         assert isinstance(result, Available)
         problem = _applicability(result.image, req)
         if problem:
-            log.warning("matter provider: core offered %s to %s but %s; withdrawn", result.image.image_id,
-                        key.device_id, problem)
+            log.warning(
+                "matter provider: core offered %s to %s but %s; withdrawn",
+                result.image.image_id,
+                key.device_id,
+                problem,
+            )
             await self.core.download_failed(result.token, f"provider check: {problem}")
             return QueryImageResponse(OtaStatus.NOT_AVAILABLE)
         transfer = self._register(result.token, key, fab, node_id, result.image)
-        consent = bool(req.requestor_can_consent and (result.consent_needed or (
-            shaped and knobs is not None and knobs.user_consent_needed)))
+        consent = bool(
+            req.requestor_can_consent
+            and (result.consent_needed or (shaped and knobs is not None and knobs.user_consent_needed))
+        )
         delay = delay_knob if delay_knob is not None else result.delay_s
-        log.info("matter provider: offering %s (%s) to %s as %s", result.image.version_string,
-                 result.image.numeric_version, key.device_id, transfer.designator)
+        log.info(
+            "matter provider: offering %s (%s) to %s as %s",
+            result.image.version_string,
+            result.image.numeric_version,
+            key.device_id,
+            transfer.designator,
+        )
         return QueryImageResponse(
             OtaStatus.UPDATE_AVAILABLE,
             delayed_action_time=_u32(delay),
@@ -304,8 +336,9 @@ class MatterOtaProvider:
             return OtaStatus.BUSY, "user consent deferred"
         return None
 
-    def _register(self, token: bytes, key: DeviceKey, fab: ProviderFabric, node_id: int,
-                  image: CatalogEntry) -> Transfer:
+    def _register(
+        self, token: bytes, key: DeviceKey, fab: ProviderFabric, node_id: int, image: CatalogEntry
+    ) -> Transfer:
         token = bytes(token)
         t = self.transfers.get(token)
         if t is not None and t.image.image_id == image.image_id and t.key == key:
@@ -329,8 +362,12 @@ class MatterOtaProvider:
         ts = self._tstate(key)
         if knobs is not None and ts.ignored_applies < knobs.ignore_apply_update:
             ts.ignored_applies += 1
-            log.info("matter provider: test mode ignores ApplyUpdateRequest %d/%d from %s", ts.ignored_applies,
-                     knobs.ignore_apply_update, key.device_id)
+            log.info(
+                "matter provider: test mode ignores ApplyUpdateRequest %d/%d from %s",
+                ts.ignored_applies,
+                knobs.ignore_apply_update,
+                key.device_id,
+            )
             await self._hold("ApplyUpdateRequest")
         first = ts.applies == 0
         ts.applies += 1
@@ -343,15 +380,23 @@ class MatterOtaProvider:
             log.warning("matter provider: %s presented the token of %s", key.device_id, t.key.device_id)
             return ApplyUpdateResponse(ApplyUpdateAction.DISCONTINUE, self.core_busy_retry())
         if shaped and knobs is not None and knobs.apply_action in ("await_next_action", "discontinue"):
-            action = ApplyUpdateAction.AWAIT_NEXT_ACTION if knobs.apply_action == "await_next_action" \
+            action = (
+                ApplyUpdateAction.AWAIT_NEXT_ACTION
+                if knobs.apply_action == "await_next_action"
                 else ApplyUpdateAction.DISCONTINUE
+            )
             delay = extra_delay if extra_delay is not None else self.core_busy_retry()
             log.info("matter provider: test mode answers %s to %s", action.name, key.device_id)
             return ApplyUpdateResponse(action, _u32(delay))
         decision = await self.core.apply_request(bytes(req.update_token), req.new_version)
         delay = decision.delay_s if extra_delay is None else extra_delay
-        log.info("matter provider: apply %s for %s: %s (%s)", req.new_version, key.device_id,
-                 decision.action.name, decision.reason)
+        log.info(
+            "matter provider: apply %s for %s: %s (%s)",
+            req.new_version,
+            key.device_id,
+            decision.action.name,
+            decision.reason,
+        )
         return ApplyUpdateResponse(_apply_action(decision.action), _u32(delay))
 
     async def notify_update_applied(self, ctx: InvokeContext, req: NotifyUpdateApplied) -> None:
@@ -371,7 +416,12 @@ class MatterOtaProvider:
         try:
             await self.verify(key)
         except Exception as exc:  # the admin could not read it now; its subscription/refresh will
-            log.info("matter provider: version read-back of %s failed (%s); claimed %d", key.device_id, exc, claimed)
+            log.info(
+                "matter provider: version read-back of %s failed (%s); claimed %d",
+                key.device_id,
+                exc,
+                claimed,
+            )
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -392,10 +442,16 @@ class MatterOtaProvider:
         t = self._by_designator.get(name)
         if t is None:
             return None
-        if getattr(session, "fabric_index", None) != t.fabric_index or getattr(session, "peer_node_id", None) != \
-                t.peer_node_id:
-            log.warning("matter provider: designator of %s requested by node %s on fabric %s", t.key.device_id,
-                        getattr(session, "peer_node_id", None), getattr(session, "fabric_index", None))
+        if (
+            getattr(session, "fabric_index", None) != t.fabric_index
+            or getattr(session, "peer_node_id", None) != t.peer_node_id
+        ):
+            log.warning(
+                "matter provider: designator of %s requested by node %s on fabric %s",
+                t.key.device_id,
+                getattr(session, "peer_node_id", None),
+                getattr(session, "fabric_index", None),
+            )
             return None
         try:
             reader = self.core.open_image(t.token)
@@ -434,9 +490,15 @@ class ProviderBdxExchange:
         self._pending = _Pending()
         self._unacked: tuple[int, int] | None = None
         cfg = provider.config
-        self.sender = BdxSender(self._resolve, now=provider.clock.monotonic, max_block_size=cfg.bdx_block_size,
-                                slots=provider.slots, on_progress=self._on_block, on_complete=self._on_complete,
-                                on_failed=self._on_failed)
+        self.sender = BdxSender(
+            self._resolve,
+            now=provider.clock.monotonic,
+            max_block_size=cfg.bdx_block_size,
+            slots=provider.slots,
+            on_progress=self._on_block,
+            on_complete=self._on_complete,
+            on_failed=self._on_failed,
+        )
 
     # handler protocol
     @property
@@ -499,20 +561,30 @@ class ProviderBdxExchange:
             if isinstance(decision, Wait):
                 if decision.retry_after_s > MAX_PACING_WAIT_S:
                     t.last_error = f"paused by the core: {decision.reason}"
-                    log.info("matter provider: transfer %s paused (%s); ending it, the requestor will re-query",
-                             t.designator, decision.reason)
+                    log.info(
+                        "matter provider: transfer %s paused (%s); ending it, the requestor will re-query",
+                        t.designator,
+                        decision.reason,
+                    )
                     return self.sender.abort(BdxStatus.RESPONDER_BUSY, decision.reason)
                 await self.provider.clock.sleep(decision.retry_after_s)
         if pending.complete:
             t.completed = True
             await core.download_complete(t.token)
-            log.info("matter provider: transfer %s complete (%d bytes, %d exchange(s))", t.designator,
-                     self.sender.end_offset, t.exchanges)
+            log.info(
+                "matter provider: transfer %s complete (%d bytes, %d exchange(s))",
+                t.designator,
+                self.sender.end_offset,
+                t.exchanges,
+            )
         if pending.failure is not None:
             code, reason = pending.failure
             t.last_error = f"{code.name}: {reason}"
-            log.info("matter provider: BDX for %s ended: %s (token stays live for a retry)", t.key.device_id,
-                     t.last_error)
+            log.info(
+                "matter provider: BDX for %s ended: %s (token stays live for a retry)",
+                t.key.device_id,
+                t.last_error,
+            )
         return out
 
 
@@ -538,12 +610,18 @@ def _applicability(e: CatalogEntry, req: QueryImage) -> str | None:
     if e.protocol != "matter":
         return f"image {e.image_id} is a {e.protocol} image"
     if (e.vendor_id, e.product_id) != (req.vendor_id, req.product_id):
-        return (f"image {e.image_id} is for {e.vendor_id:04X}:{e.product_id:04X}, requestor is "
-                f"{req.vendor_id:04X}:{req.product_id:04X}")
+        return (
+            f"image {e.image_id} is for {e.vendor_id:04X}:{e.product_id:04X}, requestor is "
+            f"{req.vendor_id:04X}:{req.product_id:04X}"
+        )
     if e.min_applicable is not None and req.software_version < e.min_applicable:
-        return f"requestor version {req.software_version} below MinApplicableSoftwareVersion {e.min_applicable}"
+        return (
+            f"requestor version {req.software_version} below MinApplicableSoftwareVersion {e.min_applicable}"
+        )
     if e.max_applicable is not None and req.software_version > e.max_applicable:
-        return f"requestor version {req.software_version} above MaxApplicableSoftwareVersion {e.max_applicable}"
+        return (
+            f"requestor version {req.software_version} above MaxApplicableSoftwareVersion {e.max_applicable}"
+        )
     return None
 
 

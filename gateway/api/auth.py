@@ -71,7 +71,9 @@ def _read_token_file(path: Path) -> str:
     try:
         st = path.stat()
         if st.st_mode & 0o077:
-            raise TokenError(f"{path}: token file is readable by others (mode {st.st_mode & 0o777:o}); chmod 600 it")
+            raise TokenError(
+                f"{path}: token file is readable by others (mode {st.st_mode & 0o777:o}); chmod 600 it"
+            )
         token = path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise TokenError(f"{path}: cannot read the API token: {exc}") from None
@@ -133,6 +135,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             headers={"WWW-Authenticate": 'Bearer realm="otagw"'},
         )
     if how == "cookie" and request.method not in SAFE_METHODS and request.headers.get(CSRF_HEADER) != "1":
-        raise ApiError(403, "csrf", f"cookie-authenticated {request.method} needs header {CSRF_HEADER}: 1",
-                       field=CSRF_HEADER)
+        raise ApiError(
+            403,
+            "csrf",
+            f"cookie-authenticated {request.method} needs header {CSRF_HEADER}: 1",
+            field=CSRF_HEADER,
+        )
     return await handler(request)

@@ -25,14 +25,27 @@ from gateway.core.service import UpdateCore
 COUNTERS: dict[str, tuple[str, str, str, str]] = {
     "transfers_active": ("otagw_transfers_active", "Transfers in flight", "protocol", "gauge"),
     "transfers_started": ("otagw_transfers_started", "Transfers started", "protocol", "counter"),
-    "transfers_completed": ("otagw_transfers_completed", "Transfers that delivered the whole image",
-                            "protocol", "counter"),
+    "transfers_completed": (
+        "otagw_transfers_completed",
+        "Transfers that delivered the whole image",
+        "protocol",
+        "counter",
+    ),
     "transfers_failed": ("otagw_transfers_failed", "Transfers that failed or expired", "protocol", "counter"),
-    "updates_succeeded": ("otagw_updates_succeeded", "Updates verified by a version report", "protocol",
-                          "counter"),
+    "updates_succeeded": (
+        "otagw_updates_succeeded",
+        "Updates verified by a version report",
+        "protocol",
+        "counter",
+    ),
     "updates_failed": ("otagw_updates_failed", "Updates that failed", "protocol", "counter"),
     "bytes_served": ("otagw_bytes_served", "Image bytes served to devices", "protocol", "counter"),
-    "blocks_served": ("otagw_blocks_served", "Image blocks served (rate() = blocks/s)", "protocol", "counter"),
+    "blocks_served": (
+        "otagw_blocks_served",
+        "Image blocks served (rate() = blocks/s)",
+        "protocol",
+        "counter",
+    ),
     "decisions": ("otagw_query_decisions", "Answers to update queries by outcome", "outcome", "counter"),
 }
 PROTOCOLS = ("matter", "zigbee")
@@ -59,7 +72,8 @@ class SnapshotCollector(Collector):
             for default in PROTOCOLS if label == "protocol" else OUTCOMES:
                 values.setdefault(default, 0)
             family: CounterMetricFamily | GaugeMetricFamily = (
-                CounterMetricFamily(name, doc, labels=[label]) if kind == "counter"
+                CounterMetricFamily(name, doc, labels=[label])
+                if kind == "counter"
                 else GaugeMetricFamily(name, doc, labels=[label])
             )
             for lv, v in sorted(values.items()):
@@ -75,17 +89,20 @@ class SnapshotCollector(Collector):
             statuses.add_metric([status], float(n))
         yield statuses
         waves = GaugeMetricFamily(
-            "otagw_rollout_wave_devices", "Devices per rollout wave by outcome",
+            "otagw_rollout_wave_devices",
+            "Devices per rollout wave by outcome",
             labels=["rollout", "wave", "wave_state", "outcome"],
         )
         for r in snap.rollouts:
             for w in r["waves"]:
                 for outcome in ("members", "updated", "failed", "in_progress"):
-                    waves.add_metric([str(r["rollout_id"]), str(w["index"]), str(w["state"]), outcome],
-                                     float(w[outcome]))
+                    waves.add_metric(
+                        [str(r["rollout_id"]), str(w["index"]), str(w["state"]), outcome], float(w[outcome])
+                    )
         yield waves
         fails = GaugeMetricFamily(
-            "otagw_device_failures", "Consecutive failed update episodes of a device (only devices with any)",
+            "otagw_device_failures",
+            "Consecutive failed update episodes of a device (only devices with any)",
             labels=["device_id"],
         )
         for dev, n in sorted(snap.device_failures.items()):
@@ -110,14 +127,20 @@ def render(snap: Snapshot) -> bytes:
     return generate_latest(registry)
 
 
-def take_snapshot(core: UpdateCore, rollouts: list[dict[str, Any]], sse_clients: int,
-                  adapters: dict[str, str]) -> Snapshot:
+def take_snapshot(
+    core: UpdateCore, rollouts: list[dict[str, Any]], sse_clients: int, adapters: dict[str, str]
+) -> Snapshot:
     counters = {k: {str(lk): int(lv) for lk, lv in v.items()} for k, v in core.metrics().items()}
     # the core counts decisions by answer type (Available, NotAvailable, Busy)
     counters["decisions"] = {_snake(k): v for k, v in counters.get("decisions", {}).items()}
     failures = {d.device_id: d.failures for d in core.list_devices() if d.failures}
-    return Snapshot(counters=counters, rollouts=rollouts, device_failures=failures, sse_clients=sse_clients,
-                    adapters=adapters)
+    return Snapshot(
+        counters=counters,
+        rollouts=rollouts,
+        device_failures=failures,
+        sse_clients=sse_clients,
+        adapters=adapters,
+    )
 
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST

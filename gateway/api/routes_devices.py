@@ -42,7 +42,9 @@ class DeviceOut(BaseModel):
     target_version: int | None
     target_version_string: str | None
     target_size: int | None
-    bytes_sent: int = Field(description="every byte served, repeats included (over-counts, per reference 004)")
+    bytes_sent: int = Field(
+        description="every byte served, repeats included (over-counts, per reference 004)"
+    )
     acked_offset: int = Field(description="highest contiguous offset acknowledged: the resume point")
     percent: int | None = Field(description="acked_offset as a percentage of the target image")
     last_progress_at: float | None
@@ -153,9 +155,25 @@ async def plan(request: web.Request) -> web.Response:
 
 def declare(t: RouteTable) -> None:
     p = f"{API_PREFIX}/devices"
-    t.op("GET", p, summary="List devices", tag="devices", query=DeviceQuery,
-         responses={200: Resp("device records", DeviceOut, many=True)})(list_devices)
-    t.op("GET", p + "/{device_id}", summary="Show a device with its history", tag="devices",
-         responses={200: Resp("the record", DeviceDetail), 404: err("no such device")})(show_device)
-    t.op("GET", f"{API_PREFIX}/plan", summary="Update plan", tag="devices",
-         responses={200: Resp("one item per device", PlanItemOut, many=True)})(plan)
+    t.op(
+        "GET",
+        p,
+        summary="List devices",
+        tag="devices",
+        query=DeviceQuery,
+        responses={200: Resp("device records", DeviceOut, many=True)},
+    )(list_devices)
+    t.op(
+        "GET",
+        p + "/{device_id}",
+        summary="Show a device with its history",
+        tag="devices",
+        responses={200: Resp("the record", DeviceDetail), 404: err("no such device")},
+    )(show_device)
+    t.op(
+        "GET",
+        f"{API_PREFIX}/plan",
+        summary="Update plan",
+        tag="devices",
+        responses={200: Resp("one item per device", PlanItemOut, many=True)},
+    )(plan)

@@ -91,14 +91,17 @@ class ImageListQuery(Model):
 
 class DownloadQuery(Model):
     transfer: str | None = Field(
-        None, pattern=r"^[0-9a-fA-F]{16,128}$",
+        None,
+        pattern=r"^[0-9a-fA-F]{16,128}$",
         description="the transfer token from /api/v1/query (hex): the download then counts as that device's "
         "transfer (progress, budget, completion), as over Matter or Zigbee",
     )
 
 
 class UploadQuery(Model):
-    file_name: str = Field(min_length=1, max_length=255, description="the file's name (a plain name, no path)")
+    file_name: str = Field(
+        min_length=1, max_length=255, description="the file's name (a plain name, no path)"
+    )
 
 
 def manifest(entry: CatalogEntry) -> PackageManifest:
@@ -155,8 +158,13 @@ async def upload_image(request: web.Request) -> web.Response:
     q = parse_query(request, UploadQuery)
     max_size = svc.config.images.max_upload_mib * 1024 * 1024
     if request.content_length is not None and request.content_length > max_size:
-        raise ApiError(413, "too_large", f"image larger than the maximum of {max_size} bytes", field="body",
-                       max_size=max_size)
+        raise ApiError(
+            413,
+            "too_large",
+            f"image larger than the maximum of {max_size} bytes",
+            field="body",
+            max_size=max_size,
+        )
 
     async def chunks() -> AsyncIterator[bytes]:
         async for chunk in request.content.iter_chunked(CHUNK):
@@ -187,8 +195,9 @@ async def delete_image(request: web.Request) -> web.Response:
     entry = await lookup(request)
     users = svc.core.image_users(entry.image_id)
     if users:
-        raise ApiError(409, "image_in_use", f"image {entry.image_id} is in use by {', '.join(users)}",
-                       field="ref")
+        raise ApiError(
+            409, "image_in_use", f"image {entry.image_id} is in use by {', '.join(users)}", field="ref"
+        )
     try:
         await svc.store.remove(entry.image_id)
     except StoreError as exc:
@@ -217,8 +226,13 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int, bool]:
     else:
         start, end = max(0, size - int(m.group(2))), size - 1
     if start > end or start >= size:
-        raise ApiError(416, "bad_range", f"range outside the image of {size} bytes", field="Range",
-                       headers={"Content-Range": f"bytes */{size}"})
+        raise ApiError(
+            416,
+            "bad_range",
+            f"range outside the image of {size} bytes",
+            field="Range",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
     return start, end, True
 
 
@@ -239,15 +253,23 @@ async def download_image(request: web.Request) -> web.StreamResponse:
             reader = svc.core.open_image(token)
         except UnknownToken as exc:
             raise ApiError(409, "unknown_transfer", str(exc), field="transfer") from None
-        info = next((d for d in svc.core.list_devices({"image_id": entry.image_id}) if d.token == token), None)
+        info = next(
+            (d for d in svc.core.list_devices({"image_id": entry.image_id}) if d.token == token), None
+        )
         if info is None:
-            raise ApiError(409, "unknown_transfer", f"the transfer is not for image {entry.image_id}",
-                           field="transfer")
+            raise ApiError(
+                409, "unknown_transfer", f"the transfer is not for image {entry.image_id}", field="transfer"
+            )
         decision = await svc.core.progress(token, start, 0)
         if isinstance(decision, Wait):
             retry = max(1, math.ceil(decision.retry_after_s))
-            raise ApiError(503, "wait", decision.reason or "transfer held back", field="transfer",
-                           headers={"Retry-After": str(retry)})
+            raise ApiError(
+                503,
+                "wait",
+                decision.reason or "transfer held back",
+                field="transfer",
+                headers={"Retry-After": str(retry)},
+            )
     else:
         try:
             reader = await asyncio.to_thread(svc.store.open_reader, entry)
@@ -284,21 +306,52 @@ async def download_image(request: web.Request) -> web.StreamResponse:
 
 def declare(t: RouteTable) -> None:
     p = f"{API_PREFIX}/images"
-    t.op("GET", p, summary="List images", tag="images", query=ImageListQuery,
-         responses={200: Resp("catalog entries", ImageOut, many=True)})(list_images)
-    t.op("POST", p, summary="Upload an image", tag="images", query=UploadQuery,
-         raw_body="application/octet-stream",
-         responses={200: Resp("already stored (deduplicated)", UploadResult),
-                    201: Resp("stored", UploadResult),
-                    413: err("too large")})(upload_image)
-    t.op("GET", p + "/{ref}", summary="Show an image", tag="images",
-         responses={200: Resp("the entry", ImageOut), 404: err("no such image")}
-         )(show_image)
-    t.op("DELETE", p + "/{ref}", summary="Delete an image", tag="images",
-         responses={204: Resp("deleted"), 404: err("no such image"),
-                    409: err("in use")})(delete_image)
-    t.op("GET", p + "/{ref}/download", summary="Download an image", tag="images", query=DownloadQuery,
-         responses={200: Resp("the file", content_type="application/octet-stream"),
-                    206: Resp("part of the file", content_type="application/octet-stream"),
-                    409: err("transfer token not live or not for this image"),
-                    416: err("bad range"), 503: err("transfer held back (Retry-After)")})(download_image)
+    t.op(
+        "GET",
+        p,
+        summary="List images",
+        tag="images",
+        query=ImageListQuery,
+        responses={200: Resp("catalog entries", ImageOut, many=True)},
+    )(list_images)
+    t.op(
+        "POST",
+        p,
+        summary="Upload an image",
+        tag="images",
+        query=UploadQuery,
+        raw_body="application/octet-stream",
+        responses={
+            200: Resp("already stored (deduplicated)", UploadResult),
+            201: Resp("stored", UploadResult),
+            413: err("too large"),
+        },
+    )(upload_image)
+    t.op(
+        "GET",
+        p + "/{ref}",
+        summary="Show an image",
+        tag="images",
+        responses={200: Resp("the entry", ImageOut), 404: err("no such image")},
+    )(show_image)
+    t.op(
+        "DELETE",
+        p + "/{ref}",
+        summary="Delete an image",
+        tag="images",
+        responses={204: Resp("deleted"), 404: err("no such image"), 409: err("in use")},
+    )(delete_image)
+    t.op(
+        "GET",
+        p + "/{ref}/download",
+        summary="Download an image",
+        tag="images",
+        query=DownloadQuery,
+        responses={
+            200: Resp("the file", content_type="application/octet-stream"),
+            206: Resp("part of the file", content_type="application/octet-stream"),
+            409: err("transfer token not live or not for this image"),
+            416: err("bad range"),
+            503: err("transfer held back (Retry-After)"),
+        },
+    )(download_image)

@@ -54,16 +54,24 @@ class DeviceIn(DeviceKeyIn):
 
     def info(self) -> DeviceInfo:
         return DeviceInfo(
-            key=self.key(), vendor_id=self.vendor_id, product_id=self.product_id, vendor_name=self.vendor_name,
-            model=self.model, hardware_version=self.hardware_version, current_version=self.current_version,
-            current_version_string=self.current_version_string, sleepy=self.sleepy, tags=tuple(self.tags),
+            key=self.key(),
+            vendor_id=self.vendor_id,
+            product_id=self.product_id,
+            vendor_name=self.vendor_name,
+            model=self.model,
+            hardware_version=self.hardware_version,
+            current_version=self.current_version,
+            current_version_string=self.current_version_string,
+            sleepy=self.sleepy,
+            tags=tuple(self.tags),
         )
 
 
 class QueryIn(Model):
     device: DeviceIn
     installed: list[str] = Field(
-        default_factory=list, max_length=1024,
+        default_factory=list,
+        max_length=1024,
         description="003 Package IDs: the software package ids installed on the device",
     )
 
@@ -100,16 +108,26 @@ async def query(request: web.Request) -> web.Response:
     cfg = svc.config.policy
     if isinstance(result, Available):
         out = QueryOut(
-            packages=[manifest(result.image)], callback_interval=cfg.callback_interval_s, decision="available",
-            reason=result.reason, token=result.token.hex(), delay_s=result.delay_s,
+            packages=[manifest(result.image)],
+            callback_interval=cfg.callback_interval_s,
+            decision="available",
+            reason=result.reason,
+            token=result.token.hex(),
+            delay_s=result.delay_s,
             download_url=f"{API_PREFIX}/images/{result.image.image_id}/download",
             consent_needed=result.consent_needed,
         )
     elif isinstance(result, NotAvailable):
-        out = QueryOut(packages=[], callback_interval=result.callback_interval_s, decision="not_available",
-                       reason=result.reason)
+        out = QueryOut(
+            packages=[],
+            callback_interval=result.callback_interval_s,
+            decision="not_available",
+            reason=result.reason,
+        )
     elif isinstance(result, Busy):
-        out = QueryOut(packages=[], callback_interval=result.retry_after_s, decision="busy", reason=result.reason)
+        out = QueryOut(
+            packages=[], callback_interval=result.retry_after_s, decision="busy", reason=result.reason
+        )
     else:  # pragma: no cover - the interface has exactly three answers
         raise ApiError(500, "internal_error", f"unexpected query result {type(result).__name__}")
     return reply(out)
@@ -124,7 +142,19 @@ async def status(request: web.Request) -> web.Response:
 
 
 def declare(t: RouteTable) -> None:
-    t.op("POST", f"{API_PREFIX}/query", summary="Query software packages (reference 003)", tag="devices",
-         body=QueryIn, responses={200: Resp("available packages and callback interval", QueryOut)})(query)
-    t.op("POST", f"{API_PREFIX}/status", summary="OTA status report (reference 003)", tag="devices",
-         body=StatusIn, responses={200: Resp("recorded", StatusOut)})(status)
+    t.op(
+        "POST",
+        f"{API_PREFIX}/query",
+        summary="Query software packages (reference 003)",
+        tag="devices",
+        body=QueryIn,
+        responses={200: Resp("available packages and callback interval", QueryOut)},
+    )(query)
+    t.op(
+        "POST",
+        f"{API_PREFIX}/status",
+        summary="OTA status report (reference 003)",
+        tag="devices",
+        body=StatusIn,
+        responses={200: Resp("recorded", StatusOut)},
+    )(status)

@@ -27,12 +27,15 @@ class RolloutCreate(Model):
     name: str | None = Field(None, max_length=128)
     selector: PolicySelector = Field(default_factory=PolicySelector, description="which devices it covers")
     waves: list[str | int] = Field(
-        min_length=1, max_length=64,
+        min_length=1,
+        max_length=64,
         description='cumulative wave sizes: a device count ("1") or a share ("10%"), e.g. ["1", "10%", "100%"]',
     )
     soak_s: float = Field(3600.0, ge=0, description="wait this long after a wave is done before the next")
     max_failures: int | None = Field(None, ge=0, description="halt when a wave has more failures than this")
-    max_failure_rate: float | None = Field(None, ge=0, le=1, description="halt above this failed/offered share")
+    max_failure_rate: float | None = Field(
+        None, ge=0, le=1, description="halt above this failed/offered share"
+    )
     wave_deadline_s: float | None = Field(None, gt=0, description="a wave counts as done after this long")
 
 
@@ -118,8 +121,13 @@ async def create_rollout(request: web.Request) -> web.Response:
     try:
         entry = await svc.store.get(body.image)
         r = await core.create_rollout(
-            entry.image_id, selector=body.selector, waves=[str(w) for w in body.waves], name=body.name,
-            soak_s=body.soak_s, max_failures=body.max_failures, max_failure_rate=body.max_failure_rate,
+            entry.image_id,
+            selector=body.selector,
+            waves=[str(w) for w in body.waves],
+            name=body.name,
+            soak_s=body.soak_s,
+            max_failures=body.max_failures,
+            max_failure_rate=body.max_failure_rate,
             wave_deadline_s=body.wave_deadline_s,
         )
     except StoreError as exc:
@@ -170,12 +178,33 @@ async def abort_rollout(request: web.Request) -> web.Response:
 def declare(t: RouteTable) -> None:
     p = f"{API_PREFIX}/rollouts"
     one = Resp("the rollout", RolloutOut)
-    t.op("GET", p, summary="List rollouts", tag="rollouts",
-         responses={200: Resp("rollouts", RolloutOut, many=True)})(list_rollouts)
-    t.op("POST", p, summary="Create a rollout", tag="rollouts", body=RolloutCreate,
-         responses={201: Resp("created", RolloutOut), 404: err("no such image")})(create_rollout)
-    t.op("GET", p + "/{rollout_id}", summary="Show a rollout", tag="rollouts",
-         responses={200: one, 404: err("no such rollout")})(show_rollout)
+    t.op(
+        "GET",
+        p,
+        summary="List rollouts",
+        tag="rollouts",
+        responses={200: Resp("rollouts", RolloutOut, many=True)},
+    )(list_rollouts)
+    t.op(
+        "POST",
+        p,
+        summary="Create a rollout",
+        tag="rollouts",
+        body=RolloutCreate,
+        responses={201: Resp("created", RolloutOut), 404: err("no such image")},
+    )(create_rollout)
+    t.op(
+        "GET",
+        p + "/{rollout_id}",
+        summary="Show a rollout",
+        tag="rollouts",
+        responses={200: one, 404: err("no such rollout")},
+    )(show_rollout)
     for verb, fn in (("pause", pause_rollout), ("resume", resume_rollout), ("abort", abort_rollout)):
-        t.op("POST", p + "/{rollout_id}/" + verb, summary=f"{verb.capitalize()} a rollout", tag="rollouts",
-             responses={200: one, 404: err("no such rollout"), 409: err("not allowed in this status")})(fn)
+        t.op(
+            "POST",
+            p + "/{rollout_id}/" + verb,
+            summary=f"{verb.capitalize()} a rollout",
+            tag="rollouts",
+            responses={200: one, 404: err("no such rollout"), 409: err("not allowed in this status")},
+        )(fn)

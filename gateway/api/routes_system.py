@@ -54,8 +54,9 @@ async def metrics(request: web.Request) -> web.Response:
 
     svc = services(request)
     adapters = {name: str(a.get("state")) for name, a in svc.health().get("adapters", {}).items()}
-    snap = take_snapshot(svc.core, [r.model_dump() for r in all_rollouts(svc.core)], request.app[HUB_KEY].clients,
-                         adapters)
+    snap = take_snapshot(
+        svc.core, [r.model_dump() for r in all_rollouts(svc.core)], request.app[HUB_KEY].clients, adapters
+    )
     resp = web.Response(body=render(snap))
     resp.headers["Content-Type"] = CONTENT_TYPE
     return resp
@@ -82,7 +83,9 @@ async def dashboard(request: web.Request) -> web.FileResponse:
 def _login_page(message: str = "", status: int = 200) -> web.Response:
     html = (STATIC_DIR / "login.html").read_text(encoding="utf-8")
     text = html.replace("<!--MESSAGE-->", f'<p class="error">{message}</p>' if message else "")
-    return web.Response(text=text, content_type="text/html", status=status, headers={"Cache-Control": "no-store"})
+    return web.Response(
+        text=text, content_type="text/html", status=status, headers={"Cache-Control": "no-store"}
+    )
 
 
 def _logged_in(request: web.Request, token: str) -> web.HTTPSeeOther:
@@ -116,18 +119,57 @@ async def login(request: web.Request) -> web.Response:
 
 def declare(t: RouteTable) -> None:
     html = Resp("HTML page", content_type="text/html")
-    t.op("GET", "/healthz", summary="Health and adapter states", tag="system", auth=False,
-         responses={200: Resp("serving", Health), 503: Resp("not serving", Health)})(healthz)
-    t.op("GET", "/metrics", summary="Prometheus metrics", tag="system",
-         responses={200: Resp("text exposition format", content_type="text/plain")})(metrics)
-    t.op("GET", f"{API_PREFIX}/openapi.json", summary="This OpenAPI document", tag="system",
-         responses={200: Resp("OpenAPI 3.1 document", content_type="application/json")})(openapi)
-    t.op("GET", f"{API_PREFIX}/events", summary="Live event stream (SSE)", tag="system",
-         responses={200: Resp("text/event-stream", content_type="text/event-stream")})(events)
-    t.op("GET", "/", summary="Dashboard", tag="dashboard",
-         responses={200: html, 303: Resp("no session: go to /login")})(dashboard)
-    t.op("GET", "/login", summary="Dashboard login", tag="dashboard", auth=False,
-         responses={200: html, 303: Resp("logged in: go to /"), 401: html})(login_page)
-    t.op("POST", "/login", summary="Dashboard login (form post)", tag="dashboard", auth=False,
-         operation_id="login_post", raw_body="application/x-www-form-urlencoded",
-         responses={303: Resp("logged in: go to /"), 401: html})(login)
+    t.op(
+        "GET",
+        "/healthz",
+        summary="Health and adapter states",
+        tag="system",
+        auth=False,
+        responses={200: Resp("serving", Health), 503: Resp("not serving", Health)},
+    )(healthz)
+    t.op(
+        "GET",
+        "/metrics",
+        summary="Prometheus metrics",
+        tag="system",
+        responses={200: Resp("text exposition format", content_type="text/plain")},
+    )(metrics)
+    t.op(
+        "GET",
+        f"{API_PREFIX}/openapi.json",
+        summary="This OpenAPI document",
+        tag="system",
+        responses={200: Resp("OpenAPI 3.1 document", content_type="application/json")},
+    )(openapi)
+    t.op(
+        "GET",
+        f"{API_PREFIX}/events",
+        summary="Live event stream (SSE)",
+        tag="system",
+        responses={200: Resp("text/event-stream", content_type="text/event-stream")},
+    )(events)
+    t.op(
+        "GET",
+        "/",
+        summary="Dashboard",
+        tag="dashboard",
+        responses={200: html, 303: Resp("no session: go to /login")},
+    )(dashboard)
+    t.op(
+        "GET",
+        "/login",
+        summary="Dashboard login",
+        tag="dashboard",
+        auth=False,
+        responses={200: html, 303: Resp("logged in: go to /"), 401: html},
+    )(login_page)
+    t.op(
+        "POST",
+        "/login",
+        summary="Dashboard login (form post)",
+        tag="dashboard",
+        auth=False,
+        operation_id="login_post",
+        raw_body="application/x-www-form-urlencoded",
+        responses={303: Resp("logged in: go to /"), 401: html},
+    )(login)

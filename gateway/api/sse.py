@@ -177,7 +177,9 @@ class EventHub:
                 sub.queue.put_nowait(msg)
             except asyncio.QueueFull:
                 sub.overflowed = True
-                self._force(sub, (self._seq, "overflow", {"reason": "client too slow; reconnect and re-read"}))
+                self._force(
+                    sub, (self._seq, "overflow", {"reason": "client too slow; reconnect and re-read"})
+                )
 
     @staticmethod
     def _force(sub: Subscriber, msg: Message) -> None:

@@ -65,7 +65,10 @@ def _ts(t: float | None) -> str:
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i]) for i in range(len(header))]
+    widths = [
+        max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i])
+        for i in range(len(header))
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(lines)
@@ -99,10 +102,17 @@ def devices_list(ctx: click.Context, as_json: bool, state: str | None, protocol:
         click.echo(json.dumps([r.to_dict() for r in recs], indent=2))
         return
     rows = [
-        [r.device_id, r.state.value, _version(r),
-         f"{r.target_version_string or r.target_version}" if r.target_version is not None else "-",
-         f"{r.percent}%" if r.percent is not None and r.state.value in ("querying", "downloading") else "-",
-         _ts(r.last_seen), (r.last_error or r.state_reason)[:80]]
+        [
+            r.device_id,
+            r.state.value,
+            _version(r),
+            f"{r.target_version_string or r.target_version}" if r.target_version is not None else "-",
+            f"{r.percent}%"
+            if r.percent is not None and r.state.value in ("querying", "downloading")
+            else "-",
+            _ts(r.last_seen),
+            (r.last_error or r.state_reason)[:80],
+        ]
         for r in recs
     ]
     click.echo(_table(rows, ["DEVICE", "STATE", "VERSION", "TARGET", "DONE", "LAST SEEN (UTC)", "REASON"]))
@@ -116,7 +126,9 @@ def _find_device(core: UpdateCore, ref: str) -> DeviceRecord:
     if not found:
         raise UserError(f"no device matching {ref!r} (see `otagw devices list`)")
     if len(found) > 1:
-        raise UserError(f"{ref!r} matches {len(found)} devices ({', '.join(r.device_id for r in found[:4])}...)")
+        raise UserError(
+            f"{ref!r} matches {len(found)} devices ({', '.join(r.device_id for r in found[:4])}...)"
+        )
     return found[0]
 
 
@@ -138,8 +150,22 @@ def devices_show(ctx: click.Context, device_id: str, as_json: bool, limit: int) 
         return
     for k, v in rec.to_dict().items():
         if v not in (None, "", [], {}):
-            shown = _ts(v) if k in ("first_seen", "last_seen", "last_query", "state_since", "apply_at",
-                                    "verify_deadline", "last_progress_at", "token_issued_at", "next_retry_at") else v
+            shown = (
+                _ts(v)
+                if k
+                in (
+                    "first_seen",
+                    "last_seen",
+                    "last_query",
+                    "state_since",
+                    "apply_at",
+                    "verify_deadline",
+                    "last_progress_at",
+                    "token_issued_at",
+                    "next_retry_at",
+                )
+                else v
+            )
             click.echo(f"{k:>24}: {shown}")
     click.echo("\nhistory:")
     rows = [[_ts(h.at), h.old_state or "-", h.new_state, h.reason] for h in hist]
@@ -166,8 +192,15 @@ def plan_cmd(ctx: click.Context, as_json: bool) -> None:
 # ------------------------------------------------------------------------------------------- rollout
 def _rollout_rows(rs: list[Rollout]) -> str:
     rows = [
-        [r.rollout_id, r.status.value, r.image_id, r.version_string, f"{r.current_wave + 1}/{len(r.waves)}",
-         " ".join(str(w) for w in r.waves), r.name]
+        [
+            r.rollout_id,
+            r.status.value,
+            r.image_id,
+            r.version_string,
+            f"{r.current_wave + 1}/{len(r.waves)}",
+            " ".join(str(w) for w in r.waves),
+            r.name,
+        ]
         for r in rs
     ]
     return _table(rows, ["ID", "STATUS", "IMAGE", "VERSION", "WAVE", "WAVES", "NAME"])
@@ -175,15 +208,23 @@ def _rollout_rows(rs: list[Rollout]) -> str:
 
 @rollout.command("create")
 @click.argument("image")
-@click.option("--wave", "waves", multiple=True, help="Cumulative wave size: a count (1) or a share (10%). "
-              "Repeat; default 1 10% 50% 100%.")
+@click.option(
+    "--wave",
+    "waves",
+    multiple=True,
+    help="Cumulative wave size: a count (1) or a share (10%). Repeat; default 1 10% 50% 100%.",
+)
 @click.option("--soak", default="1h", show_default=True, help="Wait after a wave is done (30m, 2h, 1d).")
-@click.option("--max-failures", type=int, default=0, show_default=True, help="Halt when a wave has more failures.")
+@click.option(
+    "--max-failures", type=int, default=0, show_default=True, help="Halt when a wave has more failures."
+)
 @click.option("--max-failure-rate", type=float, help="Halt when a wave's failed/offered exceeds this (0..1).")
 @click.option("--wave-deadline", default="1d", show_default=True, help="A wave counts as done after this.")
 @click.option("--name", help="A label for the rollout.")
 @click.option("--protocol", type=click.Choice(["matter", "zigbee"]))
-@click.option("--vendor-id", "vendor_ids", multiple=True, help="Vendor id / manufacturer code (0x117C or 4476).")
+@click.option(
+    "--vendor-id", "vendor_ids", multiple=True, help="Vendor id / manufacturer code (0x117C or 4476)."
+)
 @click.option("--product-id", "product_ids", multiple=True, help="Product id / image type.")
 @click.option("--model", "models", multiple=True, help="Model pattern (TRADFRI*).")
 @click.option("--device", "device_ids", multiple=True, help="Device id pattern.")
@@ -192,15 +233,35 @@ def _rollout_rows(rs: list[Rollout]) -> str:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def rollout_create(
-    ctx: click.Context, image: str, waves: tuple[str, ...], soak: str, max_failures: int,
-    max_failure_rate: float | None, wave_deadline: str, name: str | None, protocol: str | None,
-    vendor_ids: tuple[str, ...], product_ids: tuple[str, ...], models: tuple[str, ...],
-    device_ids: tuple[str, ...], networks: tuple[str, ...], tags: tuple[str, ...], as_json: bool,
+    ctx: click.Context,
+    image: str,
+    waves: tuple[str, ...],
+    soak: str,
+    max_failures: int,
+    max_failure_rate: float | None,
+    wave_deadline: str,
+    name: str | None,
+    protocol: str | None,
+    vendor_ids: tuple[str, ...],
+    product_ids: tuple[str, ...],
+    models: tuple[str, ...],
+    device_ids: tuple[str, ...],
+    networks: tuple[str, ...],
+    tags: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Start a staged rollout of catalog IMAGE (id or sha256 prefix); wave 1 opens at once."""
     selector: dict[str, Any] = {
-        k: list(v) for k, v in (("vendor_id", vendor_ids), ("product_id", product_ids), ("model", models),
-                                ("devices", device_ids), ("networks", networks), ("tags", tags)) if v
+        k: list(v)
+        for k, v in (
+            ("vendor_id", vendor_ids),
+            ("product_id", product_ids),
+            ("model", models),
+            ("devices", device_ids),
+            ("networks", networks),
+            ("tags", tags),
+        )
+        if v
     }
     if protocol:
         selector["protocol"] = protocol
@@ -208,12 +269,22 @@ def rollout_create(
 
     async def op(core: UpdateCore) -> Rollout:
         return await core.create_rollout(
-            image, selector=selector, waves=list(waves) or ["1", "10%", "50%", "100%"], soak_s=soak_s,
-            max_failures=max_failures, max_failure_rate=max_failure_rate, wave_deadline_s=deadline_s, name=name,
+            image,
+            selector=selector,
+            waves=list(waves) or ["1", "10%", "50%", "100%"],
+            soak_s=soak_s,
+            max_failures=max_failures,
+            max_failure_rate=max_failure_rate,
+            wave_deadline_s=deadline_s,
+            name=name,
         )
 
     r = _run(ctx, op)
-    click.echo(json.dumps(r.to_dict(), indent=2) if as_json else f"created rollout {r.rollout_id}\n" + _rollout_rows([r]))
+    click.echo(
+        json.dumps(r.to_dict(), indent=2)
+        if as_json
+        else f"created rollout {r.rollout_id}\n" + _rollout_rows([r])
+    )
 
 
 @rollout.command("list")
@@ -240,21 +311,54 @@ def rollout_show(ctx: click.Context, rollout_id: str, as_json: bool) -> None:
         r = core.get_rollout(rollout_id)
         if r is None:
             raise RolloutError(f"no rollout {rollout_id!r} (see `otagw rollout list`)")
-        return {**r.to_dict(), "waves_progress": core.rollout_progress(rollout_id),
-                "events": await core.rollout_events(rollout_id)}
+        return {
+            **r.to_dict(),
+            "waves_progress": core.rollout_progress(rollout_id),
+            "events": await core.rollout_events(rollout_id),
+        }
 
     d = _run(ctx, op)
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
-    for k in ("rollout_id", "name", "status", "status_reason", "image_id", "version_string", "selector_text",
-              "soak_s", "max_failures", "max_failure_rate", "wave_deadline_s"):
+    for k in (
+        "rollout_id",
+        "name",
+        "status",
+        "status_reason",
+        "image_id",
+        "version_string",
+        "selector_text",
+        "soak_s",
+        "max_failures",
+        "max_failure_rate",
+        "wave_deadline_s",
+    ):
         click.echo(f"{k:>16}: {d[k]}")
-    click.echo(f"{'current wave':>16}: {d['current_wave'] + 1} of {len(d['waves'])} (opened {_ts(d['wave_opened_at'])})")
-    rows = [[str(p["wave"] + 1), d["waves"][p["wave"]], str(p["members"]), str(p["offered"]), str(p["updated"]),
-             str(p["failed"]), str(p["in_progress"])] for p in d["waves_progress"]]
-    click.echo("\n" + _table(rows, ["WAVE", "SIZE", "MEMBERS", "OFFERED", "UPDATED", "FAILED", "IN PROGRESS"]))
-    click.echo("\n" + _table([[_ts(e["at"]), e["event"], e["reason"]] for e in d["events"]], ["AT (UTC)", "EVENT", "REASON"]))
+    click.echo(
+        f"{'current wave':>16}: {d['current_wave'] + 1} of {len(d['waves'])} (opened {_ts(d['wave_opened_at'])})"
+    )
+    rows = [
+        [
+            str(p["wave"] + 1),
+            d["waves"][p["wave"]],
+            str(p["members"]),
+            str(p["offered"]),
+            str(p["updated"]),
+            str(p["failed"]),
+            str(p["in_progress"]),
+        ]
+        for p in d["waves_progress"]
+    ]
+    click.echo(
+        "\n" + _table(rows, ["WAVE", "SIZE", "MEMBERS", "OFFERED", "UPDATED", "FAILED", "IN PROGRESS"])
+    )
+    click.echo(
+        "\n"
+        + _table(
+            [[_ts(e["at"]), e["event"], e["reason"]] for e in d["events"]], ["AT (UTC)", "EVENT", "REASON"]
+        )
+    )
 
 
 def _command(name: str, verb: str, past: str) -> None:
@@ -272,5 +376,9 @@ def _command(name: str, verb: str, past: str) -> None:
         click.echo(f"rollout {r.rollout_id} is {r.status.value}")
 
 
-for _name, _verb, _past in (("pause", "Pause", "paused"), ("resume", "Resume", "resumed"), ("abort", "Abort", "aborted")):
+for _name, _verb, _past in (
+    ("pause", "Pause", "paused"),
+    ("resume", "Resume", "resumed"),
+    ("abort", "Abort", "aborted"),
+):
     _command(_name, _verb, _past)

@@ -49,8 +49,10 @@ async def _via_gateway(ctx: CliContext, request: dict[str, Any], timeout: float)
     try:
         reader, writer = await asyncio.open_unix_connection(str(path))
     except OSError as exc:
-        raise UserError(f"the fabric is in use but the gateway's control socket {path} is unreachable: "
-                        f"{exc.strerror or exc}") from None
+        raise UserError(
+            f"the fabric is in use but the gateway's control socket {path} is unreachable: "
+            f"{exc.strerror or exc}"
+        ) from None
     try:
         writer.write(json.dumps(request).encode() + b"\n")
         await writer.drain()
@@ -73,8 +75,11 @@ async def _commission(ctx: CliContext, code: str, ip: str | None, node_id: int |
     try:
         await admin.start()
     except FabricBusyError:
-        got = await _via_gateway(ctx, {"op": "commission", "code": code, "ip": ip, "node_id": node_id,
-                                       "timeout_s": timeout}, timeout + 120)
+        got = await _via_gateway(
+            ctx,
+            {"op": "commission", "code": code, "ip": ip, "node_id": node_id, "timeout_s": timeout},
+            timeout + 120,
+        )
         return NodeEntry(**got)
     except ControllerError as exc:
         raise UserError(str(exc)) from None
@@ -97,19 +102,24 @@ async def _commission(ctx: CliContext, code: str, ip: str | None, node_id: int |
 @click.argument("code")
 @click.option("--ip", "ip", help="Device address (skips mDNS discovery of the commissionable node).")
 @click.option("--node-id", "node_id", help="Operational node id to assign (default: next free).")
-@click.option("--timeout", "timeout", type=float, default=60.0, show_default=True, help="Discovery timeout (s).")
+@click.option(
+    "--timeout", "timeout", type=float, default=60.0, show_default=True, help="Discovery timeout (s)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the node record as JSON.")
 @click.pass_obj
-def commission_cmd(ctx: CliContext, code: str, ip: str | None, node_id: str | None, timeout: float,
-                   as_json: bool) -> None:
+def commission_cmd(
+    ctx: CliContext, code: str, ip: str | None, node_id: str | None, timeout: float, as_json: bool
+) -> None:
     """Commission a device (QR or manual pairing CODE) and point its OTA requestor at this gateway."""
     entry = asyncio.run(_commission(ctx, code, ip, _node_id(node_id), timeout))
     if as_json:
         click.echo(json.dumps(asdict(entry), indent=1))
         return
-    click.echo(f"commissioned node 0x{entry.node_id:016X}: {entry.vendor_name or '?'} {entry.product_name or '?'} "
-               f"({_hex(entry.vendor_id)}:{_hex(entry.product_id)}) version {entry.software_version_string or '?'} "
-               f"({entry.software_version})")
+    click.echo(
+        f"commissioned node 0x{entry.node_id:016X}: {entry.vendor_name or '?'} {entry.product_name or '?'} "
+        f"({_hex(entry.vendor_id)}:{_hex(entry.product_id)}) version {entry.software_version_string or '?'} "
+        f"({entry.software_version})"
+    )
     if entry.default_provider is not None:
         click.echo(f"  OTA provider set to node 0x{entry.default_provider:016X}")
     if entry.last_error:
@@ -159,8 +169,11 @@ def nodes_cmd(ctx: CliContext, as_json: bool, refresh: bool) -> None:
     except (OSError, ValueError, TypeError) as exc:
         raise UserError(f"{matter_dir(ctx.config.data_dir) / 'nodes.json'}: unreadable: {exc}") from None
     if as_json:
-        click.echo(json.dumps({"nodes": [asdict(n) for n in sorted(nodes.values(), key=lambda n: n.node_id)]},
-                              indent=1))
+        click.echo(
+            json.dumps(
+                {"nodes": [asdict(n) for n in sorted(nodes.values(), key=lambda n: n.node_id)]}, indent=1
+            )
+        )
         return
     if not nodes:
         click.echo("no commissioned nodes")
@@ -169,5 +182,7 @@ def nodes_cmd(ctx: CliContext, as_json: bool, refresh: bool) -> None:
     for n in sorted(nodes.values(), key=lambda n: n.node_id):
         version = f"{n.software_version_string or '?'} ({n.software_version})"
         provider = f"0x{n.default_provider:016X}" if n.default_provider is not None else "-"
-        click.echo(f"0x{n.node_id:016X}  {_hex(n.vendor_id)}:{_hex(n.product_id)[2:]:<6}  {version:<20}  "
-                   f"{provider:<18}  {n.product_name or ''}" + (f"  [{n.last_error}]" if n.last_error else ""))
+        click.echo(
+            f"0x{n.node_id:016X}  {_hex(n.vendor_id)}:{_hex(n.product_id)[2:]:<6}  {version:<20}  "
+            f"{provider:<18}  {n.product_name or ''}" + (f"  [{n.last_error}]" if n.last_error else "")
+        )

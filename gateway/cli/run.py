@@ -36,10 +36,16 @@ def run(obj: CliContext, listen: str | None) -> None:
             raise UserError(str(exc).replace("--listen: api.listen: ", "--listen: ")) from None
     # the config's log section applies unless the command line chose (--log-json / -v)
     root_level = logging.getLogger("gateway").level
-    level = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-             "error": logging.ERROR}[config.log.level]
-    setup_logging(json_format=obj.json_logs or config.log.json_format,
-                  level=root_level if root_level < logging.INFO else level)
+    level = {
+        "debug": logging.DEBUG,
+        "info": logging.INFO,
+        "warning": logging.WARNING,
+        "error": logging.ERROR,
+    }[config.log.level]
+    setup_logging(
+        json_format=obj.json_logs or config.log.json_format,
+        level=root_level if root_level < logging.INFO else level,
+    )
     gateway = Gateway(config)
     try:
         asyncio.run(gateway.run())

@@ -122,7 +122,7 @@ class Counters:
     updates_failed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     bytes_served: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     blocks_served: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # one per progress() call
-    decisions: dict[str, int] = field(default_factory=lambda: defaultdict(int))   # by outcome
+    decisions: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # by outcome
     transfers_active: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # gauge, set by core
 
     def to_dict(self) -> dict[str, dict[str, int]]:

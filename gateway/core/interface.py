@@ -105,7 +105,7 @@ class Available:
     consent_needed: bool = False
     metadata: bytes | None = None
     reason: str = ""
-    resume_offset: int = 0       # (additive) highest contiguous offset the device already acknowledged
+    resume_offset: int = 0  # (additive) highest contiguous offset the device already acknowledged
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +184,8 @@ class TransferInfo:
 
     token: bytes
     image: CatalogEntry
-    state: str                   # gateway.core.states.DeviceState value
-    acked_offset: int            # resume point: highest contiguous offset acknowledged
+    state: str  # gateway.core.states.DeviceState value
+    acked_offset: int  # resume point: highest contiguous offset acknowledged
     bytes_sent: int
 
 

@@ -19,21 +19,33 @@ class PlanItem:
     state: str
     current_version: int | None
     current_version_string: str | None
-    outcome: str                  # "update" (now), "later" (window/back-off/rollout paused), "in_progress",
+    outcome: str  # "update" (now), "later" (window/back-off/rollout paused), "in_progress",
     #                               "none" (nothing to offer, see reason), "left" (device left the network)
     image_id: str | None
     version_string: str | None
-    when: float | None            # epoch seconds; None when unknown or never
+    when: float | None  # epoch seconds; None when unknown or never
     reason: str
 
     @classmethod
     def of(
-        cls, rec: DeviceRecord, outcome: str, image_id: str | None, when: float | None, reason: str,
+        cls,
+        rec: DeviceRecord,
+        outcome: str,
+        image_id: str | None,
+        when: float | None,
+        reason: str,
         version_string: str | None = None,
     ) -> PlanItem:
         return cls(
-            rec.device_id, rec.state.value, rec.current_version, rec.current_version_string, outcome, image_id,
-            version_string, when, reason,
+            rec.device_id,
+            rec.state.value,
+            rec.current_version,
+            rec.current_version_string,
+            outcome,
+            image_id,
+            version_string,
+            when,
+            reason,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -52,11 +64,16 @@ def render_plan(items: list[PlanItem], now: float) -> str:
     """A fixed-width table for terminals."""
     rows = [("DEVICE", "STATE", "VERSION", "PLAN", "IMAGE", "WHEN", "WHY")]
     for it in items:
-        rows.append((
-            it.device_id, it.state, it.current_version_string or str(it.current_version or "-"), it.outcome,
-            f"{it.image_id} ({it.version_string})" if it.image_id else "-", format_when(it.when, now), it.reason,
-        ))
+        rows.append(
+            (
+                it.device_id,
+                it.state,
+                it.current_version_string or str(it.current_version or "-"),
+                it.outcome,
+                f"{it.image_id} ({it.version_string})" if it.image_id else "-",
+                format_when(it.when, now),
+                it.reason,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
-    return "\n".join(
-        "  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:6])) + "  " + r[6] for r in rows
-    )
+    return "\n".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:6])) + "  " + r[6] for r in rows)

@@ -95,7 +95,7 @@ class EffectivePolicy:
     auto_approve: bool
     download_window: str | None
     apply_window: str | None
-    rules: tuple[str, ...] = ()          # names of the rules that matched, for reasons
+    rules: tuple[str, ...] = ()  # names of the rules that matched, for reasons
 
     def source(self) -> str:
         return f"rules {', '.join(self.rules)}" if self.rules else "policy defaults"
@@ -141,7 +141,9 @@ class Window:
         day = local.weekday()
         if not self.crosses_midnight:
             return day in self.days and self.start <= minute < self.end
-        return (day in self.days and minute >= self.start) or ((day - 1) % 7 in self.days and minute < self.end)
+        return (day in self.days and minute >= self.start) or (
+            (day - 1) % 7 in self.days and minute < self.end
+        )
 
     def next_open(self, t: float) -> float:
         """`t` when open, else the next opening time (epoch seconds)."""
@@ -251,7 +253,9 @@ class BudgetTracker:
     def holds(self, device_id: str) -> bool:
         return device_id in self.holders
 
-    def acquire(self, device_id: str, protocol: str, network: str, sleepy: bool, now: float) -> tuple[bool, str]:
+    def acquire(
+        self, device_id: str, protocol: str, network: str, sleepy: bool, now: float
+    ) -> tuple[bool, str]:
         """Take a slot or say which budget is full (or which router has priority)."""
         if device_id in self.holders:
             return True, "already holds a transfer slot"

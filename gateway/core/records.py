@@ -98,7 +98,7 @@ class DeviceRecord:
     state: DeviceState = DeviceState.IDLE
     state_since: float = 0.0
     state_reason: str = ""
-    resume_state: DeviceState | None = None      # where `paused` returns to
+    resume_state: DeviceState | None = None  # where `paused` returns to
     vendor_id: int | None = None
     product_id: int | None = None
     vendor_name: str | None = None
@@ -115,22 +115,22 @@ class DeviceRecord:
     target_size: int | None = None
     token: bytes | None = None
     token_issued_at: float | None = None
-    bytes_sent: int = 0                          # every byte served, including repeats (over-counts, per 004)
-    acked_offset: int = 0                        # highest contiguous offset acknowledged: the resume point
+    bytes_sent: int = 0  # every byte served, including repeats (over-counts, per 004)
+    acked_offset: int = 0  # highest contiguous offset acknowledged: the resume point
     last_progress_at: float | None = None
     apply_at: float | None = None
     verify_deadline: float | None = None
     rollout_id: str | None = None
     rollout_wave: int | None = None
-    rollout_failures: int = 0                    # failed episodes inside `rollout_id` (wave failure threshold)
-    attempts: int = 0                            # offers of the current target
-    failures: int = 0                            # consecutive failed episodes (drives the retry back-off)
+    rollout_failures: int = 0  # failed episodes inside `rollout_id` (wave failure threshold)
+    attempts: int = 0  # offers of the current target
+    failures: int = 0  # consecutive failed episodes (drives the retry back-off)
     next_retry_at: float | None = None
     last_error: str | None = None
-    reported_status: str | None = None           # last 003 status report from the device
+    reported_status: str | None = None  # last 003 status report from the device
     reported_percent: int | None = None
     last_query: float | None = None
-    present: bool = True                         # False after device_left
+    present: bool = True  # False after device_left
 
     @property
     def key(self) -> DeviceKey:
@@ -211,14 +211,25 @@ class HistoryEntry:
 
     def row(self) -> tuple[Any, ...]:
         return (
-            self.device_id, self.at, self.old_state, self.new_state, self.reason,
-            self.image_id, self.version, self.offset,
+            self.device_id,
+            self.at,
+            self.old_state,
+            self.new_state,
+            self.reason,
+            self.image_id,
+            self.version,
+            self.offset,
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "at": self.at, "old_state": self.old_state, "new_state": self.new_state, "reason": self.reason,
-            "image_id": self.image_id, "version": self.version, "offset": self.offset,
+            "at": self.at,
+            "old_state": self.old_state,
+            "new_state": self.new_state,
+            "reason": self.reason,
+            "image_id": self.image_id,
+            "version": self.version,
+            "offset": self.offset,
         }
 
 
@@ -341,7 +352,9 @@ class StateDB:
                     if not p.fut.done():
                         p.fut.set_result(None)
 
-    async def execute_cas(self, stmt: str, params: tuple[Any, ...], extra: Iterable[tuple[str, tuple[Any, ...]]] = ()) -> int:
+    async def execute_cas(
+        self, stmt: str, params: tuple[Any, ...], extra: Iterable[tuple[str, tuple[Any, ...]]] = ()
+    ) -> int:
         """Run one conditional UPDATE (compare-and-set) plus follow-ups in a transaction; rows changed."""
         async with self._lock:
             cur = await self.conn.execute(stmt, params)

@@ -48,7 +48,7 @@ class RolloutError(Exception):
 class RolloutStatus(enum.StrEnum):
     ACTIVE = "active"
     PAUSED = "paused"
-    HALTED = "halted"        # auto-halted by the failure threshold; resume or abort by command
+    HALTED = "halted"  # auto-halted by the failure threshold; resume or abort by command
     COMPLETED = "completed"
     ABORTED = "aborted"
 
@@ -127,7 +127,12 @@ class Rollout:
 
     def adopt_index(self, other: Rollout) -> None:
         """Keep the cohort index of the same rollout re-read from state.db."""
-        self._cov, self._sorted, self._built, self._version = other._cov, other._sorted, other._built, other._version
+        self._cov, self._sorted, self._built, self._version = (
+            other._cov,
+            other._sorted,
+            other._built,
+            other._version,
+        )
         self._assign, self._assign_version = other._assign, other._assign_version
 
     @property
@@ -174,11 +179,27 @@ class Rollout:
         return _STUBS.setdefault(
             (self.image_id, self.protocol, self.vendor_id, self.product_id),
             CatalogEntry(
-                image_id=self.image_id, sha256=self.image_sha256, package_id="", bucket=self.protocol,
-                file_name="", manifest_version="1", name="", version=self.version_string, description=None,
-                size=0, license=None, license_url=None, copyright=None, owner=None, packager="",
-                release_date=None, content_type="", protocol=self.protocol,  # type: ignore[arg-type]
-                vendor_id=self.vendor_id, product_id=self.product_id, numeric_version=self.numeric_version,
+                image_id=self.image_id,
+                sha256=self.image_sha256,
+                package_id="",
+                bucket=self.protocol,
+                file_name="",
+                manifest_version="1",
+                name="",
+                version=self.version_string,
+                description=None,
+                size=0,
+                license=None,
+                license_url=None,
+                copyright=None,
+                owner=None,
+                packager="",
+                release_date=None,
+                content_type="",
+                protocol=self.protocol,  # type: ignore[arg-type]
+                vendor_id=self.vendor_id,
+                product_id=self.product_id,
+                numeric_version=self.numeric_version,
                 version_string=self.version_string,
             ),
         )
@@ -279,8 +300,13 @@ class WaveStats:
 
     def to_dict(self) -> dict[str, int]:
         return {
-            "wave": self.wave, "members": self.members, "offered": self.offered, "updated": self.updated,
-            "failed": self.failed, "in_progress": self.in_progress, "done": self.done,
+            "wave": self.wave,
+            "members": self.members,
+            "offered": self.offered,
+            "updated": self.updated,
+            "failed": self.failed,
+            "in_progress": self.in_progress,
+            "done": self.done,
         }
 
 
@@ -316,7 +342,7 @@ def wave_stats(r: Rollout, devices: dict[str, DeviceRecord], assign: dict[str, i
 class Step:
     """What `evaluate` decided: the new status/wave fields and a reason (None fields: unchanged)."""
 
-    event: str                      # "halted", "wave_complete", "wave_opened", "completed"
+    event: str  # "halted", "wave_complete", "wave_opened", "completed"
     reason: str
     status: RolloutStatus | None = None
     current_wave: int | None = None
@@ -335,7 +361,8 @@ def evaluate(r: Rollout, devices: dict[str, DeviceRecord], assign: dict[str, int
     )
     if over:
         limit = (
-            f"max_failures {r.max_failures}" if r.max_failures is not None and st.failed > r.max_failures
+            f"max_failures {r.max_failures}"
+            if r.max_failures is not None and st.failed > r.max_failures
             else f"max_failure_rate {r.max_failure_rate:.0%}"
         )
         return Step(
@@ -345,7 +372,8 @@ def evaluate(r: Rollout, devices: dict[str, DeviceRecord], assign: dict[str, int
         )
     if r.wave_completed_at is None:
         deadline_passed = (
-            r.wave_deadline_s is not None and r.wave_opened_at is not None
+            r.wave_deadline_s is not None
+            and r.wave_opened_at is not None
             and now >= r.wave_opened_at + r.wave_deadline_s
         )
         if st.done >= st.members or deadline_passed:
@@ -376,9 +404,28 @@ def soak_remaining(r: Rollout, now: float) -> float | None:
 
 # ------------------------------------------------------------------------------------------ persistence
 ROLLOUT_COLUMNS = (
-    "rollout_id", "name", "image_id", "image_sha256", "protocol", "vendor_id", "product_id", "numeric_version",
-    "version_string", "selector", "waves", "soak_s", "max_failures", "max_failure_rate", "wave_deadline_s",
-    "status", "status_reason", "current_wave", "wave_opened_at", "wave_completed_at", "created_at", "updated_at",
+    "rollout_id",
+    "name",
+    "image_id",
+    "image_sha256",
+    "protocol",
+    "vendor_id",
+    "product_id",
+    "numeric_version",
+    "version_string",
+    "selector",
+    "waves",
+    "soak_s",
+    "max_failures",
+    "max_failure_rate",
+    "wave_deadline_s",
+    "status",
+    "status_reason",
+    "current_wave",
+    "wave_opened_at",
+    "wave_completed_at",
+    "created_at",
+    "updated_at",
 )
 
 

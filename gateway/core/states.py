@@ -58,7 +58,9 @@ _EPISODE_START = frozenset({S.UPDATE_AVAILABLE, S.NOTIFIED, S.QUERYING, S.WAITIN
 
 TRANSITIONS: dict[DeviceState, frozenset[DeviceState]] = {
     S.IDLE: _EPISODE_START,
-    S.UPDATE_AVAILABLE: frozenset({S.NOTIFIED, S.QUERYING, S.WAITING_FOR_WINDOW, S.PAUSED, S.IDLE, S.CANCELLED}),
+    S.UPDATE_AVAILABLE: frozenset(
+        {S.NOTIFIED, S.QUERYING, S.WAITING_FOR_WINDOW, S.PAUSED, S.IDLE, S.CANCELLED}
+    ),
     S.NOTIFIED: frozenset(
         {S.UPDATE_AVAILABLE, S.QUERYING, S.WAITING_FOR_WINDOW, S.PAUSED, S.IDLE, S.CANCELLED, S.FAILED}
     ),
@@ -85,20 +87,32 @@ TRANSITIONS: dict[DeviceState, frozenset[DeviceState]] = {
             S.IDLE,
         }
     ),
-    S.WAITING_FOR_WINDOW: frozenset({S.UPDATE_AVAILABLE, S.NOTIFIED, S.QUERYING, S.PAUSED, S.IDLE, S.CANCELLED}),
+    S.WAITING_FOR_WINDOW: frozenset(
+        {S.UPDATE_AVAILABLE, S.NOTIFIED, S.QUERYING, S.PAUSED, S.IDLE, S.CANCELLED}
+    ),
 }
 
 # A transfer holds a concurrency-budget slot in these states.
 TRANSFER_STATES = frozenset({S.QUERYING, S.DOWNLOADING})
 # The device holds a token the adapters may present (open_image, progress, apply_request).
-TOKEN_STATES = frozenset({S.QUERYING, S.DOWNLOADING, S.DOWNLOADED, S.WAITING_TO_APPLY, S.APPLYING, S.VERIFYING})
+TOKEN_STATES = frozenset(
+    {S.QUERYING, S.DOWNLOADING, S.DOWNLOADED, S.WAITING_TO_APPLY, S.APPLYING, S.VERIFYING}
+)
 # The device has been told to install; only a version report (or the deadline) ends this.
 APPLY_STATES = frozenset({S.APPLYING, S.VERIFYING})
 # The episode is over.
 TERMINAL_STATES = frozenset({S.IDLE, S.UPDATED, S.FAILED, S.CANCELLED})
 # States `paused` may hold (and return to).
 PAUSABLE_STATES = frozenset(
-    {S.UPDATE_AVAILABLE, S.NOTIFIED, S.QUERYING, S.DOWNLOADING, S.DOWNLOADED, S.WAITING_TO_APPLY, S.WAITING_FOR_WINDOW}
+    {
+        S.UPDATE_AVAILABLE,
+        S.NOTIFIED,
+        S.QUERYING,
+        S.DOWNLOADING,
+        S.DOWNLOADED,
+        S.WAITING_TO_APPLY,
+        S.WAITING_FOR_WINDOW,
+    }
 )
 
 

@@ -24,15 +24,27 @@ from tests.api.schema import check, response_schema
 TOKEN = "test-token-0123456789abcdef"
 
 
-def zigbee_image(version: int = 0x100, manufacturer: int = 0x1135, image_type: int = 0x0001,
-                 payload: bytes = b"\x5a" * 3000) -> bytes:
-    return build_zigbee_image(payload, manufacturer_code=manufacturer, image_type=image_type, file_version=version)
+def zigbee_image(
+    version: int = 0x100,
+    manufacturer: int = 0x1135,
+    image_type: int = 0x0001,
+    payload: bytes = b"\x5a" * 3000,
+) -> bytes:
+    return build_zigbee_image(
+        payload, manufacturer_code=manufacturer, image_type=image_type, file_version=version
+    )
 
 
-def matter_image(version: int = 2, vendor_id: int = 0xFFF1, product_id: int = 0x8000,
-                 payload: bytes = b"\xa5" * 2000) -> bytes:
-    return build_matter_image(payload, vendor_id=vendor_id, product_id=product_id, software_version=version,
-                              software_version_string=f"{version}.0")
+def matter_image(
+    version: int = 2, vendor_id: int = 0xFFF1, product_id: int = 0x8000, payload: bytes = b"\xa5" * 2000
+) -> bytes:
+    return build_matter_image(
+        payload,
+        vendor_id=vendor_id,
+        product_id=product_id,
+        software_version=version,
+        software_version_string=f"{version}.0",
+    )
 
 
 def _route_regex(template: str) -> re.Pattern[str]:
@@ -55,8 +67,16 @@ class ApiHarness:
         assert found, f"{path} matches no documented path"
         return min(found, key=lambda t: t.count("{"))
 
-    async def call(self, method: str, path: str, expect: int, *, auth: bool = True,
-                   headers: dict[str, str] | None = None, **kw: Any) -> Any:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        expect: int,
+        *,
+        auth: bool = True,
+        headers: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> Any:
         """Request, assert the status, validate a JSON body against the document; returns the body."""
         h = dict(headers or {})
         if auth:
@@ -89,11 +109,23 @@ async def harness(tmp_path: Path) -> AsyncIterator[ApiHarness]:
     await store.open()
     core = UpdateCore(config, store, clock, auto_sweep=False)
     await core.start()
-    app = create_app(ApiServices(core=core, store=store, config=config, token=TOKEN, clock=clock,
-                                 health=lambda: {"core": "running", "adapters": {
-                                     "matter": {"state": "unavailable", "error": "not installed"},
-                                     "zigbee": {"state": "disabled", "error": None}}},
-                                 progress_interval=0))
+    app = create_app(
+        ApiServices(
+            core=core,
+            store=store,
+            config=config,
+            token=TOKEN,
+            clock=clock,
+            health=lambda: {
+                "core": "running",
+                "adapters": {
+                    "matter": {"state": "unavailable", "error": "not installed"},
+                    "zigbee": {"state": "disabled", "error": None},
+                },
+            },
+            progress_interval=0,
+        )
+    )
     client = TestClient(TestServer(app))
     await client.start_server()
     resp = await client.get("/api/v1/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"})

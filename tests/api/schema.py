@@ -59,7 +59,9 @@ def check(doc: dict[str, Any], schema: dict[str, Any], value: Any, path: str = "
                 check(doc, props[k], v, f"{path}.{k}")
             elif isinstance(schema.get("additionalProperties"), dict):
                 check(doc, schema["additionalProperties"], v, f"{path}.{k}")
-            elif schema.get("additionalProperties") is False or (props and "additionalProperties" not in schema):
+            elif schema.get("additionalProperties") is False or (
+                props and "additionalProperties" not in schema
+            ):
                 # pydantic models list every field: an undocumented key means the document is not true
                 raise AssertionError(f"{path}: undocumented key {k!r}")
     if isinstance(value, list) and "items" in schema:

@@ -126,7 +126,9 @@ async def test_static_assets_are_public(harness: ApiHarness) -> None:
 
 
 # ------------------------------------------------------------------------------------ token resolution
-def test_generated_token_file_is_owner_only_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_generated_token_file_is_owner_only_and_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     token, where = resolve_token(None, tmp_path / "d")
     path = tmp_path / "d" / "api-token"

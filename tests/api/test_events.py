@@ -37,8 +37,13 @@ async def until(resp: ClientResponse, kind: str) -> dict[str, Any]:
 
 async def test_stream_shows_state_changes_and_progress(harness: ApiHarness) -> None:
     h = harness
-    await h.call("POST", "/api/v1/images?file_name=fw.zigbee", 201, data=zigbee_image(version=0x200),
-                 headers={"Content-Type": "application/octet-stream"})
+    await h.call(
+        "POST",
+        "/api/v1/images?file_name=fw.zigbee",
+        201,
+        data=zigbee_image(version=0x200),
+        headers={"Content-Type": "application/octet-stream"},
+    )
     resp = await h.client.get("/api/v1/events", headers={"Authorization": f"Bearer {TOKEN}"})
     assert resp.status == 200
     hello = await next_event(resp)

@@ -9,22 +9,33 @@ from tests.api.conftest import TOKEN, ApiHarness, zigbee_image
 
 OCTET = {"Content-Type": "application/octet-stream"}
 IEEE = "00:11:22:33:44:55:66:77"
-DEVICE = {"protocol": "zigbee", "network": "pan:1a2b", "address": IEEE, "endpoint": 1,
-          "vendor_id": 0x1135, "product_id": 1, "current_version": 0x100, "model": "FLS-PP3"}
+DEVICE = {
+    "protocol": "zigbee",
+    "network": "pan:1a2b",
+    "address": IEEE,
+    "endpoint": 1,
+    "vendor_id": 0x1135,
+    "product_id": 1,
+    "current_version": 0x100,
+    "model": "FLS-PP3",
+}
 DEVICE_ID = f"zigbee:pan:1a2b:{IEEE}:1"
 KEY = {k: DEVICE[k] for k in ("protocol", "network", "address", "endpoint")}
 
 
 async def add_image(h: ApiHarness, version: int = 0x200) -> dict:
-    body = await h.call("POST", "/api/v1/images?file_name=fw.zigbee", 201, data=zigbee_image(version=version),
-                        headers=OCTET)
+    body = await h.call(
+        "POST", "/api/v1/images?file_name=fw.zigbee", 201, data=zigbee_image(version=version), headers=OCTET
+    )
     return body["image"]
 
 
-async def query(h: ApiHarness, device: dict | None = None, installed: list[str] | None = None,
-                expect: int = 200) -> dict:
-    return await h.call("POST", "/api/v1/query", expect,
-                        json={"device": device or DEVICE, "installed": installed or []})
+async def query(
+    h: ApiHarness, device: dict | None = None, installed: list[str] | None = None, expect: int = 200
+) -> dict:
+    return await h.call(
+        "POST", "/api/v1/query", expect, json={"device": device or DEVICE, "installed": installed or []}
+    )
 
 
 async def test_query_offers_the_manifest_and_download_counts_as_transfer(harness: ApiHarness) -> None:
@@ -34,9 +45,24 @@ async def test_query_offers_the_manifest_and_download_counts_as_transfer(harness
     assert ans["decision"] == "available"
     assert ans["callback_interval"] == h.config.policy.callback_interval_s
     [pkg] = ans["packages"]
-    for key in ("package_id", "bucket", "file_name", "manifest_version", "name", "version", "description",
-                "size", "license", "license_url", "copyright", "owner", "packager", "release_date",
-                "content_type", "sha256"):
+    for key in (
+        "package_id",
+        "bucket",
+        "file_name",
+        "manifest_version",
+        "name",
+        "version",
+        "description",
+        "size",
+        "license",
+        "license_url",
+        "copyright",
+        "owner",
+        "packager",
+        "release_date",
+        "content_type",
+        "sha256",
+    ):
         assert key in pkg
     assert pkg["sha256"] == img["sha256"] and pkg["size"] == img["size"]
     assert ans["download_url"] == f"/api/v1/images/{img['image_id']}/download"
@@ -48,8 +74,9 @@ async def test_query_offers_the_manifest_and_download_counts_as_transfer(harness
     assert "token" not in dev
     assert [e["new_state"] for e in dev["history"]][-1] == "querying"
 
-    resp = await h.client.get(f"{ans['download_url']}?transfer={token}",
-                              headers={"Authorization": f"Bearer {TOKEN}"})
+    resp = await h.client.get(
+        f"{ans['download_url']}?transfer={token}", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     assert resp.status == 200
     assert await resp.read() == zigbee_image(version=0x200)
     dev = await h.call("GET", f"/api/v1/devices/{DEVICE_ID}", 200)
@@ -58,8 +85,7 @@ async def test_query_offers_the_manifest_and_download_counts_as_transfer(harness
     # 003 status reports move the record on
     await h.call("POST", "/api/v1/status", 200, json={"device": KEY, "status": "Updating", "percent": 100})
     assert (await h.call("GET", f"/api/v1/devices/{DEVICE_ID}", 200))["state"] == "applying"
-    await h.call("POST", "/api/v1/status", 200,
-                 json={"device": KEY, "status": "Successfully Updated"})
+    await h.call("POST", "/api/v1/status", 200, json={"device": KEY, "status": "Successfully Updated"})
     assert (await h.call("GET", f"/api/v1/devices/{DEVICE_ID}", 200))["state"] == "verifying"
     # the device asks again with its new version: verified
     ans = await query(h, {**DEVICE, "current_version": 0x200})
@@ -89,8 +115,12 @@ async def test_failed_status_report_and_filters(harness: ApiHarness) -> None:
     await query(h)
     other = {**DEVICE, "address": "00:11:22:33:44:55:66:88", "current_version": 0x200}
     await query(h, other)
-    await h.call("POST", "/api/v1/status", 200,
-                 json={"device": KEY, "status": "Failed to Update", "error": "flash write error"})
+    await h.call(
+        "POST",
+        "/api/v1/status",
+        200,
+        json={"device": KEY, "status": "Failed to Update", "error": "flash write error"},
+    )
     dev = await h.call("GET", f"/api/v1/devices/{DEVICE_ID}", 200)
     assert dev["state"] == "failed" and "flash write error" in dev["state_reason"]
     assert dev["reported_status"] == "Failed to Update"
@@ -118,9 +148,16 @@ async def test_failed_status_report_and_filters(harness: ApiHarness) -> None:
 
 async def test_not_available_answer_has_the_callback_interval(harness: ApiHarness) -> None:
     ans = await query(harness)  # no image at all
-    assert ans == {"packages": [], "callback_interval": harness.config.policy.callback_interval_s,
-                   "decision": "not_available", "reason": ans["reason"], "token": None, "download_url": None,
-                   "delay_s": 0, "consent_needed": False}
+    assert ans == {
+        "packages": [],
+        "callback_interval": harness.config.policy.callback_interval_s,
+        "decision": "not_available",
+        "reason": ans["reason"],
+        "token": None,
+        "download_url": None,
+        "delay_s": 0,
+        "consent_needed": False,
+    }
     assert ans["reason"]
 
 
@@ -131,35 +168,58 @@ async def test_not_available_answer_has_the_callback_interval(harness: ApiHarnes
         (b"[1, 2]", 400, "body"),
         (b'{"installed": []}', 422, "device"),
         (b'{"device": {"protocol": "thread", "network": "x", "address": "y"}}', 422, "device.protocol"),
-        (b'{"device": {"protocol": "zigbee", "network": "x", "address": "y", "endpoint": 300}}', 422,
-         "device.endpoint"),
-        (b'{"device": {"protocol": "zigbee", "network": "x", "address": "y", "vendorid": 1}}', 422,
-         "device.vendorid"),
-        (b'{"device": {"protocol": "zigbee", "network": "x", "address": "y"}, "installed": [1]}', 422,
-         "installed[0]"),
+        (
+            b'{"device": {"protocol": "zigbee", "network": "x", "address": "y", "endpoint": 300}}',
+            422,
+            "device.endpoint",
+        ),
+        (
+            b'{"device": {"protocol": "zigbee", "network": "x", "address": "y", "vendorid": 1}}',
+            422,
+            "device.vendorid",
+        ),
+        (
+            b'{"device": {"protocol": "zigbee", "network": "x", "address": "y"}, "installed": [1]}',
+            422,
+            "installed[0]",
+        ),
     ],
 )
 async def test_query_malformed_input(harness: ApiHarness, body: bytes, status: int, field: str) -> None:
-    ans = await harness.call("POST", "/api/v1/query", status, data=body,
-                             headers={"Content-Type": "application/json"})
+    ans = await harness.call(
+        "POST", "/api/v1/query", status, data=body, headers={"Content-Type": "application/json"}
+    )
     assert ans["error"]["field"] == field
     assert await harness.call("GET", "/api/v1/devices", 200) == []  # nothing recorded
 
 
 @pytest.mark.parametrize(
     ("patch", "field"),
-    [({"status": "Exploded"}, "status"), ({"percent": 101}, "percent"), ({"device": None}, "device"),
-     ({"error": "x" * 2000}, "error")],
+    [
+        ({"status": "Exploded"}, "status"),
+        ({"percent": 101}, "percent"),
+        ({"device": None}, "device"),
+        ({"error": "x" * 2000}, "error"),
+    ],
 )
 async def test_status_report_malformed_input(harness: ApiHarness, patch: dict, field: str) -> None:
-    body = {"device": {"protocol": "matter", "network": "fabric:1", "address": "0000000000000001"},
-            "status": "Downloading", "percent": 5, **patch}
+    body = {
+        "device": {"protocol": "matter", "network": "fabric:1", "address": "0000000000000001"},
+        "status": "Downloading",
+        "percent": 5,
+        **patch,
+    }
     ans = await harness.call("POST", "/api/v1/status", 422, json=body)
     assert ans["error"]["field"] == field
     assert await harness.call("GET", "/api/v1/devices", 200) == []
 
 
 async def test_large_json_body_is_refused(harness: ApiHarness) -> None:
-    ans = await harness.call("POST", "/api/v1/query", 413, data=b'{"x": "' + b"a" * (1 << 20) + b'"}',
-                             headers={"Content-Type": "application/json"})
+    ans = await harness.call(
+        "POST",
+        "/api/v1/query",
+        413,
+        data=b'{"x": "' + b"a" * (1 << 20) + b'"}',
+        headers={"Content-Type": "application/json"},
+    )
     assert ans["error"]["code"] == "too_large"

@@ -40,8 +40,10 @@ async def test_upload_list_show_download_delete(harness: ApiHarness) -> None:
     by_prefix = await h.call("GET", f"/api/v1/images/{img['sha256'][:12]}", 200)
     assert by_prefix["image_id"] == img["image_id"]
 
-    resp = await h.client.get(f"/api/v1/images/{img['image_id']}/download",
-                              headers={"Authorization": f"Bearer {h.config.api.token}"})
+    resp = await h.client.get(
+        f"/api/v1/images/{img['image_id']}/download",
+        headers={"Authorization": f"Bearer {h.config.api.token}"},
+    )
     assert resp.status == 200
     assert await resp.read() == zb
     assert resp.headers["ETag"] == f'"{img["sha256"]}"'
@@ -91,7 +93,7 @@ async def test_upload_size_limit(harness: ApiHarness) -> None:
 
     async def chunked():  # no Content-Length: the store stops the stream
         for i in range(0, len(big), 65536):
-            yield big[i:i + 65536]
+            yield big[i : i + 65536]
 
     body = await upload(h, chunked(), expect=413)  # type: ignore[arg-type]
     assert body["error"]["code"] == "too_large"
@@ -121,7 +123,9 @@ async def test_bad_refs_and_queries(harness: ApiHarness) -> None:
 async def test_delete_refused_while_in_use(harness: ApiHarness) -> None:
     h = harness
     img = (await upload(h, zigbee_image()))["image"]
-    rollout = await h.call("POST", "/api/v1/rollouts", 201, json={"image": img["image_id"], "waves": ["100%"]})
+    rollout = await h.call(
+        "POST", "/api/v1/rollouts", 201, json={"image": img["image_id"], "waves": ["100%"]}
+    )
     body = await h.call("DELETE", f"/api/v1/images/{img['image_id']}", 409)
     assert body["error"]["code"] == "image_in_use"
     assert rollout["rollout_id"] in body["error"]["message"]

@@ -55,15 +55,35 @@ async def test_document_structure_and_refs(harness: ApiHarness) -> None:
 
 
 async def test_health_is_the_only_unauthenticated_api_route(harness: ApiHarness) -> None:
-    public = {(m, p) for p, item in harness.doc["paths"].items() for m, op in item.items() if op.get("security") == []}
+    public = {
+        (m, p)
+        for p, item in harness.doc["paths"].items()
+        for m, op in item.items()
+        if op.get("security") == []
+    }
     assert public == {("get", "/healthz"), ("get", "/login"), ("post", "/login")}
 
 
 async def test_reference_003_manifest_fields_documented(harness: ApiHarness) -> None:
     manifest = harness.doc["components"]["schemas"]["PackageManifest"]["properties"]
-    for key in ("package_id", "bucket", "file_name", "manifest_version", "name", "version", "description", "size",
-                "license", "license_url", "copyright", "owner", "packager", "release_date", "content_type",
-                "sha256"):
+    for key in (
+        "package_id",
+        "bucket",
+        "file_name",
+        "manifest_version",
+        "name",
+        "version",
+        "description",
+        "size",
+        "license",
+        "license_url",
+        "copyright",
+        "owner",
+        "packager",
+        "release_date",
+        "content_type",
+        "sha256",
+    ):
         assert key in manifest
     query = harness.doc["components"]["schemas"]["QueryOut"]["properties"]
     assert {"packages", "callback_interval"} <= set(query)
@@ -72,8 +92,12 @@ async def test_reference_003_manifest_fields_documented(harness: ApiHarness) -> 
 
 
 async def test_unknown_routes_and_methods_answer_json(harness: ApiHarness) -> None:
-    resp = await harness.client.get("/api/v1/nothing", headers={"Authorization": f"Bearer {harness.config.api.token}"})
+    resp = await harness.client.get(
+        "/api/v1/nothing", headers={"Authorization": f"Bearer {harness.config.api.token}"}
+    )
     assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
-    resp = await harness.client.put("/api/v1/images", headers={"Authorization": f"Bearer {harness.config.api.token}"})
+    resp = await harness.client.put(
+        "/api/v1/images", headers={"Authorization": f"Bearer {harness.config.api.token}"}
+    )
     assert resp.status == 405 and (await resp.json())["error"]["code"] == "method_not_allowed"
     assert "GET" in resp.headers["Allow"]

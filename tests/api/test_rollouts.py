@@ -10,8 +10,11 @@ OCTET = {"Content-Type": "application/octet-stream"}
 
 
 async def setup_fleet(h: ApiHarness, n: int = 3) -> dict:
-    img = (await h.call("POST", "/api/v1/images?file_name=fw.zigbee", 201, data=zigbee_image(version=0x200),
-                        headers=OCTET))["image"]
+    img = (
+        await h.call(
+            "POST", "/api/v1/images?file_name=fw.zigbee", 201, data=zigbee_image(version=0x200), headers=OCTET
+        )
+    )["image"]
     for i in range(n):
         key = DeviceKey("zigbee", "pan:1a2b", f"00:11:22:33:44:55:66:{i:02x}", 1)
         await h.core.observe(DeviceInfo(key, vendor_id=0x1135, product_id=1, current_version=0x100))
@@ -21,12 +24,24 @@ async def setup_fleet(h: ApiHarness, n: int = 3) -> dict:
 async def test_rollout_lifecycle(harness: ApiHarness) -> None:
     h = harness
     img = await setup_fleet(h)
-    r = await h.call("POST", "/api/v1/rollouts", 201,
-                     json={"image": img["image_id"][:10], "waves": ["1", "100%"], "soak_s": 0, "name": "spring",
-                           "selector": {"protocol": "zigbee", "networks": ["pan:1a2b"]}})
+    r = await h.call(
+        "POST",
+        "/api/v1/rollouts",
+        201,
+        json={
+            "image": img["image_id"][:10],
+            "waves": ["1", "100%"],
+            "soak_s": 0,
+            "name": "spring",
+            "selector": {"protocol": "zigbee", "networks": ["pan:1a2b"]},
+        },
+    )
     rid = r["rollout_id"]
     assert r["name"] == "spring" and r["status"] == "active" and r["image_id"] == img["image_id"]
-    assert [(w["spec"], w["state"], w["members"]) for w in r["waves"]] == [("1", "open", 1), ("100%", "pending", 2)]
+    assert [(w["spec"], w["state"], w["members"]) for w in r["waves"]] == [
+        ("1", "open", 1),
+        ("100%", "pending", 2),
+    ]
     assert r["selector"] == {"protocol": "zigbee", "networks": ["pan:1a2b"]}
 
     assert [x["rollout_id"] for x in await h.call("GET", "/api/v1/rollouts", 200)] == [rid]
@@ -43,13 +58,19 @@ async def test_rollout_lifecycle(harness: ApiHarness) -> None:
 
     metrics = await h.call("GET", "/metrics", 200)
     assert 'otagw_rollouts{status="aborted"} 1.0' in metrics
-    assert f'otagw_rollout_wave_devices{{outcome="members",rollout="{rid}",wave="1",wave_state="aborted"}} 2.0' \
+    assert (
+        f'otagw_rollout_wave_devices{{outcome="members",rollout="{rid}",wave="1",wave_state="aborted"}} 2.0'
         in metrics
+    )
 
 
 async def test_unknown_rollout_is_404(harness: ApiHarness) -> None:
-    for method, path in (("GET", "/api/v1/rollouts/rnope"), ("POST", "/api/v1/rollouts/rnope/pause"),
-                         ("POST", "/api/v1/rollouts/rnope/resume"), ("POST", "/api/v1/rollouts/rnope/abort")):
+    for method, path in (
+        ("GET", "/api/v1/rollouts/rnope"),
+        ("POST", "/api/v1/rollouts/rnope/pause"),
+        ("POST", "/api/v1/rollouts/rnope/resume"),
+        ("POST", "/api/v1/rollouts/rnope/abort"),
+    ):
         body = await harness.call(method, path, 404)
         assert body["error"]["field"] == "rollout_id"
 

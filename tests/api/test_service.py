@@ -51,13 +51,22 @@ async def test_gateway_serves_despite_failing_adapters(tmp_path: Path) -> None:
                 assert resp.status == 200
                 body = await resp.json()
                 assert body["status"] == "degraded" and body["adapters"]["good"]["state"] == "running"
-            async with s.get(gw.api_url + "/api/v1/devices",
-                             headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
-                assert [d["device_id"] for d in await resp.json()] == ["zigbee:pan:1:00:00:00:00:00:00:00:01:1"]
+            async with s.get(
+                gw.api_url + "/api/v1/devices", headers={"Authorization": f"Bearer {TOKEN}"}
+            ) as resp:
+                assert [d["device_id"] for d in await resp.json()] == [
+                    "zigbee:pan:1:00:00:00:00:00:00:00:01:1"
+                ]
     finally:
         await gw.stop()
     # a failed adapter is stopped at once (it may have half-started); the running one at shutdown
-    assert fake_adapters.EVENTS == ["good.start", "noradio.start", "NoRadio.stop", "Crashes.stop", "Good.stop"]
+    assert fake_adapters.EVENTS == [
+        "good.start",
+        "noradio.start",
+        "NoRadio.stop",
+        "Crashes.stop",
+        "Good.stop",
+    ]
     assert gw.health()["core"] == "stopped" and gw.health()["adapters"]["good"]["state"] == "stopped"
     await gw.stop()  # idempotent
 
@@ -67,8 +76,15 @@ async def test_reload_applies_new_policy(tmp_path: Path) -> None:
     gw = Gateway(load_config(path), slots=())
     await gw.start()
     try:
-        path.write_text(yaml.safe_dump({"data_dir": "data", "api": {"listen": "127.0.0.1:0", "token": TOKEN},
-                                        "policy": {"callback_interval_s": 600}}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "data_dir": "data",
+                    "api": {"listen": "127.0.0.1:0", "token": TOKEN},
+                    "policy": {"callback_interval_s": 600},
+                }
+            )
+        )
         assert await gw.reload() is True
         assert gw.core.config.policy.callback_interval_s == 600
         path.write_text("policy: [")

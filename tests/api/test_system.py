@@ -21,9 +21,18 @@ async def test_health_follows_core_state(harness: ApiHarness) -> None:
 async def test_metrics_exposition(harness: ApiHarness) -> None:
     text = await harness.call("GET", "/metrics", 200)
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    for name in ("otagw_transfers_active", "otagw_transfers_completed", "otagw_transfers_failed",
-                 "otagw_bytes_served", "otagw_query_decisions", "otagw_rollouts", "otagw_rollout_wave_devices",
-                 "otagw_device_failures", "otagw_sse_clients", "otagw_adapter_up"):
+    for name in (
+        "otagw_transfers_active",
+        "otagw_transfers_completed",
+        "otagw_transfers_failed",
+        "otagw_bytes_served",
+        "otagw_query_decisions",
+        "otagw_rollouts",
+        "otagw_rollout_wave_devices",
+        "otagw_device_failures",
+        "otagw_sse_clients",
+        "otagw_adapter_up",
+    ):
         assert name in families, name
     protocols = {s.labels["protocol"] for s in families["otagw_transfers_completed"].samples}
     assert protocols == {"matter", "zigbee"}

@@ -36,8 +36,17 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[TestServer, UpdateCore, 
     await store.open()
     core = UpdateCore(cfg, store, clock, auto_sweep=False)
     await core.start()
-    app = create_app(ApiServices(core=core, store=store, config=cfg, token=TOKEN, clock=clock,
-                                 health=lambda: {"core": "running", "adapters": {}}, progress_interval=0.1))
+    app = create_app(
+        ApiServices(
+            core=core,
+            store=store,
+            config=cfg,
+            token=TOKEN,
+            clock=clock,
+            health=lambda: {"core": "running", "adapters": {}},
+            progress_interval=0.1,
+        )
+    )
     srv = TestServer(app, host="127.0.0.1")
     await srv.start_server()
     try:
@@ -48,7 +57,9 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[TestServer, UpdateCore, 
         await store.close()
 
 
-async def test_progress_bar_moves_live(server: tuple[TestServer, UpdateCore, ImageStore, ManualClock]) -> None:
+async def test_progress_bar_moves_live(
+    server: tuple[TestServer, UpdateCore, ImageStore, ManualClock],
+) -> None:
     srv, core, store, clock = server
     image = build_zigbee_image(b"\x11" * 20000, manufacturer_code=0x1135, image_type=1, file_version=0x200)
     entry = (await store.add_bytes(image, file_name="lamp.zigbee")).entry
@@ -64,15 +75,20 @@ async def test_progress_bar_moves_live(server: tuple[TestServer, UpdateCore, Ima
         await b.wait_for("return document.getElementById('live').textContent === 'live'", what="event stream")
         await b.wait_for(ROW, MT.device_id, what="matter device row")
         await b.wait_for(
-            "return document.querySelector(`tr[data-image-id='${arguments[0]}']`)", entry.image_id, what="image row")
+            "return document.querySelector(`tr[data-image-id='${arguments[0]}']`)",
+            entry.image_id,
+            what="image row",
+        )
 
         # a Zigbee device joins and asks: it appears live, beside the Matter one
-        answer = await core.query(DeviceInfo(ZB, vendor_id=0x1135, product_id=1, current_version=0x100,
-                                             model="FLS-PP3"))
+        answer = await core.query(
+            DeviceInfo(ZB, vendor_id=0x1135, product_id=1, current_version=0x100, model="FLS-PP3")
+        )
         assert isinstance(answer, Available)
         await b.wait_for(ROW + "?.dataset.state === 'querying'", ZB.device_id, what="zigbee row in querying")
-        protocols = await b.js("return [...document.querySelectorAll('#devices tbody tr .badge')]"
-                               ".map(e => e.textContent).sort()")
+        protocols = await b.js(
+            "return [...document.querySelectorAll('#devices tbody tr .badge')].map(e => e.textContent).sort()"
+        )
         assert protocols == ["matter", "zigbee"]
 
         seen = []
@@ -83,7 +99,10 @@ async def test_progress_bar_moves_live(server: tuple[TestServer, UpdateCore, Ima
             want = min(100, (offset + size // 4) * 100 // size)
             pct = await b.wait_for(
                 f"const p = Number({ROW_EXPR}.querySelector('.fill').dataset.percent);"
-                f" return p >= {want} ? p : 0", ZB.device_id, what=f"progress >= {want}%")
+                f" return p >= {want} ? p : 0",
+                ZB.device_id,
+                what=f"progress >= {want}%",
+            )
             width = await b.js(ROW + ".querySelector('.fill').style.width", ZB.device_id)
             assert width == f"{pct}%"
             seen.append(pct)
@@ -94,7 +113,10 @@ async def test_progress_bar_moves_live(server: tuple[TestServer, UpdateCore, Ima
         rollout = await core.create_rollout(entry.image_id, waves=["1", "100%"], soak_s=0)
         waves = await b.wait_for(
             "return [...document.querySelectorAll(`[data-rollout-id='${arguments[0]}'] .wave`)]"
-            ".map(w => w.textContent)", rollout.rollout_id, what="rollout waves")
+            ".map(w => w.textContent)",
+            rollout.rollout_id,
+            what="rollout waves",
+        )
         assert len(waves) == 2 and waves[0].startswith("Wave 1 (1)") and "1 devices" in waves[0]
         if os.environ.get("OTAGW_SCREENSHOT"):
             await b.screenshot(Path(os.environ["OTAGW_SCREENSHOT"]))

@@ -20,9 +20,16 @@ import aiohttp
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--window-size=1280,900",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,900",
 ]
 
 
@@ -55,8 +62,9 @@ class Browser:
     async def __aenter__(self) -> Browser:
         port = _free_port()
         driver = shutil.which("chromedriver") or CHROMEDRIVER
-        self._proc = subprocess.Popen([driver, f"--port={port}"], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL)
+        self._proc = subprocess.Popen(
+            [driver, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         self._base = f"http://127.0.0.1:{port}"
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         deadline = time.monotonic() + 20
@@ -71,10 +79,17 @@ class Browser:
                 raise WebDriverError("chromedriver did not become ready")
             await asyncio.sleep(0.1)
         binary = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium") or CHROMIUM
-        caps = {"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {"binary": binary, "args": [*FLAGS, f"--user-data-dir={self._profile.name}"]},
-        }}}
+        caps = {
+            "capabilities": {
+                "alwaysMatch": {
+                    "browserName": "chrome",
+                    "goog:chromeOptions": {
+                        "binary": binary,
+                        "args": [*FLAGS, f"--user-data-dir={self._profile.name}"],
+                    },
+                }
+            }
+        }
         value = await self._call("POST", "/session", caps)
         self._session = value["sessionId"]
         return self
@@ -110,7 +125,9 @@ class Browser:
         return str(await self._call("GET", f"/session/{self._session}/url"))
 
     async def js(self, script: str, *args: Any) -> Any:
-        return await self._call("POST", f"/session/{self._session}/execute/sync", {"script": script, "args": list(args)})
+        return await self._call(
+            "POST", f"/session/{self._session}/execute/sync", {"script": script, "args": list(args)}
+        )
 
     async def screenshot(self, path: Path) -> None:
         import base64

@@ -21,16 +21,37 @@ T0 = 1_700_000_000.0
 
 
 def make_entry(
-    protocol: str = "matter", vendor: int = 0xFFF1, product: int = 0x8001, version: int = 2, size: int = 10_000,
+    protocol: str = "matter",
+    vendor: int = 0xFFF1,
+    product: int = 0x8001,
+    version: int = 2,
+    size: int = 10_000,
     **kw: Any,
 ) -> CatalogEntry:
     sha = hashlib.sha256(f"{protocol}{vendor}{product}{version}{kw}".encode()).hexdigest()
     base: dict[str, Any] = dict(
-        image_id=sha[:16], sha256=sha, package_id=f"{protocol}:{vendor:04x}:{product:04x}:{version}:{sha[:16]}",
-        bucket=protocol, file_name=f"fw-{version}.ota", manifest_version="1", name="fw", version=f"{version}.0",
-        description=None, size=size, license=None, license_url=None, copyright=None, owner=None, packager="test",
-        release_date=None, content_type="application/octet-stream", protocol=protocol, vendor_id=vendor,
-        product_id=product, numeric_version=version, version_string=f"{version}.0",
+        image_id=sha[:16],
+        sha256=sha,
+        package_id=f"{protocol}:{vendor:04x}:{product:04x}:{version}:{sha[:16]}",
+        bucket=protocol,
+        file_name=f"fw-{version}.ota",
+        manifest_version="1",
+        name="fw",
+        version=f"{version}.0",
+        description=None,
+        size=size,
+        license=None,
+        license_url=None,
+        copyright=None,
+        owner=None,
+        packager="test",
+        release_date=None,
+        content_type="application/octet-stream",
+        protocol=protocol,
+        vendor_id=vendor,
+        product_id=product,
+        numeric_version=version,
+        version_string=f"{version}.0",
     )
     base.update(kw)
     return CatalogEntry(**base)
@@ -75,20 +96,45 @@ class FakeStore:
         return MemReader(entry.size)
 
 
-def matter_dev(node: int, version: int = 1, *, vendor: int = 0xFFF1, product: int = 0x8001,
-               sleepy: bool | None = False, fabric: str = "fabric:aa", **kw: Any) -> DeviceInfo:
+def matter_dev(
+    node: int,
+    version: int = 1,
+    *,
+    vendor: int = 0xFFF1,
+    product: int = 0x8001,
+    sleepy: bool | None = False,
+    fabric: str = "fabric:aa",
+    **kw: Any,
+) -> DeviceInfo:
     return DeviceInfo(
-        DeviceKey("matter", fabric, f"{node:016X}", 0), vendor_id=vendor, product_id=product,
-        current_version=version, current_version_string=f"{version}.0", sleepy=sleepy, **kw,
+        DeviceKey("matter", fabric, f"{node:016X}", 0),
+        vendor_id=vendor,
+        product_id=product,
+        current_version=version,
+        current_version_string=f"{version}.0",
+        sleepy=sleepy,
+        **kw,
     )
 
 
-def zigbee_dev(n: int, version: int = 1, *, manuf: int = 0x117C, itype: int = 0x2811, pan: str = "pan:1a2b",
-               sleepy: bool | None = False, **kw: Any) -> DeviceInfo:
+def zigbee_dev(
+    n: int,
+    version: int = 1,
+    *,
+    manuf: int = 0x117C,
+    itype: int = 0x2811,
+    pan: str = "pan:1a2b",
+    sleepy: bool | None = False,
+    **kw: Any,
+) -> DeviceInfo:
     ieee = ":".join(f"{b:02x}" for b in n.to_bytes(8, "big"))
     return DeviceInfo(
-        DeviceKey("zigbee", pan, ieee, 1), vendor_id=manuf, product_id=itype, current_version=version,
-        sleepy=sleepy, **kw,
+        DeviceKey("zigbee", pan, ieee, 1),
+        vendor_id=manuf,
+        product_id=itype,
+        current_version=version,
+        sleepy=sleepy,
+        **kw,
     )
 
 
@@ -114,11 +160,18 @@ async def make_core(tmp_path: Path, clock: ManualClock, store: FakeStore) -> Asy
     cores: list[UpdateCore] = []
     counter = iter(range(1, 10**9))
 
-    async def factory(*, data_dir: Path | None = None, st: Any = None, role: str = "gateway",
-                      **policy: Any) -> UpdateCore:
+    async def factory(
+        *, data_dir: Path | None = None, st: Any = None, role: str = "gateway", **policy: Any
+    ) -> UpdateCore:
         cfg = config(data_dir or tmp_path, **policy)
-        core = UpdateCore(cfg, st or store, clock, role=role, auto_sweep=False,  # type: ignore[arg-type]
-                          token_factory=lambda: next(counter).to_bytes(16, "big"))
+        core = UpdateCore(
+            cfg,
+            st or store,
+            clock,
+            role=role,
+            auto_sweep=False,  # type: ignore[arg-type]
+            token_factory=lambda: next(counter).to_bytes(16, "big"),
+        )
         await core.start()
         cores.append(core)
         return core

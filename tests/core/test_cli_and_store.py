@@ -74,6 +74,7 @@ async def test_cli_devices_plan_and_rollouts(real, tmp_path: Path) -> None:
         assert isinstance(res, Available)
         cfg_file = tmp_path / "otagw.yaml"
         cfg_file.write_text(f"data_dir: {tmp_path}\n")
+
         def run(_main, args):  # the CLI runs its own event loop: call it from a thread, like a second process
             return asyncio.to_thread(CliRunner().invoke, _main, args)
 
@@ -98,8 +99,23 @@ async def test_cli_devices_plan_and_rollouts(real, tmp_path: Path) -> None:
         assert plan[matter_dev(0).key.device_id]["outcome"] == "in_progress"
         assert "WHY" in (await run(main, ["-c", str(cfg_file), "plan"])).output
 
-        out = await run(main, ["-c", str(cfg_file), "rollout", "create", m.image_id[:10], "--wave", "1", "--wave", "100%",
-                         "--soak", "30m", "--json"])
+        out = await run(
+            main,
+            [
+                "-c",
+                str(cfg_file),
+                "rollout",
+                "create",
+                m.image_id[:10],
+                "--wave",
+                "1",
+                "--wave",
+                "100%",
+                "--soak",
+                "30m",
+                "--json",
+            ],
+        )
         assert out.exit_code == 0, out.output
         rid = json.loads(out.output)["rollout_id"]
         assert json.loads(out.output)["soak_s"] == 1800

@@ -49,8 +49,12 @@ async def test_happy_path_is_verified_and_recorded(make_core: CoreFactory) -> No
     assert rec.bytes_sent == 20_000 and rec.acked_offset == 20_000
     hist = [(h.old_state, h.new_state) for h in await core.history(dev.key.device_id)]
     assert hist == [
-        ("idle", "querying"), ("querying", "downloading"), ("downloading", "downloaded"),
-        ("downloaded", "applying"), ("applying", "verifying"), ("verifying", "updated"),
+        ("idle", "querying"),
+        ("querying", "downloading"),
+        ("downloading", "downloaded"),
+        ("downloaded", "applying"),
+        ("applying", "verifying"),
+        ("verifying", "updated"),
     ]
     again = await core.query(matter_dev(1, version=3))
     assert isinstance(again, NotAvailable) and again.callback_interval_s == 86400
@@ -100,13 +104,13 @@ async def test_offsets_count_repeats_but_resume_only_contiguous(make_core: CoreF
     res = await core.query(dev)
     assert isinstance(res, Available) and res.image.numeric_version == 5
     await core.progress(res.token, 0, 100)
-    await core.progress(res.token, 200, 100)    # gap: not acknowledged contiguously
-    await core.progress(res.token, 0, 100)      # repeat: over-counts bytes_sent (reference 004)
+    await core.progress(res.token, 200, 100)  # gap: not acknowledged contiguously
+    await core.progress(res.token, 0, 100)  # repeat: over-counts bytes_sent (reference 004)
     rec = core.get_device(dev.key.device_id)
     assert rec is not None and rec.acked_offset == 100 and rec.bytes_sent == 300
     await core.progress(res.token, 100, 100)
     assert core.get_device(dev.key.device_id).acked_offset == 200  # type: ignore[union-attr]
-    await core.progress(res.token, 150, 900)    # overlaps and runs past the end: capped at the size
+    await core.progress(res.token, 150, 900)  # overlaps and runs past the end: capped at the size
     rec = core.get_device(dev.key.device_id)
     assert rec is not None and rec.acked_offset == 1000 and rec.percent == 100
 
@@ -142,7 +146,12 @@ async def test_stale_transfer_expires_and_restart_resumes(make_core: CoreFactory
     # crash/restart: the transfer is still live and resumes from the acknowledged offset
     core2 = await make_core(stale_transfer_s=600)
     info = core2.active_transfer(dev.key)
-    assert info is not None and info.token == res.token and info.acked_offset == 8192 and info.state == "downloading"
+    assert (
+        info is not None
+        and info.token == res.token
+        and info.acked_offset == 8192
+        and info.state == "downloading"
+    )
     again = await core2.query(dev)
     assert isinstance(again, Available) and again.token == res.token and again.resume_offset == 8192
     assert "resuming at offset 8192" in again.reason
@@ -177,10 +186,12 @@ async def test_budgets_busy_then_granted(make_core: CoreFactory) -> None:
     ra, rb = await core.query(a), await core.query(b)
     assert isinstance(ra, Available) and isinstance(rb, Available)
     rc = await core.query(c)
-    assert isinstance(rc, Busy) and rc.retry_after_s == 120 and "global transfer budget full (2/2" in rc.reason
+    assert (
+        isinstance(rc, Busy) and rc.retry_after_s == 120 and "global transfer budget full (2/2" in rc.reason
+    )
     assert core.get_device(c.key.device_id).state == S.UPDATE_AVAILABLE  # type: ignore[union-attr]
     assert c.key in core.devices_to_notify()
-    await download(core, ra.token, ra.image.size)      # frees a slot
+    await download(core, ra.token, ra.image.size)  # frees a slot
     rc = await core.query(c)
     assert isinstance(rc, Available)
     assert core.metrics()["transfers_active"] == {"matter": 2}

@@ -29,8 +29,12 @@ from gateway.core.states import TRANSITIONS, DeviceState
 from tests.core.conftest import T0, FakeStore, config, make_entry, matter_dev, zigbee_dev
 
 DEVICES = [
-    matter_dev(1), matter_dev(2, sleepy=True), matter_dev(3, fabric="fabric:bb"),
-    zigbee_dev(1), zigbee_dev(2, sleepy=True), zigbee_dev(3, pan="pan:0002"),
+    matter_dev(1),
+    matter_dev(2, sleepy=True),
+    matter_dev(3, fabric="fabric:bb"),
+    zigbee_dev(1),
+    zigbee_dev(2, sleepy=True),
+    zigbee_dev(3, pan="pan:0002"),
 ]
 
 op = st.one_of(
@@ -42,23 +46,37 @@ op = st.one_of(
     st.tuples(st.just("report"), st.integers(0, 5), st.booleans()),
     st.tuples(st.just("status"), st.integers(0, 5), st.sampled_from(list(ReportedStatus))),
     st.tuples(st.just("advance"), st.sampled_from([1, 30, 600, 3600, 7200])),
-    st.tuples(st.just("sweep"),),
+    st.tuples(
+        st.just("sweep"),
+    ),
     st.tuples(st.just("left"), st.integers(0, 5)),
     st.tuples(st.just("rollout"), st.sampled_from(["create", "pause", "resume", "abort"])),
-    st.tuples(st.just("restart"),),
+    st.tuples(
+        st.just("restart"),
+    ),
     st.tuples(st.just("cycle"), st.integers(0, 5)),  # a whole happy episode, interleaved with the rest
 )
 
 
 async def scenario(ops: list[tuple], data_dir: Path) -> None:
     clock = ManualClock(T0)
-    store = FakeStore([
-        make_entry(version=2, size=3000), make_entry(version=3, size=3000),
-        make_entry("zigbee", 0x117C, 0x2811, 5, size=2000),
-    ])
-    cfg = config(data_dir, budgets={"global": 2, "per_network_default": 1}, stale_transfer_s=600,
-                 verify_deadline_s=600, retry_backoff_s=30, progress_persist_s=0,
-                 windows={"w": {"start": "23:00", "end": "01:00"}}, apply_window="w")
+    store = FakeStore(
+        [
+            make_entry(version=2, size=3000),
+            make_entry(version=3, size=3000),
+            make_entry("zigbee", 0x117C, 0x2811, 5, size=2000),
+        ]
+    )
+    cfg = config(
+        data_dir,
+        budgets={"global": 2, "per_network_default": 1},
+        stale_transfer_s=600,
+        verify_deadline_s=600,
+        retry_backoff_s=30,
+        progress_persist_s=0,
+        windows={"w": {"start": "23:00", "end": "01:00"}},
+        apply_window="w",
+    )
     core = UpdateCore(cfg, store, clock, auto_sweep=False)  # type: ignore[arg-type]
     await core.start()
     installed = {i: 1 for i in range(6)}
@@ -70,7 +88,9 @@ async def scenario(ops: list[tuple], data_dir: Path) -> None:
             if kind == "cycle":
                 i = o[1]
                 d = DEVICES[i]
-                d = d.__class__(**{**{f: getattr(d, f) for f in d.__dataclass_fields__}, "current_version": installed[i]})
+                d = d.__class__(
+                    **{**{f: getattr(d, f) for f in d.__dataclass_fields__}, "current_version": installed[i]}
+                )
                 res = await core.query(d)
                 if isinstance(res, Available):
                     await core.progress(res.token, 0, res.image.size)
@@ -85,8 +105,16 @@ async def scenario(ops: list[tuple], data_dir: Path) -> None:
                 rec = core._devices.get(dev.key.device_id)
                 token = rec.token if rec else None
             if kind == "query":
-                d = dev if not o[2] else dev.__class__(**{**{f: getattr(dev, f) for f in dev.__dataclass_fields__},
-                                                          "current_version": installed[i]})
+                d = (
+                    dev
+                    if not o[2]
+                    else dev.__class__(
+                        **{
+                            **{f: getattr(dev, f) for f in dev.__dataclass_fields__},
+                            "current_version": installed[i],
+                        }
+                    )
+                )
                 res = await core.query(d)
                 if isinstance(res, Available):
                     assert len(res.token) >= 8 and res.image.protocol == dev.key.protocol
@@ -116,14 +144,19 @@ async def scenario(ops: list[tuple], data_dir: Path) -> None:
                 if o[1] == "create":
                     r = await core.create_rollout(
                         next(iter(e.image_id for e in store.entries.values() if e.numeric_version == 3)),
-                        waves=["1", "100%"], soak_s=60, max_failures=1,
+                        waves=["1", "100%"],
+                        soak_s=60,
+                        max_failures=1,
                     )
                     rollout_id = r.rollout_id
                 elif rollout_id is not None:
                     r = core.get_rollout(rollout_id)
                     assert r is not None
-                    allowed = {"pause": {"active", "halted"}, "resume": {"paused", "halted"},
-                               "abort": {"active", "paused", "halted"}}[o[1]]
+                    allowed = {
+                        "pause": {"active", "halted"},
+                        "resume": {"paused", "halted"},
+                        "abort": {"active", "paused", "halted"},
+                    }[o[1]]
                     if r.status.value in allowed:
                         await getattr(core, f"{o[1]}_rollout")(rollout_id)
             elif kind == "restart":
@@ -133,7 +166,11 @@ async def scenario(ops: list[tuple], data_dir: Path) -> None:
                 await core.start()  # start() sweeps, which may move timers on; compare only what it kept
                 for d, s in before.items():
                     now_s = core._devices[d].state
-                    assert now_s == s or now_s in TRANSITIONS[s] or s in TRANSITIONS.get(now_s, ()), (d, s, now_s)
+                    assert now_s == s or now_s in TRANSITIONS[s] or s in TRANSITIONS.get(now_s, ()), (
+                        d,
+                        s,
+                        now_s,
+                    )
                 last.clear()
             assert core.check_invariants() == [], (o, core.check_invariants())
             for d, r in core._devices.items():

@@ -33,8 +33,12 @@ async def setup(core) -> tuple[object, dict[int, int]]:
 
 
 def test_wave_parsing() -> None:
-    assert parse_waves(["1", "10%", 50, "100%"]) == [WaveSpec(1, False), WaveSpec(10, True), WaveSpec(50, False),
-                                                     WaveSpec(100, True)]
+    assert parse_waves(["1", "10%", 50, "100%"]) == [
+        WaveSpec(1, False),
+        WaveSpec(10, True),
+        WaveSpec(50, False),
+        WaveSpec(100, True),
+    ]
     for bad in (["0%"], ["1.5"], ["abc"], [], ["101%"]):
         with pytest.raises(RolloutError):
             parse_waves(bad)
@@ -80,8 +84,15 @@ async def test_waves_soak_and_completion(make_core: CoreFactory, clock) -> None:
     stats = core.rollout_progress(r.rollout_id)
     assert [s["updated"] for s in stats] == [1, 4, 5]
     events = [e["event"] for e in await core.rollout_events(r.rollout_id)]
-    assert events == ["created", "wave_complete", "wave_opened", "wave_complete", "wave_opened", "wave_complete",
-                      "completed"]
+    assert events == [
+        "created",
+        "wave_complete",
+        "wave_opened",
+        "wave_complete",
+        "wave_opened",
+        "wave_complete",
+        "completed",
+    ]
 
 
 async def test_cohorts_survive_restart(make_core: CoreFactory) -> None:
@@ -167,7 +178,9 @@ async def test_cli_process_command_reaches_running_gateway(make_core: CoreFactor
     # a rollout created by the CLI is picked up too
     cli2 = await make_core(role="client")
     v2 = next(e for e in gw.store.entries.values() if e.numeric_version == 2)
-    r2 = await cli2.create_rollout(v2.image_id, selector={"devices": ["matter:*:0000000000000009:0"]}, waves=["100%"])
+    r2 = await cli2.create_rollout(
+        v2.image_id, selector={"devices": ["matter:*:0000000000000009:0"]}, waves=["100%"]
+    )
     await cli2.stop()
     await gw.sweep()
     assert gw.get_rollout(r2.rollout_id) is not None
@@ -201,11 +214,12 @@ async def test_devices_joining_after_creation_get_cohorts(make_core: CoreFactory
     core = await make_core()
     v3 = next(e for e in core.store.entries.values() if e.numeric_version == 3)
     r = await core.create_rollout(v3.image_id, waves=["1", "100%"], soak_s=0)
-    first = await core.query(matter_dev(1))          # joins after the rollout: indexed incrementally
+    first = await core.query(matter_dev(1))  # joins after the rollout: indexed incrementally
     assert isinstance(first, Available) and "wave 1" in first.reason
     second = await core.query(matter_dev(2))
-    ranks = sorted([matter_dev(1).key.device_id, matter_dev(2).key.device_id],
-                   key=lambda d: cohort_key(r.rollout_id, d))
+    ranks = sorted(
+        [matter_dev(1).key.device_id, matter_dev(2).key.device_id], key=lambda d: cohort_key(r.rollout_id, d)
+    )
     # wave membership follows the cohort rank, except that an offered device keeps its wave
     if ranks[0] == matter_dev(2).key.device_id:
         assert isinstance(second, Available) or "wave" in second.reason

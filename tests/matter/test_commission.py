@@ -117,8 +117,10 @@ async def test_cli_commission_goes_through_the_running_gateway(netns_pair: Netns
     pair = netns_pair
     paa = export_paas(tmp_path / "paa")
     cfg_file = tmp_path / "otagw.yaml"
-    cfg_file.write_text(f"data_dir: {tmp_path / 'data'}\nmatter:\n  node_id: {PROVIDER_NODE}\n"
-                        f"  paa_trust_store: {paa}\n  interfaces: [{pair.a.iface}]\n")
+    cfg_file.write_text(
+        f"data_dir: {tmp_path / 'data'}\nmatter:\n  node_id: {PROVIDER_NODE}\n"
+        f"  paa_trust_store: {paa}\n  interfaces: [{pair.a.iface}]\n"
+    )
     from gateway.config import load_config
 
     cfg = load_config(cfg_file)
@@ -134,12 +136,27 @@ async def test_cli_commission_goes_through_the_running_gateway(netns_pair: Netns
         with pair.enter(pair.a):
             await adapter.start()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "-c", str(cfg_file), "matter", "commission", ready["qrPairingCode"],
-            "--json", cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "gateway",
+            "-c",
+            str(cfg_file),
+            "matter",
+            "commission",
+            ready["qrPairingCode"],
+            "--json",
+            cwd=REPO,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(proc.communicate(), 180)
         assert proc.returncode == 0, err.decode()
         entry = json.loads(out)
-        assert (entry["vendor_id"], entry["product_id"], entry["default_provider"]) == (0xFFF1, 0x8000, PROVIDER_NODE)
+        assert (entry["vendor_id"], entry["product_id"], entry["default_provider"]) == (
+            0xFFF1,
+            0x8000,
+            PROVIDER_NODE,
+        )
         rec = core.get_device(adapter.key(entry["node_id"]).device_id)
         assert rec is not None and rec.current_version == 1  # adopted: observed by the core
     finally:

@@ -28,8 +28,16 @@ async def setup(tmp_path: Path) -> AsyncIterator[tuple[MatterAdapter, UpdateCore
     cfg = parse_config({"data_dir": str(tmp_path)})
     store = ImageStore(tmp_path)
     await store.open()
-    await store.add_bytes(build_matter_image(b"x" * 3000, vendor_id=0xFFF1, product_id=0x8000, software_version=2,
-                                             software_version_string="2.0"), file_name="fw.ota")
+    await store.add_bytes(
+        build_matter_image(
+            b"x" * 3000,
+            vendor_id=0xFFF1,
+            product_id=0x8000,
+            software_version=2,
+            software_version_string="2.0",
+        ),
+        file_name="fw.ota",
+    )
     clock = ManualClock()
     core = UpdateCore(cfg, store, clock, auto_sweep=False)
     await core.start()
@@ -67,7 +75,9 @@ async def test_software_version_report_verifies_the_install(setup: tuple[MatterA
     assert rec.state.value == "applying"
     await ad._on_report({"node_id": NODE, "kind": "attribute", "attribute": "SoftwareVersion", "value": 1})
     assert core.get_device(ad.key(NODE).device_id).state.value == "applying"  # still the old version: wait
-    await ad._on_report({"node_id": NODE, "kind": "attribute", "attribute": "SoftwareVersionString", "value": "2.0"})
+    await ad._on_report(
+        {"node_id": NODE, "kind": "attribute", "attribute": "SoftwareVersionString", "value": "2.0"}
+    )
     await ad._on_report({"node_id": NODE, "kind": "attribute", "attribute": "SoftwareVersion", "value": 2})
     rec = core.get_device(ad.key(NODE).device_id)
     assert (rec.state.value, rec.current_version, rec.current_version_string) == ("updated", 2, "2.0")
@@ -78,14 +88,28 @@ async def test_requestor_states_and_rollback_feed_the_record(setup: tuple[Matter
     key = ad.key(NODE)
     await core.query(DeviceInfo(key, vendor_id=0xFFF1, product_id=0x8000, current_version=1))
     await ad._on_report({"node_id": NODE, "kind": "attribute", "attribute": "UpdateState", "value": 4})
-    await ad._on_report({"node_id": NODE, "kind": "attribute", "attribute": "UpdateStateProgress", "value": 40})
+    await ad._on_report(
+        {"node_id": NODE, "kind": "attribute", "attribute": "UpdateStateProgress", "value": 40}
+    )
     rec = core.get_device(key.device_id)
     assert rec.state.value == "downloading" and rec.reported_percent == 40
     # a download error is not an update failure (the requestor retries with the same token)
-    await ad._on_report({"node_id": NODE, "kind": "event", "event": "DownloadError",
-                         "data": {"softwareVersion": 2, "bytesDownloaded": 4096}})
+    await ad._on_report(
+        {
+            "node_id": NODE,
+            "kind": "event",
+            "event": "DownloadError",
+            "data": {"softwareVersion": 2, "bytesDownloaded": 4096},
+        }
+    )
     assert core.get_device(key.device_id).state.value == "downloading"
-    await ad._on_report({"node_id": NODE, "kind": "event", "event": "StateTransition",
-                         "data": {"previousState": 5, "newState": 7, "reason": 2, "targetSoftwareVersion": 2}})
+    await ad._on_report(
+        {
+            "node_id": NODE,
+            "kind": "event",
+            "event": "StateTransition",
+            "data": {"previousState": 5, "newState": 7, "reason": 2, "targetSoftwareVersion": 2},
+        }
+    )
     rec = core.get_device(key.device_id)
     assert rec.state.value == "failed" and "requestor state transition" in (rec.state_reason or "")

@@ -22,8 +22,8 @@ from gateway.store.store import ImageStore
 from tests.store_helpers import zigbee_image
 
 FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "zigbee"
-IKEA = FIXTURES / "ikea-mgm210l-light-cws-cv-rgbw-v268572245.ota"        # mfr 4476 type 10242, 228582 B
-DRESDEN = FIXTURES / "1135-0000-201000A0-FLS-PP3_RGBW.zigbee"            # mfr 4405 type 0, 197247 B
+IKEA = FIXTURES / "ikea-mgm210l-light-cws-cv-rgbw-v268572245.ota"  # mfr 4476 type 10242, 228582 B
+DRESDEN = FIXTURES / "1135-0000-201000A0-FLS-PP3_RGBW.zigbee"  # mfr 4405 type 0, 197247 B
 SENGLED = FIXTURES / "RDL2016091_1_E11-G13_V0.0.9_20170921_release.ota"  # mfr 4448 type 3, 116478 B
 
 VENDOR = {IKEA: (4476, 10242, 268572245), DRESDEN: (4405, 0, 0x201000A0), SENGLED: (4448, 3, 9)}
@@ -62,7 +62,10 @@ class Stack:
 
     async def start_adapter(self) -> ZigbeeAdapter:
         adapter = ZigbeeAdapter(
-            self.config.zigbee, self.core, self.clock, self.data_dir,
+            self.config.zigbee,
+            self.core,
+            self.clock,
+            self.data_dir,
             app_cls=SimControllerApplication.bound_to(self.network),
         )
         await adapter.start()
@@ -94,8 +97,9 @@ async def make_stack(
     join: bool = True,
 ) -> Stack:
     clock = clock or ManualClock()
-    cfg = parse_config({"data_dir": str(tmp_path), "policy": policy or {},
-                        "zigbee": {"enabled": True, **(zigbee or {})}})
+    cfg = parse_config(
+        {"data_dir": str(tmp_path), "policy": policy or {}, "zigbee": {"enabled": True, **(zigbee or {})}}
+    )
     store = ImageStore(tmp_path, clock=clock)
     await store.open()
     for i, img in enumerate(images or []):
@@ -126,6 +130,11 @@ def sim_device(n: int, clock: ManualClock, vendor: tuple[int, int, int], **kw: A
     mfr, itype, version = vendor
     kw.setdefault("file_version", max(0, version - 1))
     return SimOtaDevice(
-        f"00:0d:6f:00:00:00:{n >> 8:02x}:{n & 0xFF:02x}", 0x1000 + n, clock,
-        manufacturer_code=mfr, image_type=itype, seed=n + 1, **kw,
+        f"00:0d:6f:00:00:00:{n >> 8:02x}:{n & 0xFF:02x}",
+        0x1000 + n,
+        clock,
+        manufacturer_code=mfr,
+        image_type=itype,
+        seed=n + 1,
+        **kw,
     )

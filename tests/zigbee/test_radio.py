@@ -30,7 +30,7 @@ def test_config_builds_bellows_app_with_our_settings(tmp_path):
     raw = build_zigpy_config(cfg, tmp_path)
     cls = app_class_for("ezsp")
     assert cls is bellows.zigbee.application.ControllerApplication
-    app = cls(raw)   # bellows validates the dict with its own schema
+    app = cls(raw)  # bellows validates the dict with its own schema
     assert app.config["device"] == {"path": "/dev/ttyACM3", "baudrate": 460800, "flow_control": "hardware"}
     assert app.config["database_path"] == str(tmp_path / "zigbee.db")
     assert app.config["ota"]["providers"] == [] and app.config["ota"]["broadcast_enabled"] is False
@@ -46,12 +46,16 @@ def test_unknown_keys_and_bad_values_are_config_errors():
 
 async def test_unreachable_socket_path_is_a_clear_error_naming_the_path(tmp_path):
     path = f"socket://127.0.0.1:{free_port()}"
-    adapter = ZigbeeAdapter(zcfg(device=path, startup_timeout_s=10), core=None, clock=ManualClock(),  # type: ignore[arg-type]
-                            data_dir=tmp_path)
+    adapter = ZigbeeAdapter(
+        zcfg(device=path, startup_timeout_s=10),
+        core=None,
+        clock=ManualClock(),  # type: ignore[arg-type]
+        data_dir=tmp_path,
+    )
     with pytest.raises(AdapterStartError) as err:
         await adapter.start()
     assert path in str(err.value) and "refused" in str(err.value)
-    await adapter.stop()   # the caller carries on (e.g. serving Matter); stopping is harmless
+    await adapter.stop()  # the caller carries on (e.g. serving Matter); stopping is harmless
 
 
 async def test_missing_serial_device_is_a_clear_error(tmp_path):
@@ -91,5 +95,5 @@ async def test_bellows_speaks_ash_to_the_configured_socket(tmp_path, monkeypatch
         server.close()
         await server.wait_closed()
     assert path in str(err.value)
-    assert b"\xc0\x38\xbc\x7e" in bytes(received), bytes(received).hex(" ")   # ASH RST + CRC + flag
+    assert b"\xc0\x38\xbc\x7e" in bytes(received), bytes(received).hex(" ")  # ASH RST + CRC + flag
     assert not (Path(tmp_path) / "zigbee.db-journal").exists()

@@ -12,7 +12,11 @@ from tests.zigbee.harness import DRESDEN, IKEA, SENGLED, VENDOR, make_stack, nee
 # per-manufacturer cap; Sengled: Image Page Requests.
 CASES = {
     "dresden": (DRESDEN, Behaviour(), {}),
-    "ikea": (IKEA, Behaviour(max_data_size=200), {"block_size_caps": [{"manufacturer": 4476, "max_block_bytes": 200}]}),
+    "ikea": (
+        IKEA,
+        Behaviour(max_data_size=200),
+        {"block_size_caps": [{"manufacturer": 4476, "max_block_bytes": 200}]},
+    ),
     "sengled": (SENGLED, Behaviour(page_mode=True, page_size=4096, max_data_size=64), {}),
 }
 

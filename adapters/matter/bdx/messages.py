@@ -205,8 +205,13 @@ class _TransferInit:
             raise ValueError("BDX max block size or file designator length out of 16-bit range")
         rc, rng = _range_fields(self.start_offset, self.max_length)
         head = struct.pack("<BBH", (self.version & 0x0F) | int(self.control & 0x70), rc, self.max_block_size)
-        return (head + rng + struct.pack("<H", len(self.file_designator)) + bytes(self.file_designator)
-                + bytes(self.metadata))
+        return (
+            head
+            + rng
+            + struct.pack("<H", len(self.file_designator))
+            + bytes(self.file_designator)
+            + bytes(self.metadata)
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> _TransferInit:
@@ -243,7 +248,9 @@ class SendAccept:
         _check_version(self.version)
         if not 0 <= self.max_block_size <= 0xFFFF:
             raise ValueError("BDX max block size out of 16-bit range")
-        return struct.pack("<BH", self.version | int(self.control & 0x70), self.max_block_size) + self.metadata
+        return (
+            struct.pack("<BH", self.version | int(self.control & 0x70), self.max_block_size) + self.metadata
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> SendAccept:
@@ -271,8 +278,11 @@ class ReceiveAccept:
         if not 0 <= self.max_block_size <= 0xFFFF:
             raise ValueError("BDX max block size out of 16-bit range")
         rc, rng = _range_fields(self.start_offset, self.length)
-        return struct.pack("<BBH", self.version | int(self.control & 0x70), rc, self.max_block_size) + rng + \
-            self.metadata
+        return (
+            struct.pack("<BBH", self.version | int(self.control & 0x70), rc, self.max_block_size)
+            + rng
+            + self.metadata
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> ReceiveAccept:
@@ -362,13 +372,33 @@ class BlockEOF(_DataBlock):
     OPCODE: ClassVar[Opcode] = Opcode.BLOCK_EOF
 
 
-BdxMessage = (SendInit | ReceiveInit | SendAccept | ReceiveAccept | BlockQuery | BlockAck | BlockAckEOF
-              | BlockQueryWithSkip | Block | BlockEOF)
+BdxMessage = (
+    SendInit
+    | ReceiveInit
+    | SendAccept
+    | ReceiveAccept
+    | BlockQuery
+    | BlockAck
+    | BlockAckEOF
+    | BlockQueryWithSkip
+    | Block
+    | BlockEOF
+)
 
 _BY_OPCODE: dict[int, Any] = {
     cls.OPCODE: cls
-    for cls in (SendInit, ReceiveInit, SendAccept, ReceiveAccept, BlockQuery, BlockAck, BlockAckEOF,
-                BlockQueryWithSkip, Block, BlockEOF)
+    for cls in (
+        SendInit,
+        ReceiveInit,
+        SendAccept,
+        ReceiveAccept,
+        BlockQuery,
+        BlockAck,
+        BlockAckEOF,
+        BlockQueryWithSkip,
+        Block,
+        BlockEOF,
+    )
 }
 
 

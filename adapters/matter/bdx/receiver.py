@@ -107,8 +107,14 @@ class BdxReceiver:
             raise RuntimeError("BDX receiver already started")
         self.state = ReceiverState.AWAIT_ACCEPT
         self._last_activity = self._now()
-        init = ReceiveInit(BDX_VERSION, self.mode, self.max_block_size, self.file_designator,
-                           self.start_offset, self.max_length)
+        init = ReceiveInit(
+            BDX_VERSION,
+            self.mode,
+            self.max_block_size,
+            self.file_designator,
+            self.start_offset,
+            self.max_length,
+        )
         return [Outgoing(BDX_PROTOCOL_ID, ReceiveInit.OPCODE, init.encode())]
 
     def skip(self, nbytes: int) -> None:
@@ -149,7 +155,9 @@ class BdxReceiver:
 
     def _on_accept(self, acc: ReceiveAccept) -> list[Outgoing]:
         if acc.control != self.mode:
-            return self._fail(BdxStatus.TRANSFER_METHOD_NOT_SUPPORTED, f"accepted mode 0x{int(acc.control):02x}")
+            return self._fail(
+                BdxStatus.TRANSFER_METHOD_NOT_SUPPORTED, f"accepted mode 0x{int(acc.control):02x}"
+            )
         if acc.version > BDX_VERSION:
             return self._fail(BdxStatus.VERSION_NOT_SUPPORTED, f"version {acc.version}")
         if not 0 < acc.max_block_size <= self.max_block_size:

@@ -194,7 +194,9 @@ class BdxSender:
             self._peer_status(payload)
             return []
         if protocol_id != BDX_PROTOCOL_ID:
-            return self._fail(BdxStatus.UNEXPECTED_MESSAGE, f"protocol 0x{protocol_id:x} opcode 0x{opcode:02x}")
+            return self._fail(
+                BdxStatus.UNEXPECTED_MESSAGE, f"protocol 0x{protocol_id:x} opcode 0x{opcode:02x}"
+            )
         try:
             msg = decode_message(opcode, payload)
         except BdxDecodeError as exc:
@@ -205,7 +207,9 @@ class BdxSender:
         if self.state is SenderState.IN_PROGRESS:
             if self.mode is TransferControl.RECEIVER_DRIVE:
                 if isinstance(msg, BlockQuery | BlockQueryWithSkip):
-                    return self._on_query(msg.counter, msg.bytes_to_skip if isinstance(msg, BlockQueryWithSkip) else 0)
+                    return self._on_query(
+                        msg.counter, msg.bytes_to_skip if isinstance(msg, BlockQueryWithSkip) else 0
+                    )
                 if isinstance(msg, BlockAck):  # keep-alive acknowledging the last block
                     return self._check_ack(msg.counter) or []
             elif isinstance(msg, BlockAck):
@@ -224,7 +228,9 @@ class BdxSender:
             return []
         return self._fail(BdxStatus.TRANSFER_FAILED_UNKNOWN_ERROR, f"no message for {self._timeout:g} s")
 
-    def abort(self, code: BdxStatus = BdxStatus.TRANSFER_FAILED_UNKNOWN_ERROR, reason: str = "aborted") -> list[Outgoing]:
+    def abort(
+        self, code: BdxStatus = BdxStatus.TRANSFER_FAILED_UNKNOWN_ERROR, reason: str = "aborted"
+    ) -> list[Outgoing]:
         """Stop the transfer from our side (e.g. the core withdrew the image)."""
         if self.done:
             return []
@@ -241,7 +247,9 @@ class BdxSender:
         elif offered & TransferControl.SENDER_DRIVE:
             mode = TransferControl.SENDER_DRIVE
         else:
-            return self._fail(BdxStatus.TRANSFER_METHOD_NOT_SUPPORTED, f"proposed modes 0x{int(init.control):02x}")
+            return self._fail(
+                BdxStatus.TRANSFER_METHOD_NOT_SUPPORTED, f"proposed modes 0x{int(init.control):02x}"
+            )
         if init.max_block_size == 0:
             return self._fail(BdxStatus.BAD_MESSAGE_CONTENTS, "proposed max block size 0")
         self.designator = init.file_designator
@@ -254,8 +262,10 @@ class BdxSender:
             return self._fail(BdxStatus.FILE_DESIGNATOR_UNKNOWN, f"designator {init.file_designator!r}")
         size = int(reader.size)
         if init.start_offset > size:
-            return self._fail(BdxStatus.START_OFFSET_NOT_SUPPORTED,
-                              f"start offset {init.start_offset} beyond image size {size}")
+            return self._fail(
+                BdxStatus.START_OFFSET_NOT_SUPPORTED,
+                f"start offset {init.start_offset} beyond image size {size}",
+            )
         self._reader = reader
         self.mode = mode
         self.block_size = min(init.max_block_size, self._cap)
@@ -265,7 +275,9 @@ class BdxSender:
         self.length = available if not init.max_length else min(init.max_length, available)
         self.position = self.start_offset
         self.state = SenderState.IN_PROGRESS
-        accept = ReceiveAccept(min(BDX_VERSION, init.version), mode, self.block_size, self.start_offset, self.length)
+        accept = ReceiveAccept(
+            min(BDX_VERSION, init.version), mode, self.block_size, self.start_offset, self.length
+        )
         out = [Outgoing(BDX_PROTOCOL_ID, ReceiveAccept.OPCODE, accept.encode())]
         if mode is TransferControl.SENDER_DRIVE:
             out += self._send_block()
@@ -284,14 +296,18 @@ class BdxSender:
 
     def _on_query(self, counter: int, skip: int) -> list[Outgoing]:
         if counter != self._next_block:
-            return self._fail(BdxStatus.BAD_BLOCK_COUNTER, f"query for block {counter}, expected {self._next_block}")
+            return self._fail(
+                BdxStatus.BAD_BLOCK_COUNTER, f"query for block {counter}, expected {self._next_block}"
+            )
         if skip:
             self.position = min(self.position + skip, self.end_offset)
         return self._send_block()
 
     def _check_ack(self, counter: int) -> list[Outgoing] | None:
         if counter != self._last_block:
-            return self._fail(BdxStatus.BAD_BLOCK_COUNTER, f"ack for block {counter}, last sent {self._last_block}")
+            return self._fail(
+                BdxStatus.BAD_BLOCK_COUNTER, f"ack for block {counter}, last sent {self._last_block}"
+            )
         return None
 
     def _send_block(self) -> list[Outgoing]:
@@ -304,8 +320,10 @@ class BdxSender:
             except (ValueError, OSError) as exc:
                 return self._fail(BdxStatus.TRANSFER_FAILED_UNKNOWN_ERROR, f"image read at {offset}: {exc}")
             if len(data) != n:
-                return self._fail(BdxStatus.TRANSFER_FAILED_UNKNOWN_ERROR,
-                                  f"short image read at {offset}: {len(data)} of {n} bytes")
+                return self._fail(
+                    BdxStatus.TRANSFER_FAILED_UNKNOWN_ERROR,
+                    f"short image read at {offset}: {len(data)} of {n} bytes",
+                )
         else:
             data = b""
         self.position += n
@@ -415,7 +433,16 @@ class BdxServer:
             if obs is not None:
                 obs.failed(sender, code, reason)
 
-        sender = BdxSender(lambda d: self.resolver(d, context), now=self.now, max_block_size=self.max_block_size,
-                           timeout_s=self.timeout_s, modes=self.modes, slots=self.slots, on_progress=progress,
-                           on_complete=complete, on_failed=failed, context=context)
+        sender = BdxSender(
+            lambda d: self.resolver(d, context),
+            now=self.now,
+            max_block_size=self.max_block_size,
+            timeout_s=self.timeout_s,
+            modes=self.modes,
+            slots=self.slots,
+            on_progress=progress,
+            on_complete=complete,
+            on_failed=failed,
+            context=context,
+        )
         return sender

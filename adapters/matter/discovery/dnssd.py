@@ -71,8 +71,15 @@ def interface_addresses(interfaces: Sequence[str] | None) -> list[tuple[str, int
 class OperationalAdvertiser:
     """Publishes and withdraws the node's operational records."""
 
-    def __init__(self, port: int, interfaces: Sequence[str] | None = None, *, mrp: MrpTxt | None = None,
-                 hostname: str | None = None, tcp_supported: bool = False) -> None:
+    def __init__(
+        self,
+        port: int,
+        interfaces: Sequence[str] | None = None,
+        *,
+        mrp: MrpTxt | None = None,
+        hostname: str | None = None,
+        tcp_supported: bool = False,
+    ) -> None:
         self.port = port
         self.interfaces = list(interfaces) if interfaces is not None else None
         self.mrp = mrp or MrpTxt()
@@ -84,8 +91,12 @@ class OperationalAdvertiser:
         self._addresses: list[tuple[str, int]] = []
 
     def _txt(self) -> dict[str, str]:
-        return {"SII": str(self.mrp.idle_ms), "SAI": str(self.mrp.active_ms),
-                "SAT": str(self.mrp.active_threshold_ms), "T": "1" if self.tcp_supported else "0"}
+        return {
+            "SII": str(self.mrp.idle_ms),
+            "SAI": str(self.mrp.active_ms),
+            "SAT": str(self.mrp.active_threshold_ms),
+            "T": "1" if self.tcp_supported else "0",
+        }
 
     async def start(self) -> None:
         self._addresses = interface_addresses(self.interfaces)
@@ -108,8 +119,14 @@ class OperationalAdvertiser:
     def _service_info(self, name: OperationalName, type_: str) -> ServiceInfo:
         # AAAA/A records carry bare addresses; receivers scope link-local ones to the interface they heard us on
         addrs = list(dict.fromkeys(a for a, _ in self._addresses))
-        return ServiceInfo(type_, f"{name.instance}.{MATTER_OPERATIONAL_TYPE}", port=self.port,
-                           properties=self._txt(), server=f"{self._hostname}.local.", parsed_addresses=addrs)
+        return ServiceInfo(
+            type_,
+            f"{name.instance}.{MATTER_OPERATIONAL_TYPE}",
+            port=self.port,
+            properties=self._txt(),
+            server=f"{self._hostname}.local.",
+            parsed_addresses=addrs,
+        )
 
     async def advertise(self, name: OperationalName) -> None:
         """Publish one operational instance (idempotent)."""
@@ -126,8 +143,12 @@ class OperationalAdvertiser:
             log.warning("matter: could not publish subtype %s: %s", name.subtype, exc)
             sub = None
         self._infos[name] = (info, sub)
-        log.info("matter: advertising %s on %s port %d", name.instance,
-                 ", ".join(a for a, _ in self._addresses), self.port)
+        log.info(
+            "matter: advertising %s on %s port %d",
+            name.instance,
+            ", ".join(a for a, _ in self._addresses),
+            self.port,
+        )
 
     async def withdraw(self, name: OperationalName) -> None:
         entry = self._infos.pop(name, None)

@@ -77,7 +77,9 @@ def _save_nodes(mdir: Path, nodes: dict[int, NodeEntry]) -> None:
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"nodes": [asdict(n) for n in sorted(nodes.values(), key=lambda n: n.node_id)]}, f, indent=1)
+        json.dump(
+            {"nodes": [asdict(n) for n in sorted(nodes.values(), key=lambda n: n.node_id)]}, f, indent=1
+        )
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -99,13 +101,20 @@ class _Borrowed:
 class FabricAdmin:
     """See the module docstring."""
 
-    def __init__(self, mdir: str | os.PathLike[str], config: MatterConfig | None = None, *,
-                 netns: str | None = None, timeout_s: float = 90.0) -> None:
+    def __init__(
+        self,
+        mdir: str | os.PathLike[str],
+        config: MatterConfig | None = None,
+        *,
+        netns: str | None = None,
+        timeout_s: float = 90.0,
+    ) -> None:
         self.dir = Path(mdir)
         self.config = config or MatterConfig()
         self.netns = netns
-        self.runner = ControllerRunner(self.dir / "fabric-admin", netns=netns, ops_module=OPS_MODULE,
-                                       timeout_s=timeout_s)
+        self.runner = ControllerRunner(
+            self.dir / "fabric-admin", netns=netns, ops_module=OPS_MODULE, timeout_s=timeout_s
+        )
         self.info: dict[str, Any] = {}
         self.nodes: dict[int, NodeEntry] = {}
         self._lock_fd: int | None = None
@@ -146,9 +155,11 @@ class FabricAdmin:
             self.runner.start()
             paa = self.paa_store()
             self.info = self.runner.init_fabric(
-                fabric_id=self.config.fabric_id, vendor_id=self.config.vendor_id,
+                fabric_id=self.config.fabric_id,
+                vendor_id=self.config.vendor_id,
                 controller_node_id=self.config.controller_node_id,
-                paa_trust_store=str(paa) if self.config.paa_trust_store is not None else None)
+                paa_trust_store=str(paa) if self.config.paa_trust_store is not None else None,
+            )
         except BaseException:
             with contextlib.suppress(Exception):
                 self.runner.close()
@@ -185,8 +196,13 @@ class FabricAdmin:
         nid = node_id or self.config.node_id
 
         def run() -> Any:
-            return ensure_identity(self.dir, nid, fabric_id=self.config.fabric_id, vendor_id=self.config.vendor_id,
-                                   runner_factory=lambda _d: _Borrowed(self.runner))  # type: ignore[arg-type,return-value]
+            return ensure_identity(
+                self.dir,
+                nid,
+                fabric_id=self.config.fabric_id,
+                vendor_id=self.config.vendor_id,
+                runner_factory=lambda _d: _Borrowed(self.runner),
+            )  # type: ignore[arg-type,return-value]
 
         async with self._call_lock:
             return await asyncio.to_thread(run)
@@ -195,11 +211,13 @@ class FabricAdmin:
     def next_node_id(self) -> int:
         return max([FIRST_NODE_ID - 1, *self.nodes]) + 1
 
-    async def commission(self, code: str, *, ip: str | None = None, node_id: int | None = None,
-                         timeout_s: float = 60.0) -> NodeEntry:
+    async def commission(
+        self, code: str, *, ip: str | None = None, node_id: int | None = None, timeout_s: float = 60.0
+    ) -> NodeEntry:
         nid = node_id or self.next_node_id()
-        got = await self.call("commission", _timeout=timeout_s + 60, code=code, node_id=nid, ip=ip,
-                              timeout_s=timeout_s)
+        got = await self.call(
+            "commission", _timeout=timeout_s + 60, code=code, node_id=nid, ip=ip, timeout_s=timeout_s
+        )
         nid = int(got["node_id"])
         entry = self.nodes.get(nid) or NodeEntry(nid, time.time())
         self.nodes[nid] = entry
@@ -213,7 +231,10 @@ class FabricAdmin:
         if e is not None:
             e.vendor_id, e.product_id = b.get("VendorID"), b.get("ProductID")
             e.vendor_name, e.product_name = b.get("VendorName"), b.get("ProductName")
-            e.software_version, e.software_version_string = b.get("SoftwareVersion"), b.get("SoftwareVersionString")
+            e.software_version, e.software_version_string = (
+                b.get("SoftwareVersion"),
+                b.get("SoftwareVersionString"),
+            )
             e.hardware_version, e.has_requestor = b.get("HardwareVersion"), bool(info.get("has_requestor"))
             e.update_state = info.get("requestor", {}).get("UpdateState")
             e.updated_at = time.time()
@@ -230,8 +251,13 @@ class FabricAdmin:
         return got
 
     async def announce(self, node_id: int, *, reason: int = 1, provider_node_id: int | None = None) -> None:
-        await self.call("announce", node_id=node_id, provider_node_id=provider_node_id or self.config.node_id,
-                        vendor_id=self.config.vendor_id, reason=reason)
+        await self.call(
+            "announce",
+            node_id=node_id,
+            provider_node_id=provider_node_id or self.config.node_id,
+            vendor_id=self.config.vendor_id,
+            reason=reason,
+        )
 
     async def subscribe(self, node_id: int, min_s: int = 0, max_s: int = 60) -> None:
         await self.call("subscribe", node_id=node_id, min_s=min_s, max_s=max_s)

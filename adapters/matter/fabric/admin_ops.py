@@ -35,8 +35,19 @@ __all__ = ["OPS"]
 
 MAX_BUFFERED = 10_000
 
-_BASIC = ("VendorID", "VendorName", "ProductID", "ProductName", "NodeLabel", "HardwareVersion",
-          "HardwareVersionString", "SoftwareVersion", "SoftwareVersionString", "SerialNumber", "UniqueID")
+_BASIC = (
+    "VendorID",
+    "VendorName",
+    "ProductID",
+    "ProductName",
+    "NodeLabel",
+    "HardwareVersion",
+    "HardwareVersionString",
+    "SoftwareVersion",
+    "SoftwareVersionString",
+    "SerialNumber",
+    "UniqueID",
+)
 _REQUESTOR = ("DefaultOTAProviders", "UpdatePossible", "UpdateState", "UpdateStateProgress")
 
 
@@ -107,9 +118,18 @@ async def _op_commission(st: WorkerState, a: dict[str, Any]) -> Any:
     if a.get("ip"):
         got = await ctrl.CommissionIP(str(a["ip"]), info["passcode"], node_id)
     else:
-        ftype = FilterType.LONG_DISCRIMINATOR if info.get("long_discriminator") else FilterType.SHORT_DISCRIMINATOR
-        got = await ctrl.CommissionOnNetwork(node_id, info["passcode"], filterType=ftype,
-                                             filter=info["discriminator"], discoveryTimeoutMsec=timeout_ms)
+        ftype = (
+            FilterType.LONG_DISCRIMINATOR
+            if info.get("long_discriminator")
+            else FilterType.SHORT_DISCRIMINATOR
+        )
+        got = await ctrl.CommissionOnNetwork(
+            node_id,
+            info["passcode"],
+            filterType=ftype,
+            filter=info["discriminator"],
+            discoveryTimeoutMsec=timeout_ms,
+        )
     return {"node_id": int(got or node_id)}
 
 
@@ -132,9 +152,15 @@ async def _op_node_info(st: WorkerState, a: dict[str, Any]) -> Any:
     if a.get("timeout_ms"):  # bound the CASE set-up (a rebooting node must not stall the worker for long)
         await ctrl.GetConnectedDevice(node_id, allowPASE=False, timeoutMs=int(a["timeout_ms"]))
     basic, req = Clusters.BasicInformation, Clusters.OtaSoftwareUpdateRequestor
-    paths = [(0, getattr(basic.Attributes, n)) for n in _BASIC] + [(0, getattr(req.Attributes, n)) for n in _REQUESTOR]
+    paths = [(0, getattr(basic.Attributes, n)) for n in _BASIC] + [
+        (0, getattr(req.Attributes, n)) for n in _REQUESTOR
+    ]
     res = await ctrl.ReadAttribute(node_id, paths)
-    out = {"node_id": node_id, "basic": _attrs_by_name(res, 0, basic), "requestor": _attrs_by_name(res, 0, req)}
+    out = {
+        "node_id": node_id,
+        "basic": _attrs_by_name(res, 0, basic),
+        "requestor": _attrs_by_name(res, 0, req),
+    }
     out["has_requestor"] = bool(out["requestor"])
     return out
 
@@ -156,7 +182,9 @@ async def _op_set_provider(st: WorkerState, a: dict[str, Any]) -> Any:
         for r in results:
             status = getattr(r, "Status", None)
             if status is not None and int(status) != 0:
-                raise RuntimeError(f"writing DefaultOTAProviders on node 0x{node_id:X} failed: status {status!r}")
+                raise RuntimeError(
+                    f"writing DefaultOTAProviders on node 0x{node_id:X} failed: status {status!r}"
+                )
     res = await ctrl.ReadAttribute(node_id, [(0, req.Attributes.DefaultOTAProviders)])
     return _jsonable(res.get(0, {}).get(req, {}).get(req.Attributes.DefaultOTAProviders, []))
 
@@ -166,8 +194,12 @@ async def _op_announce(st: WorkerState, a: dict[str, Any]) -> Any:
 
     ctrl = st.require_controller()
     cmd = Clusters.OtaSoftwareUpdateRequestor.Commands.AnnounceOTAProvider(
-        providerNodeID=int(a["provider_node_id"]), vendorID=int(a["vendor_id"]),
-        announcementReason=int(a.get("reason", 1)), metadataForNode=None, endpoint=int(a.get("endpoint", 0)))
+        providerNodeID=int(a["provider_node_id"]),
+        vendorID=int(a["vendor_id"]),
+        announcementReason=int(a.get("reason", 1)),
+        metadataForNode=None,
+        endpoint=int(a.get("endpoint", 0)),
+    )
     await ctrl.SendCommand(int(a["node_id"]), 0, cmd, interactionTimeoutMs=int(a.get("timeout_ms", 20000)))
     return True
 
@@ -183,12 +215,25 @@ async def _op_subscribe(st: WorkerState, a: dict[str, Any]) -> Any:
         with contextlib.suppress(Exception):
             old.Shutdown()
     req, basic = Clusters.OtaSoftwareUpdateRequestor, Clusters.BasicInformation
-    attrs = [(0, req.Attributes.UpdateState), (0, req.Attributes.UpdateStateProgress),
-             (0, basic.Attributes.SoftwareVersion), (0, basic.Attributes.SoftwareVersionString)]
-    events = [(0, req.Events.StateTransition, 1), (0, req.Events.VersionApplied, 1), (0, req.Events.DownloadError, 1)]
-    sub = await ctrl.Read(node_id, attributes=attrs, events=events,
-                          reportInterval=(int(a.get("min_s", 0)), int(a.get("max_s", 60))), keepSubscriptions=True,
-                          autoResubscribe=True)
+    attrs = [
+        (0, req.Attributes.UpdateState),
+        (0, req.Attributes.UpdateStateProgress),
+        (0, basic.Attributes.SoftwareVersion),
+        (0, basic.Attributes.SoftwareVersionString),
+    ]
+    events = [
+        (0, req.Events.StateTransition, 1),
+        (0, req.Events.VersionApplied, 1),
+        (0, req.Events.DownloadError, 1),
+    ]
+    sub = await ctrl.Read(
+        node_id,
+        attributes=attrs,
+        events=events,
+        reportInterval=(int(a.get("min_s", 0)), int(a.get("max_s", 60))),
+        keepSubscriptions=True,
+        autoResubscribe=True,
+    )
 
     def push(item: dict[str, Any]) -> None:
         if len(adm.events) == adm.events.maxlen:
@@ -202,13 +247,25 @@ async def _op_subscribe(st: WorkerState, a: dict[str, Any]) -> Any:
             value = transaction.GetAttribute(path)
         except Exception as exc:  # a decode problem is reported, not raised into the SDK
             value = f"unreadable: {exc}"
-        push({"kind": "attribute", "cluster": getattr(path.ClusterType, "__name__", str(path.ClusterId)),
-              "attribute": path.AttributeName, "value": _jsonable(value)})
+        push(
+            {
+                "kind": "attribute",
+                "cluster": getattr(path.ClusterType, "__name__", str(path.ClusterId)),
+                "attribute": path.AttributeName,
+                "value": _jsonable(value),
+            }
+        )
 
     def on_event(ev: Any, transaction: Any) -> None:
         data = getattr(ev, "Data", None)
-        push({"kind": "event", "event": type(data).__name__ if data is not None else str(ev.Header.EventId),
-              "event_number": getattr(ev.Header, "EventNumber", None), "data": _jsonable(data)})
+        push(
+            {
+                "kind": "event",
+                "event": type(data).__name__ if data is not None else str(ev.Header.EventId),
+                "event_number": getattr(ev.Header, "EventNumber", None),
+                "data": _jsonable(data),
+            }
+        )
 
     def on_error(err: int, transaction: Any) -> None:
         push({"kind": "error", "error": int(err)})
@@ -221,8 +278,14 @@ async def _op_subscribe(st: WorkerState, a: dict[str, Any]) -> Any:
     for _ep, clusters in (sub.GetAttributes() or {}).items():
         for cluster, values in clusters.items():
             for attr_type, value in values.items():
-                push({"kind": "attribute", "cluster": getattr(cluster, "__name__", str(cluster)),
-                      "attribute": getattr(attr_type, "__name__", str(attr_type)), "value": _jsonable(value)})
+                push(
+                    {
+                        "kind": "attribute",
+                        "cluster": getattr(cluster, "__name__", str(cluster)),
+                        "attribute": getattr(attr_type, "__name__", str(attr_type)),
+                        "value": _jsonable(value),
+                    }
+                )
     return {"node_id": node_id, "subscribed": True}
 
 

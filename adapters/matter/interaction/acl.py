@@ -94,7 +94,9 @@ def subject_from_session(ctx: Any) -> SubjectDescriptor | None:
     node = getattr(ctx, "peer_node_id", None)
     if not fabric or node is None:
         return None
-    return SubjectDescriptor(int(fabric), AuthMode.CASE, int(node), tuple(getattr(ctx, "peer_cats", ()) or ()))
+    return SubjectDescriptor(
+        int(fabric), AuthMode.CASE, int(node), tuple(getattr(ctx, "peer_cats", ()) or ())
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +147,9 @@ class AclEntry:
                         return True
         return False
 
-    def matches_target(self, endpoint: int, cluster: int, device_types: Callable[[int], Iterable[int]]) -> bool:
+    def matches_target(
+        self, endpoint: int, cluster: int, device_types: Callable[[int], Iterable[int]]
+    ) -> bool:
         if not self.targets:
             return True
         for t in self.targets:
@@ -167,16 +171,23 @@ class AccessControl:
     device_types: Callable[[int], Iterable[int]] = field(default=lambda _ep: ())
 
     @classmethod
-    def default(cls, fabric_indexes: Iterable[int], admins: Mapping[int, Iterable[int]] | None = None,
-                provider_privilege: Privilege = Privilege.OPERATE) -> AccessControl:
+    def default(
+        cls,
+        fabric_indexes: Iterable[int],
+        admins: Mapping[int, Iterable[int]] | None = None,
+        provider_privilege: Privilege = Privilege.OPERATE,
+    ) -> AccessControl:
         """Operate on cluster 0x0029 for any CASE subject of each fabric, Administer for the listed admins."""
         entries: list[AclEntry] = []
         for fi in fabric_indexes:
             subjects = tuple((admins or {}).get(fi, ()))
             if subjects:
                 entries.append(AclEntry(fi, Privilege.ADMINISTER, AuthMode.CASE, subjects))
-            entries.append(AclEntry(fi, provider_privilege, AuthMode.CASE, (),
-                                    (AclTarget(cluster=OTA_PROVIDER_CLUSTER),)))
+            entries.append(
+                AclEntry(
+                    fi, provider_privilege, AuthMode.CASE, (), (AclTarget(cluster=OTA_PROVIDER_CLUSTER),)
+                )
+            )
         return cls(entries)
 
     def check(self, who: SubjectDescriptor | None, endpoint: int, cluster: int, required: Privilege) -> bool:
@@ -184,7 +195,10 @@ class AccessControl:
         if who is None:
             return False
         for e in self.entries:
-            if grants(e.privilege, required) and e.matches_subject(who) \
-                    and e.matches_target(endpoint, cluster, self.device_types):
+            if (
+                grants(e.privilege, required)
+                and e.matches_subject(who)
+                and e.matches_target(endpoint, cluster, self.device_types)
+            ):
                 return True
         return False

@@ -122,8 +122,9 @@ class _F:
             raise FieldError(f"{self.cmd}: {name} must be a {bits}-bit unsigned integer, got {v!r}")
         return int(v)
 
-    def octets(self, tag: int, name: str, required: bool = True, min_len: int = 0, max_len: int = 1 << 32) -> \
-            bytes | None:
+    def octets(
+        self, tag: int, name: str, required: bool = True, min_len: int = 0, max_len: int = 1 << 32
+    ) -> bytes | None:
         v = self._get(tag, name, required)
         if v is None:
             return None
@@ -133,8 +134,9 @@ class _F:
             raise ConstraintError(f"{self.cmd}: {name} length {len(v)} outside {min_len}..{max_len}")
         return v
 
-    def string(self, tag: int, name: str, required: bool = True, min_len: int = 0, max_len: int = 1 << 32) -> \
-            str | None:
+    def string(
+        self, tag: int, name: str, required: bool = True, min_len: int = 0, max_len: int = 1 << 32
+    ) -> str | None:
         v = self._get(tag, name, required)
         if v is None:
             return None
@@ -171,8 +173,14 @@ class QueryImage:
     metadata_for_provider: bytes | None = None
 
     def to_fields(self) -> Struct:
-        s = Struct({0: UInt(self.vendor_id), 1: UInt(self.product_id), 2: UInt(self.software_version),
-                    3: Array(UInt(p) for p in self.protocols_supported)})
+        s = Struct(
+            {
+                0: UInt(self.vendor_id),
+                1: UInt(self.product_id),
+                2: UInt(self.software_version),
+                3: Array(UInt(p) for p in self.protocols_supported),
+            }
+        )
         _put(s, 4, self.hardware_version)
         _put(s, 5, self.location)
         _put(s, 6, self.requestor_can_consent)
@@ -212,8 +220,14 @@ class QueryImageResponse:
 
     def __post_init__(self) -> None:
         if self.status == OtaStatus.UPDATE_AVAILABLE and None in (
-                self.image_uri, self.software_version, self.software_version_string, self.update_token):
-            raise ValueError("UpdateAvailable needs ImageURI, SoftwareVersion, SoftwareVersionString and UpdateToken")
+            self.image_uri,
+            self.software_version,
+            self.software_version_string,
+            self.update_token,
+        ):
+            raise ValueError(
+                "UpdateAvailable needs ImageURI, SoftwareVersion, SoftwareVersionString and UpdateToken"
+            )
         if self.update_token is not None and not 8 <= len(self.update_token) <= 32:
             raise ValueError("UpdateToken must be 8..32 bytes")
 
@@ -231,10 +245,16 @@ class QueryImageResponse:
     @classmethod
     def from_fields(cls, fields: Struct) -> QueryImageResponse:
         f = _F(fields, "QueryImageResponse")
-        return cls(OtaStatus(f.uint(0, "Status", 8) or 0), f.uint(1, "DelayedActionTime", 32, False),
-                   f.string(2, "ImageURI", False, max_len=256), f.uint(3, "SoftwareVersion", 32, False),
-                   f.string(4, "SoftwareVersionString", False, 1, 64), f.octets(5, "UpdateToken", False, 8, 32),
-                   f.boolean(6, "UserConsentNeeded"), f.octets(7, "MetadataForRequestor", False, max_len=512))
+        return cls(
+            OtaStatus(f.uint(0, "Status", 8) or 0),
+            f.uint(1, "DelayedActionTime", 32, False),
+            f.string(2, "ImageURI", False, max_len=256),
+            f.uint(3, "SoftwareVersion", 32, False),
+            f.string(4, "SoftwareVersionString", False, 1, 64),
+            f.octets(5, "UpdateToken", False, 8, 32),
+            f.boolean(6, "UserConsentNeeded"),
+            f.octets(7, "MetadataForRequestor", False, max_len=512),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,13 +311,17 @@ class OtaProviderDelegate(Protocol):
     Raise `registry.StatusError` (or a subclass) to answer with a plain status instead of a response.
     """
 
-    def query_image(self, ctx: InvokeContext, req: QueryImage) -> QueryImageResponse | Awaitable[QueryImageResponse]:
-        ...
+    def query_image(
+        self, ctx: InvokeContext, req: QueryImage
+    ) -> QueryImageResponse | Awaitable[QueryImageResponse]: ...
 
-    def apply_update_request(self, ctx: InvokeContext, req: ApplyUpdateRequest) -> \
-            ApplyUpdateResponse | Awaitable[ApplyUpdateResponse]: ...
+    def apply_update_request(
+        self, ctx: InvokeContext, req: ApplyUpdateRequest
+    ) -> ApplyUpdateResponse | Awaitable[ApplyUpdateResponse]: ...
 
-    def notify_update_applied(self, ctx: InvokeContext, req: NotifyUpdateApplied) -> Awaitable[None] | None: ...
+    def notify_update_applied(
+        self, ctx: InvokeContext, req: NotifyUpdateApplied
+    ) -> Awaitable[None] | None: ...
 
 
 class ProvisionalProvider:
@@ -342,8 +366,7 @@ def ota_provider_cluster(delegate: OtaProviderDelegate) -> OtaProviderServer:
 
     async def apply_update(ctx: InvokeContext, fields: Struct) -> tuple[int, Struct]:
         req = ApplyUpdateRequest.from_fields(fields)
-        resp: ApplyUpdateResponse = await _maybe_await(
-            server.delegate.apply_update_request(ctx, req))
+        resp: ApplyUpdateResponse = await _maybe_await(server.delegate.apply_update_request(ctx, req))
         return OtaCommand.APPLY_UPDATE_RESPONSE, resp.to_fields()
 
     async def notify_applied(ctx: InvokeContext, fields: Struct) -> None:
@@ -351,12 +374,15 @@ def ota_provider_cluster(delegate: OtaProviderDelegate) -> OtaProviderServer:
         await _maybe_await(server.delegate.notify_update_applied(ctx, req))
 
     server.commands = {
-        OtaCommand.QUERY_IMAGE: Command(OtaCommand.QUERY_IMAGE, query_image, Privilege.OPERATE,
-                                        OtaCommand.QUERY_IMAGE_RESPONSE),
-        OtaCommand.APPLY_UPDATE_REQUEST: Command(OtaCommand.APPLY_UPDATE_REQUEST, apply_update, Privilege.OPERATE,
-                                                 OtaCommand.APPLY_UPDATE_RESPONSE),
-        OtaCommand.NOTIFY_UPDATE_APPLIED: Command(OtaCommand.NOTIFY_UPDATE_APPLIED, notify_applied,
-                                                  Privilege.OPERATE),
+        OtaCommand.QUERY_IMAGE: Command(
+            OtaCommand.QUERY_IMAGE, query_image, Privilege.OPERATE, OtaCommand.QUERY_IMAGE_RESPONSE
+        ),
+        OtaCommand.APPLY_UPDATE_REQUEST: Command(
+            OtaCommand.APPLY_UPDATE_REQUEST, apply_update, Privilege.OPERATE, OtaCommand.APPLY_UPDATE_RESPONSE
+        ),
+        OtaCommand.NOTIFY_UPDATE_APPLIED: Command(
+            OtaCommand.NOTIFY_UPDATE_APPLIED, notify_applied, Privilege.OPERATE
+        ),
     }
     return server
 
@@ -404,7 +430,10 @@ def basic_information_cluster(info: BasicInfo) -> ClusterServer:
         attr(0x09, lambda: UInt(info.software_version)),
         attr(0x0A, lambda: info.software_version_string),
         attr(0x12, lambda: info.unique_id),
-        attr(0x13, lambda: Struct({0: UInt(info.case_sessions_per_fabric), 1: UInt(info.subscriptions_per_fabric)})),
+        attr(
+            0x13,
+            lambda: Struct({0: UInt(info.case_sessions_per_fabric), 1: UInt(info.subscriptions_per_fabric)}),
+        ),
         attr(0x15, lambda: UInt(info.specification_version)),
         attr(0x16, lambda: UInt(info.max_paths_per_invoke)),
     ]
@@ -424,21 +453,32 @@ def descriptor_cluster(registry: Registry, endpoint_id: int) -> ClusterServer:
         # the root endpoint lists every other endpoint (full-family pattern); others list none
         return Array(UInt(e) for e in sorted(registry.endpoints) if endpoint_id == 0 and e != 0)
 
-    return ClusterServer(DESCRIPTOR_CLUSTER, revision=2, attributes=[
-        Attribute(0x0000, device_types),
-        Attribute(0x0001, lambda _c: Array(UInt(c) for c in sorted(ep().clusters))),
-        Attribute(0x0002, lambda _c: Array(UInt(c) for c in sorted(ep().client_clusters))),
-        Attribute(0x0003, parts),
-    ])
+    return ClusterServer(
+        DESCRIPTOR_CLUSTER,
+        revision=2,
+        attributes=[
+            Attribute(0x0000, device_types),
+            Attribute(0x0001, lambda _c: Array(UInt(c) for c in sorted(ep().clusters))),
+            Attribute(0x0002, lambda _c: Array(UInt(c) for c in sorted(ep().client_clusters))),
+            Attribute(0x0003, parts),
+        ],
+    )
 
 
-def build_provider_node(info: BasicInfo | None = None, delegate: OtaProviderDelegate | None = None,
-                        acl: AccessControl | None = None, *, root_node_revision: int = 3) -> tuple[
-                            Registry, OtaProviderServer]:
+def build_provider_node(
+    info: BasicInfo | None = None,
+    delegate: OtaProviderDelegate | None = None,
+    acl: AccessControl | None = None,
+    *,
+    root_node_revision: int = 3,
+) -> tuple[Registry, OtaProviderServer]:
     """A registry with endpoint 0 = Root Node + OTA Provider; returns it and the 0x0029 cluster server."""
     registry = Registry(acl)
-    registry.add_endpoint(0, [(DEVICE_TYPE_ROOT_NODE, root_node_revision), (DEVICE_TYPE_OTA_PROVIDER, 1)],
-                          client_clusters=[OTA_REQUESTOR_CLUSTER])
+    registry.add_endpoint(
+        0,
+        [(DEVICE_TYPE_ROOT_NODE, root_node_revision), (DEVICE_TYPE_OTA_PROVIDER, 1)],
+        client_clusters=[OTA_REQUESTOR_CLUSTER],
+    )
     registry.add_cluster(0, descriptor_cluster(registry, 0))
     registry.add_cluster(0, basic_information_cluster(info or BasicInfo()))
     ota = ota_provider_cluster(delegate or ProvisionalProvider())

@@ -154,7 +154,9 @@ class _Fields:
             return None
         return self.items[tag]
 
-    def uint(self, tag: int, name: str, bits: int, required: bool = False, nullable: bool = False) -> int | None:
+    def uint(
+        self, tag: int, name: str, bits: int, required: bool = False, nullable: bool = False
+    ) -> int | None:
         v = self.raw(tag, name, required)
         if v is None:
             if tag in self.items and not nullable:
@@ -275,8 +277,13 @@ class ClusterPath:
     node: int | None = None
 
     def to_tlv(self) -> TLVList:
-        return TLVList([(t, UInt(v)) for t, v in ((0, self.node), (1, self.endpoint), (2, self.cluster))
-                        if v is not None])
+        return TLVList(
+            [
+                (t, UInt(v))
+                for t, v in ((0, self.node), (1, self.endpoint), (2, self.cluster))
+                if v is not None
+            ]
+        )
 
     @classmethod
     def from_tlv(cls, v: Any, where: str) -> ClusterPath:
@@ -367,9 +374,11 @@ class CommandStatus:
     @classmethod
     def from_tlv(cls, v: Any, where: str) -> CommandStatus:
         f = _Fields(v, where)
-        return cls(CommandPath.from_tlv(f.raw(0, "CommandPath", required=True), where + ".CommandPath"),
-                   StatusIB.from_tlv(f.raw(1, "Status", required=True), where + ".Status"),
-                   f.uint(2, "CommandRef", 16))
+        return cls(
+            CommandPath.from_tlv(f.raw(0, "CommandPath", required=True), where + ".CommandPath"),
+            StatusIB.from_tlv(f.raw(1, "Status", required=True), where + ".Status"),
+            f.uint(2, "CommandRef", 16),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,8 +417,10 @@ class AttributeStatus:
     @classmethod
     def from_tlv(cls, v: Any, where: str) -> AttributeStatus:
         f = _Fields(v, where)
-        return cls(AttributePath.from_tlv(f.raw(0, "Path", required=True), where + ".Path"),
-                   StatusIB.from_tlv(f.raw(1, "Status", required=True), where + ".Status"))
+        return cls(
+            AttributePath.from_tlv(f.raw(0, "Path", required=True), where + ".Path"),
+            StatusIB.from_tlv(f.raw(1, "Status", required=True), where + ".Status"),
+        )
 
 
 AttributeReport = AttributeData | AttributeStatus
@@ -477,8 +488,13 @@ class InvokeRequest:
     OPCODE: ClassVar[Opcode] = Opcode.INVOKE_REQUEST
 
     def encode(self) -> bytes:
-        return _encode_top({0: self.suppress_response, 1: self.timed_request,
-                            2: Array(c.to_tlv() for c in self.invoke_requests)})
+        return _encode_top(
+            {
+                0: self.suppress_response,
+                1: self.timed_request,
+                2: Array(c.to_tlv() for c in self.invoke_requests),
+            }
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> InvokeRequest:
@@ -486,8 +502,11 @@ class InvokeRequest:
         f = _decode_top(data, w)
         f.revision()
         items = f.array(2, "InvokeRequests", required=True) or []
-        return cls([CommandData.from_tlv(v, f"{w}.InvokeRequests[{i}]") for i, v in enumerate(items)],
-                   f.boolean(0, "SuppressResponse"), f.boolean(1, "TimedRequest"))
+        return cls(
+            [CommandData.from_tlv(v, f"{w}.InvokeRequests[{i}]") for i, v in enumerate(items)],
+            f.boolean(0, "SuppressResponse"),
+            f.boolean(1, "TimedRequest"),
+        )
 
 
 InvokeResponseItem = CommandData | CommandStatus
@@ -502,8 +521,10 @@ class InvokeResponse:
     OPCODE: ClassVar[Opcode] = Opcode.INVOKE_RESPONSE
 
     def encode(self) -> bytes:
-        items = Array(Struct({0: r.to_tlv()}) if isinstance(r, CommandData) else Struct({1: r.to_tlv()})
-                      for r in self.invoke_responses)
+        items = Array(
+            Struct({0: r.to_tlv()}) if isinstance(r, CommandData) else Struct({1: r.to_tlv()})
+            for r in self.invoke_responses
+        )
         return _encode_top({0: self.suppress_response, 1: items, 2: True if self.more_chunked else None})
 
     @classmethod
@@ -517,8 +538,11 @@ class InvokeResponse:
             g = _Fields(v, where)
             if g.has(0) == g.has(1):
                 raise IMDecodeError("InvokeResponseIB needs exactly one of Command / Status", where)
-            out.append(CommandData.from_tlv(g.items[0], where + ".Command") if g.has(0)
-                       else CommandStatus.from_tlv(g.items[1], where + ".Status"))
+            out.append(
+                CommandData.from_tlv(g.items[0], where + ".Command")
+                if g.has(0)
+                else CommandStatus.from_tlv(g.items[1], where + ".Status")
+            )
         return cls(out, f.boolean(0, "SuppressResponse"), f.boolean(2, "MoreChunkedMessages"))
 
 
@@ -527,8 +551,10 @@ def _paths(f: _Fields, tag: int, name: str, where: str) -> list[AttributePath]:
 
 
 def _filters(f: _Fields, tag: int, where: str) -> list[DataVersionFilter]:
-    return [DataVersionFilter.from_tlv(v, f"{where}.DataVersionFilters[{i}]")
-            for i, v in enumerate(f.array(tag, "DataVersionFilters") or [])]
+    return [
+        DataVersionFilter.from_tlv(v, f"{where}.DataVersionFilters[{i}]")
+        for i, v in enumerate(f.array(tag, "DataVersionFilters") or [])
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,12 +567,16 @@ class ReadRequest:
     OPCODE: ClassVar[Opcode] = Opcode.READ_REQUEST
 
     def encode(self) -> bytes:
-        return _encode_top({
-            0: Array(p.to_tlv() for p in self.attribute_requests) if self.attribute_requests else None,
-            1: Array(self.event_requests) if self.event_requests else None,
-            3: self.fabric_filtered,
-            4: Array(d.to_tlv() for d in self.data_version_filters) if self.data_version_filters else None,
-        })
+        return _encode_top(
+            {
+                0: Array(p.to_tlv() for p in self.attribute_requests) if self.attribute_requests else None,
+                1: Array(self.event_requests) if self.event_requests else None,
+                3: self.fabric_filtered,
+                4: Array(d.to_tlv() for d in self.data_version_filters)
+                if self.data_version_filters
+                else None,
+            }
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> ReadRequest:
@@ -554,8 +584,12 @@ class ReadRequest:
         f = _decode_top(data, w)
         f.revision()
         # FabricFiltered is mandatory on the wire; a peer that omits it gets the safer filtered read
-        return cls(_paths(f, 0, "AttributeRequests", w), f.boolean(3, "FabricFiltered", True), _filters(f, 4, w),
-                   f.array(1, "EventRequests") or [])
+        return cls(
+            _paths(f, 0, "AttributeRequests", w),
+            f.boolean(3, "FabricFiltered", True),
+            _filters(f, 4, w),
+            f.array(1, "EventRequests") or [],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,12 +604,18 @@ class SubscribeRequest:
     OPCODE: ClassVar[Opcode] = Opcode.SUBSCRIBE_REQUEST
 
     def encode(self) -> bytes:
-        return _encode_top({
-            0: self.keep_subscriptions, 1: UInt(self.min_interval_floor_s), 2: UInt(self.max_interval_ceiling_s),
-            3: Array(p.to_tlv() for p in self.attribute_requests) if self.attribute_requests else None,
-            7: self.fabric_filtered,
-            8: Array(d.to_tlv() for d in self.data_version_filters) if self.data_version_filters else None,
-        })
+        return _encode_top(
+            {
+                0: self.keep_subscriptions,
+                1: UInt(self.min_interval_floor_s),
+                2: UInt(self.max_interval_ceiling_s),
+                3: Array(p.to_tlv() for p in self.attribute_requests) if self.attribute_requests else None,
+                7: self.fabric_filtered,
+                8: Array(d.to_tlv() for d in self.data_version_filters)
+                if self.data_version_filters
+                else None,
+            }
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> SubscribeRequest:
@@ -585,8 +625,14 @@ class SubscribeRequest:
         lo = f.uint(1, "MinIntervalFloor", 16, required=True)
         hi = f.uint(2, "MaxIntervalCeiling", 16, required=True)
         assert lo is not None and hi is not None
-        return cls(lo, hi, _paths(f, 3, "AttributeRequests", w), f.boolean(7, "FabricFiltered", True),
-                   f.boolean(0, "KeepSubscriptions"), _filters(f, 8, w))
+        return cls(
+            lo,
+            hi,
+            _paths(f, 3, "AttributeRequests", w),
+            f.boolean(7, "FabricFiltered", True),
+            f.boolean(0, "KeepSubscriptions"),
+            _filters(f, 8, w),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,22 +645,32 @@ class ReportData:
     OPCODE: ClassVar[Opcode] = Opcode.REPORT_DATA
 
     def encode(self) -> bytes:
-        return _encode_top({
-            0: _u(self.subscription_id),
-            1: Array(attribute_report_tlv(r) for r in self.attribute_reports) if self.attribute_reports else None,
-            3: True if self.more_chunked else None,
-            4: True if self.suppress_response else None,
-        })
+        return _encode_top(
+            {
+                0: _u(self.subscription_id),
+                1: Array(attribute_report_tlv(r) for r in self.attribute_reports)
+                if self.attribute_reports
+                else None,
+                3: True if self.more_chunked else None,
+                4: True if self.suppress_response else None,
+            }
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> ReportData:
         w = "ReportData"
         f = _decode_top(data, w)
         f.revision()
-        reports = [_attribute_report_from_tlv(v, f"{w}.AttributeReports[{i}]")
-                   for i, v in enumerate(f.array(1, "AttributeReports") or [])]
-        return cls(reports, f.boolean(3, "MoreChunkedMessages"), f.boolean(4, "SuppressResponse"),
-                   f.uint(0, "SubscriptionId", 32))
+        reports = [
+            _attribute_report_from_tlv(v, f"{w}.AttributeReports[{i}]")
+            for i, v in enumerate(f.array(1, "AttributeReports") or [])
+        ]
+        return cls(
+            reports,
+            f.boolean(3, "MoreChunkedMessages"),
+            f.boolean(4, "SuppressResponse"),
+            f.uint(0, "SubscriptionId", 32),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -627,9 +683,14 @@ class WriteRequest:
     OPCODE: ClassVar[Opcode] = Opcode.WRITE_REQUEST
 
     def encode(self) -> bytes:
-        return _encode_top({0: self.suppress_response, 1: self.timed_request,
-                            2: Array(d.to_tlv() for d in self.write_requests),
-                            3: True if self.more_chunked else None})
+        return _encode_top(
+            {
+                0: self.suppress_response,
+                1: self.timed_request,
+                2: Array(d.to_tlv() for d in self.write_requests),
+                3: True if self.more_chunked else None,
+            }
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> WriteRequest:
@@ -637,9 +698,12 @@ class WriteRequest:
         f = _decode_top(data, w)
         f.revision()
         items = f.array(2, "WriteRequests", required=True) or []
-        return cls([AttributeData.from_tlv(v, f"{w}.WriteRequests[{i}]") for i, v in enumerate(items)],
-                   f.boolean(0, "SuppressResponse"), f.boolean(1, "TimedRequest"),
-                   f.boolean(3, "MoreChunkedMessages"))
+        return cls(
+            [AttributeData.from_tlv(v, f"{w}.WriteRequests[{i}]") for i, v in enumerate(items)],
+            f.boolean(0, "SuppressResponse"),
+            f.boolean(1, "TimedRequest"),
+            f.boolean(3, "MoreChunkedMessages"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -660,13 +724,31 @@ class WriteResponse:
         return cls([AttributeStatus.from_tlv(v, f"{w}.WriteResponses[{i}]") for i, v in enumerate(items)])
 
 
-IMMessage = (StatusResponse | ReadRequest | SubscribeRequest | ReportData | WriteRequest | WriteResponse
-             | InvokeRequest | InvokeResponse | TimedRequest)
+IMMessage = (
+    StatusResponse
+    | ReadRequest
+    | SubscribeRequest
+    | ReportData
+    | WriteRequest
+    | WriteResponse
+    | InvokeRequest
+    | InvokeResponse
+    | TimedRequest
+)
 
 _BY_OPCODE: dict[int, Any] = {
     cls.OPCODE: cls
-    for cls in (StatusResponse, ReadRequest, SubscribeRequest, ReportData, WriteRequest, WriteResponse,
-                InvokeRequest, InvokeResponse, TimedRequest)
+    for cls in (
+        StatusResponse,
+        ReadRequest,
+        SubscribeRequest,
+        ReportData,
+        WriteRequest,
+        WriteResponse,
+        InvokeRequest,
+        InvokeResponse,
+        TimedRequest,
+    )
 }
 
 

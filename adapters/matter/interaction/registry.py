@@ -67,8 +67,13 @@ ATTR_ACCEPTED_COMMAND_LIST = 0xFFF9
 ATTR_ATTRIBUTE_LIST = 0xFFFB
 ATTR_FEATURE_MAP = 0xFFFC
 ATTR_CLUSTER_REVISION = 0xFFFD
-_GLOBALS = (ATTR_GENERATED_COMMAND_LIST, ATTR_ACCEPTED_COMMAND_LIST, ATTR_ATTRIBUTE_LIST, ATTR_FEATURE_MAP,
-            ATTR_CLUSTER_REVISION)
+_GLOBALS = (
+    ATTR_GENERATED_COMMAND_LIST,
+    ATTR_ACCEPTED_COMMAND_LIST,
+    ATTR_ATTRIBUTE_LIST,
+    ATTR_FEATURE_MAP,
+    ATTR_CLUSTER_REVISION,
+)
 
 
 class StatusError(Exception):
@@ -76,7 +81,9 @@ class StatusError(Exception):
 
     status: Status = Status.FAILURE
 
-    def __init__(self, message: str = "", status: int | None = None, cluster_status: int | None = None) -> None:
+    def __init__(
+        self, message: str = "", status: int | None = None, cluster_status: int | None = None
+    ) -> None:
         super().__init__(message or self.__class__.__name__)
         if status is not None:
             self.status = Status(status)
@@ -133,9 +140,16 @@ class Attribute:
 class ClusterServer:
     """One cluster instance: declared attributes and commands, data version, derived global attributes."""
 
-    def __init__(self, cluster_id: int, revision: int, *, feature_map: int = 0,
-                 attributes: Iterable[Attribute] = (), commands: Iterable[Command] = (),
-                 data_version: int | None = None) -> None:
+    def __init__(
+        self,
+        cluster_id: int,
+        revision: int,
+        *,
+        feature_map: int = 0,
+        attributes: Iterable[Attribute] = (),
+        commands: Iterable[Command] = (),
+        data_version: int | None = None,
+    ) -> None:
         self.cluster_id = cluster_id
         self.revision = revision
         self.feature_map = feature_map
@@ -194,8 +208,9 @@ class Endpoint:
     client_clusters: list[int] = field(default_factory=list)
 
 
-def _status_item(path: CommandPath, status: int, cluster_status: int | None = None,
-                 ref: int | None = None) -> CommandStatus:
+def _status_item(
+    path: CommandPath, status: int, cluster_status: int | None = None, ref: int | None = None
+) -> CommandStatus:
     return CommandStatus(path, StatusIB(int(status), cluster_status), ref)
 
 
@@ -207,8 +222,12 @@ class Registry:
         self.acl = acl or AccessControl()
         self.acl.device_types = self.device_types
 
-    def add_endpoint(self, endpoint_id: int, device_types: Iterable[tuple[int, int]] = (),
-                     client_clusters: Iterable[int] = ()) -> Endpoint:
+    def add_endpoint(
+        self,
+        endpoint_id: int,
+        device_types: Iterable[tuple[int, int]] = (),
+        client_clusters: Iterable[int] = (),
+    ) -> Endpoint:
         ep = self.endpoints.get(endpoint_id)
         if ep is None:
             ep = self.endpoints[endpoint_id] = Endpoint(endpoint_id)
@@ -233,8 +252,14 @@ class Registry:
 
     # ------------------------------------------------------------------ invoke
 
-    async def invoke(self, subject: SubjectDescriptor | None, request: CommandData, *, timed: bool = False,
-                     session: Any = None) -> CommandData | CommandStatus | None:
+    async def invoke(
+        self,
+        subject: SubjectDescriptor | None,
+        request: CommandData,
+        *,
+        timed: bool = False,
+        session: Any = None,
+    ) -> CommandData | CommandStatus | None:
         """Run one concrete command; return its response item (None only for an intentionally silent command)."""
         path, ref = request.path, request.ref
         if path.endpoint is None:
@@ -289,8 +314,9 @@ class Registry:
                     if server.attribute_privilege(a) is not None:
                         yield e, server, a
 
-    def read(self, ctx: ReadContext, path: AttributePath,
-             filters: Iterable[DataVersionFilter] = ()) -> list[AttributeReport]:
+    def read(
+        self, ctx: ReadContext, path: AttributePath, filters: Iterable[DataVersionFilter] = ()
+    ) -> list[AttributeReport]:
         """AttributeReports for one requested path (concrete: data or a status; wildcard: data only)."""
         versions = {(f.path.endpoint, f.path.cluster): f.data_version for f in filters}
         out: list[AttributeReport] = []
@@ -323,15 +349,20 @@ class Registry:
             out.append(self._read_one(ctx, e, server, a, AttributePath(e, server.cluster_id, a)))
         return out
 
-    def _read_one(self, ctx: ReadContext, endpoint: int, server: ClusterServer, attr: int,
-                  path: AttributePath) -> AttributeReport:
+    def _read_one(
+        self, ctx: ReadContext, endpoint: int, server: ClusterServer, attr: int, path: AttributePath
+    ) -> AttributeReport:
         try:
             value = server.read(attr, ctx)
         except StatusError as exc:
             return AttributeStatus(path, StatusIB(exc.status, exc.cluster_status))
         except Exception:
-            log.exception("getter for attribute 0x%x of cluster 0x%04x on endpoint %d failed",
-                          attr, server.cluster_id, endpoint)
+            log.exception(
+                "getter for attribute 0x%x of cluster 0x%04x on endpoint %d failed",
+                attr,
+                server.cluster_id,
+                endpoint,
+            )
             return AttributeStatus(path, StatusIB(Status.FAILURE))
         return AttributeData(path, value, server.data_version)
 

@@ -66,7 +66,9 @@ def chunk_reports(reports: list[AttributeReport], max_payload: int) -> list[Repo
     """Split reports over ReportData messages each encoding to <= max_payload bytes (one report may exceed it
     alone; it then travels alone). The last chunk has SuppressResponse set, the others MoreChunkedMessages."""
     # fixed part: the message with one flag set (every chunk carries exactly one of MoreChunked / Suppress)
-    overhead = len(ReportData([], more_chunked=True).encode()) + 3  # + AttributeReports array control, tag, end
+    overhead = (
+        len(ReportData([], more_chunked=True).encode()) + 3
+    )  # + AttributeReports array control, tag, end
     chunks: list[list[AttributeReport]] = [[]]
     size = overhead
     for r in reports:
@@ -207,16 +209,24 @@ class IMExchange:
         return self._finish([outgoing(chunk)])
 
     def _write(self, req: WriteRequest) -> list[Outgoing]:
-        statuses = [AttributeStatus(w.path, StatusIB(self._registry.write_status(self.subject, w.path)))
-                    for w in req.write_requests]
+        statuses = [
+            AttributeStatus(w.path, StatusIB(self._registry.write_status(self.subject, w.path)))
+            for w in req.write_requests
+        ]
         return self._finish([] if req.suppress_response else [outgoing(WriteResponse(statuses))])
 
 
 class IMServer:
     """Handler factory for protocol 0x0001: `server(session_context) -> IMExchange`."""
 
-    def __init__(self, registry: Registry, *, now: Callable[[], float], max_payload: int = DEFAULT_MAX_PAYLOAD,
-                 max_paths_per_invoke: int = 1) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        now: Callable[[], float],
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        max_paths_per_invoke: int = 1,
+    ) -> None:
         self.registry = registry
         self.now = now
         self.max_payload = max_payload

@@ -107,7 +107,9 @@ def _decode_struct(payload: bytes, what: str) -> tlv.Struct:
     return value
 
 
-def _req_bytes(s: tlv.Struct, tag: int, what: str, length: int | None = None, max_len: int | None = None) -> bytes:
+def _req_bytes(
+    s: tlv.Struct, tag: int, what: str, length: int | None = None, max_len: int | None = None
+) -> bytes:
     if tag not in s:
         raise SigmaFormatError(f"{what}: field {tag} missing")
     v = s[tag]
@@ -335,7 +337,11 @@ def tbs_data(noc: bytes, icac: bytes | None, sender_eph_pub: bytes, receiver_eph
 
 def sigma_status_report(protocol_code: int) -> bytes:
     """Secure channel StatusReport body: SUCCESS for code 0, FAILURE otherwise (as the SDK sends)."""
-    general = GeneralCode.SUCCESS if protocol_code == SecureChannelCode.SESSION_ESTABLISHMENT_SUCCESS else GeneralCode.FAILURE
+    general = (
+        GeneralCode.SUCCESS
+        if protocol_code == SecureChannelCode.SESSION_ESTABLISHMENT_SUCCESS
+        else GeneralCode.FAILURE
+    )
     return StatusReport(general, SECURE_CHANNEL_PROTOCOL_ID, protocol_code).encode()
 
 
@@ -360,7 +366,9 @@ class EstablishedSession:
     resumption_id: bytes | None = None
 
 
-def derive_session_keys(shared_secret: bytes, ipk: bytes, transcript_hash: bytes) -> tuple[bytes, bytes, bytes]:
+def derive_session_keys(
+    shared_secret: bytes, ipk: bytes, transcript_hash: bytes
+) -> tuple[bytes, bytes, bytes]:
     """(I2R key, R2I key, attestation challenge) from the final transcript hash."""
     keys = crypto.hkdf_sha256(shared_secret, ipk + transcript_hash, b"SessionKeys", 48)
     return keys[:16], keys[16:32], keys[32:]

@@ -75,7 +75,10 @@ class CASEInitiator:
         )
         dest = crypto.hmac_sha256(
             self._ipk,
-            rnd + f.root_public_key + f.fabric_id.to_bytes(8, "little") + self.peer_node_id.to_bytes(8, "little"),
+            rnd
+            + f.root_public_key
+            + f.fabric_id.to_bytes(8, "little")
+            + self.peer_node_id.to_bytes(8, "little"),
         )
         rid, mic = self._resumption if self._resumption else (None, None)
         payload = Sigma1(rnd, self.local_session_id, dest, self._eph_pub, self._params, rid, mic).encode()
@@ -106,8 +109,9 @@ class CASEInitiator:
         s2 = Sigma2.decode(payload)
         self._shared = crypto.ecdh_shared_secret(self._eph, s2.responder_eph_pub_key)
         h1 = self._hash.copy().digest()
-        s2k = crypto.hkdf_sha256(self._shared, self._ipk + s2.responder_random + s2.responder_eph_pub_key + h1,
-                                 b"Sigma2", 16)
+        s2k = crypto.hkdf_sha256(
+            self._shared, self._ipk + s2.responder_random + s2.responder_eph_pub_key + h1, b"Sigma2", 16
+        )
         try:
             plain = crypto.aes_ccm_decrypt(s2k, b"NCASE_Sigma2N", s2.encrypted2)
         except crypto.CryptoError:
@@ -121,7 +125,9 @@ class CASEInitiator:
             raise CASEError("Sigma2: TBSData2 signature does not verify")
         self._hash.update(payload)
         s3k = crypto.hkdf_sha256(self._shared, self._ipk + self._hash.copy().digest(), b"Sigma3", 16)
-        my_sig = crypto.ecdsa_sign_raw(f.private_key, tbs_data(f.noc, f.icac, self._eph_pub, s2.responder_eph_pub_key))
+        my_sig = crypto.ecdsa_sign_raw(
+            f.private_key, tbs_data(f.noc, f.icac, self._eph_pub, s2.responder_eph_pub_key)
+        )
         enc3 = crypto.aes_ccm_encrypt(s3k, b"NCASE_Sigma3N", TBEData(f.noc, f.icac, my_sig).encode())
         sigma3 = Sigma3(enc3).encode()
         self._hash.update(sigma3)
@@ -150,8 +156,11 @@ class CASEInitiator:
             return self._fail(CASEError(f"malformed StatusReport: {exc}"))
         self.peer_status = report
         self.done = True
-        if self._state == "await_status" and report.protocol_code == SecureChannelCode.SESSION_ESTABLISHMENT_SUCCESS \
-                and report.is_success:
+        if (
+            self._state == "await_status"
+            and report.protocol_code == SecureChannelCode.SESSION_ESTABLISHMENT_SUCCESS
+            and report.is_success
+        ):
             self.session = self._pending
         else:
             self.error = CASEError(f"responder reported {report}", report.protocol_code)

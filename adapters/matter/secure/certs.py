@@ -359,7 +359,14 @@ def _decode_dn(value: Any, what: str, which: str) -> tuple[tuple[int, int | str]
         if base in _MATTER_64 or base in _MATTER_32:
             if tag & _PRINTABLE_FLAG:
                 raise _fmt(f"{what} Matter attribute tag {tag} cannot be a PrintableString", which)
-            out.append((tag, _uint(attr, f"{what} attribute {DNAttr(base).name}", which, 64 if base in _MATTER_64 else 32)))
+            out.append(
+                (
+                    tag,
+                    _uint(
+                        attr, f"{what} attribute {DNAttr(base).name}", which, 64 if base in _MATTER_64 else 32
+                    ),
+                )
+            )
         else:
             if not isinstance(attr, str):
                 raise _fmt(f"{what} attribute {DNAttr(base).name} must be a UTF-8 string", which)
@@ -449,7 +456,9 @@ def _decode_extensions(value: Any, which: str) -> dict[str, Any]:
                 raise _fmt("basic constraints is-ca must be a boolean", which)
             path_len = _uint(ext[2], "path length constraint", which, 8) if 2 in ext else None
             res["basic"] = BasicConstraints(ext[1], path_len)
-            inner = _der_seq((_der_bool_true() if ext[1] else b"") + (b"" if path_len is None else _der_uint(path_len)))
+            inner = _der_seq(
+                (_der_bool_true() if ext[1] else b"") + (b"" if path_len is None else _der_uint(path_len))
+            )
             critical = True
         elif tag == _EXT_KEY_USAGE:
             ku = _uint(ext, "key usage", which, 16)
@@ -475,7 +484,9 @@ def _decode_extensions(value: Any, which: str) -> dict[str, Any]:
             res["aki"] = _bytes(ext, "authority key identifier", which, 20)
             inner = _der_seq(_der(0x80, res["aki"]))
             critical = False
-        parts.append(_der_seq(_der_oid(_EXT_OID[tag]), _der_bool_true() if critical else b"", _der(0x04, inner)))
+        parts.append(
+            _der_seq(_der_oid(_EXT_OID[tag]), _der_bool_true() if critical else b"", _der(0x04, inner))
+        )
     res["der"] = _der(0xA3, _der_seq(*parts))
     return res
 
@@ -519,7 +530,10 @@ def decode_certificate(data: bytes, which: str = "") -> MatterCertificate:
         _dn_der(issuer),
         _der_seq(_der_time(not_before), _der_time(not_after)),
         _dn_der(subject),
-        _der_seq(_der_seq(_der_oid(_OID_EC_PUBLIC_KEY), _der_oid(_OID_PRIME256V1)), _der(0x03, b"\x00" + public_key)),
+        _der_seq(
+            _der_seq(_der_oid(_OID_EC_PUBLIC_KEY), _der_oid(_OID_PRIME256V1)),
+            _der(0x03, b"\x00" + public_key),
+        ),
         ext["der"],
     )
     return MatterCertificate(
@@ -588,7 +602,9 @@ def build_certificate(
     if ext_key_usage is not None:
         exts.append((_EXT_EKU, tlv.Array(tlv.UInt(p) for p in ext_key_usage)))
     exts.append((_EXT_SKI, subject_key_id if subject_key_id is not None else key_identifier(public_key)))
-    aki = authority_key_id if authority_key_id is not None else key_identifier(crypto.public_key_bytes(signer))
+    aki = (
+        authority_key_id if authority_key_id is not None else key_identifier(crypto.public_key_bytes(signer))
+    )
     exts.append((_EXT_AKI, aki))
     exts.extend((_EXT_FUTURE, f) for f in future_extensions)
     body = tlv.Struct(
@@ -618,16 +634,22 @@ def _check_time(cert: MatterCertificate, which: str, now_chip: int | None) -> No
     if now_chip is None:
         return
     if now_chip < cert.not_before:
-        raise CertificateValidityError(f"not valid before Matter epoch {cert.not_before} (now {now_chip})", which)
+        raise CertificateValidityError(
+            f"not valid before Matter epoch {cert.not_before} (now {now_chip})", which
+        )
     if cert.not_after != 0 and now_chip > cert.not_after:
         raise CertificateValidityError(f"expired at Matter epoch {cert.not_after} (now {now_chip})", which)
 
 
-def _check_signed_by(cert: MatterCertificate, issuer: MatterCertificate, which: str, issuer_name: str) -> None:
+def _check_signed_by(
+    cert: MatterCertificate, issuer: MatterCertificate, which: str, issuer_name: str
+) -> None:
     if cert.issuer != issuer.subject:
         raise CertificateChainError(f"issuer DN does not match the {issuer_name} subject", which)
     if cert.authority_key_id is None or cert.authority_key_id != issuer.subject_key_id:
-        raise CertificateChainError(f"authority key id does not match the {issuer_name} subject key id", which)
+        raise CertificateChainError(
+            f"authority key id does not match the {issuer_name} subject key id", which
+        )
     try:
         ok = crypto.ecdsa_verify_raw(issuer.public_key, cert.tbs_der, cert.signature)
     except crypto.CryptoError as exc:
@@ -729,5 +751,7 @@ def validate_chain(
             continue
         ca_fabric = _single(ca, DNAttr.MATTER_FABRIC_ID, name, required=False)
         if ca_fabric is not None and ca_fabric != fabric_id:
-            raise CertificateChainError(f"fabric id 0x{ca_fabric:016X} differs from the NOC's 0x{fabric_id:016X}", name)
+            raise CertificateChainError(
+                f"fabric id 0x{ca_fabric:016X} differs from the NOC's 0x{fabric_id:016X}", name
+            )
     return ValidatedChain(node_id, fabric_id, cats, n.public_key, r.public_key)

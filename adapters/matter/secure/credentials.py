@@ -148,7 +148,9 @@ class OperationalCredentials:
                 raise CredentialsError(f"{doc_path}: {exc}") from None
             raise CredentialsError(f"{doc_path}: corrupt credentials ({type(exc).__name__}: {exc})") from None
         if creds.fabric_index != fabric_index:
-            raise CredentialsError(f"{doc_path}: holds fabric index {creds.fabric_index}, expected {fabric_index}")
+            raise CredentialsError(
+                f"{doc_path}: holds fabric index {creds.fabric_index}, expected {fabric_index}"
+            )
         return creds
 
 

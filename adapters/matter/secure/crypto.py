@@ -100,7 +100,9 @@ def operational_group_key(epoch_key: bytes, compressed_fabric_id: bytes) -> byte
     return hkdf_sha256(epoch_key, compressed_fabric_id, b"GroupKey v1.0", 16)
 
 
-def destination_id(ipk: bytes, initiator_random: bytes, root_public_key: bytes, fabric_id: int, node_id: int) -> bytes:
+def destination_id(
+    ipk: bytes, initiator_random: bytes, root_public_key: bytes, fabric_id: int, node_id: int
+) -> bytes:
     """CASE destination identifier (§4.14.2.4): HMAC-SHA256(IPK, random || root key || fabric id LE || node id LE)."""
     _check_point_bytes(root_public_key, "root public key")
     msg = initiator_random + root_public_key + struct.pack("<QQ", fabric_id, node_id)
@@ -112,7 +114,9 @@ def destination_id(ipk: bytes, initiator_random: bytes, root_public_key: bytes, 
 
 def _check_point_bytes(data: bytes, what: str) -> None:
     if len(data) != PUBLIC_KEY_LENGTH or data[0] != 0x04:
-        raise CryptoError(f"{what} must be a 65-byte uncompressed P-256 point (0x04 prefix), got {len(data)} bytes")
+        raise CryptoError(
+            f"{what} must be a 65-byte uncompressed P-256 point (0x04 prefix), got {len(data)} bytes"
+        )
 
 
 def load_public_key(data: bytes, what: str = "public key") -> ec.EllipticCurvePublicKey:

@@ -31,8 +31,12 @@ class DevCA:
     rcac_id: int = 1
     icac_id: int = 2
     ipk_epoch_key: bytes = DEFAULT_IPK_EPOCH_KEY
-    root_key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
-    icac_key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+    root_key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    )
+    icac_key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    )
 
     def __post_init__(self) -> None:
         self.root_dn = [(DNAttr.MATTER_RCAC_ID, self.rcac_id)]
@@ -90,8 +94,15 @@ class DevCA:
             ext_key_usage=ext_key_usage,
         )
 
-    def credentials(self, node_id: int, fabric_index: int = 1, *, cats: tuple[int, ...] = (),
-                    vendor_id: int = 0xFFF1, **noc_kw: object) -> OperationalCredentials:
+    def credentials(
+        self,
+        node_id: int,
+        fabric_index: int = 1,
+        *,
+        cats: tuple[int, ...] = (),
+        vendor_id: int = 0xFFF1,
+        **noc_kw: object,
+    ) -> OperationalCredentials:
         """A fresh operational key plus its NOC chain, as OperationalCredentials."""
         key = ec.generate_private_key(ec.SECP256R1())
         noc = self.issue_noc(crypto.public_key_bytes(key), node_id, cats=cats, **noc_kw)  # type: ignore[arg-type]
