@@ -202,7 +202,7 @@ class FabricAdmin:
                 fabric_id=self.config.fabric_id,
                 vendor_id=self.config.vendor_id,
                 runner_factory=lambda _d: _Borrowed(self.runner),
-            )  # type: ignore[arg-type,return-value]
+            )
 
         async with self._call_lock:
             return await asyncio.to_thread(run)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from cryptography import x509
@@ -76,7 +77,7 @@ def ensure_identity(
     vendor_id: int = 0xFFF1,
     fabric_index: int = 1,
     now: Callable[[], float] = time.time,
-    runner_factory: Callable[[Path], ControllerRunner] | None = None,
+    runner_factory: Callable[[Path], AbstractContextManager[ControllerRunner]] | None = None,
 ) -> OperationalCredentials:
     """Load the node's credentials for `fabric_index`, or mint and store them on first start."""
     store = credentials_dir(data_dir)
