@@ -29,7 +29,8 @@ Handler protocol (for M3's IM server and BDX sender; defined in transport/exchan
   itself backs off from any deadline a pass did not consume and yields to I/O between passes.
 
 Fabrics: `add_fabric(credentials)` / `remove_fabric(index)` at runtime; `advertise_name(name=None)` (re)publishes
-operational names; `stop()` withdraws them (DNS-SD goodbyes).
+operational names; `stop()` sends CloseSession on every secure session (unreliable, best effort), aborts their
+exchanges and withdraws the names (DNS-SD goodbyes).
 
 Logging: `logging.getLogger("adapters.matter.node")` with structured `extra={"fields": {...}}`.
 """
@@ -166,6 +167,7 @@ class ProviderNode:
 
     async def stop(self) -> None:
         self._running = False
+        self._close_all_sessions()
         if self._advertiser is not None:
             await self._advertiser.close()
             self._advertiser = None
@@ -279,6 +281,19 @@ class ProviderNode:
             },
         )
         return session
+
+    def _close_all_sessions(self) -> None:
+        """Tell every secure peer its session is gone (CloseSession, best effort, before the socket closes) so a
+        requestor mid-download re-establishes and re-queries at once instead of waiting out its BDX timeout."""
+        for session in list(self.sessions.secure.values()):
+            if self._transport is not None and not session.closed:
+                try:
+                    notice = self.exchanges.close_session_notice(session)
+                except SessionError as exc:
+                    log.info("matter: no CloseSession for session %d: %s", session.local_session_id, exc)
+                else:
+                    self._transport.send(notice.datagram, session.peer_address)
+            self._drop_session(session, "node stopping")
 
     def _drop_session(self, session: SecureSession, reason: str) -> None:
         self._process(self.exchanges.close_session(session, self.now_ms()))

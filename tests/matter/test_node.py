@@ -711,6 +711,37 @@ async def test_close_session_drops_the_session_and_aborts_its_transfer(tmp_path:
         assert await peer.settle() == [] and not w.provider.queries
 
 
+async def test_stop_sends_close_session_to_every_peer_and_aborts_transfers(tmp_path: Path) -> None:
+    async with make_world(tmp_path, images={b"fw": 64 * BLOCK}) as w:
+        downloading = await w.peer()
+        idle = await w.peer(REQUESTOR_ID + 1)
+        init = ReceiveInit(0, TransferControl.RECEIVER_DRIVE, BLOCK, b"fw", 0, None).encode()
+        downloading.send_secure(BDX_PROTOCOL_ID, ReceiveInit.OPCODE, init, 0x700)
+        accept = await downloading.recv_secure()
+        assert accept.protocol.protocol_id == BDX_PROTOCOL_ID and w.bdx.slots.in_use == 1
+        await w.node.stop()
+        for peer in (downloading, idle):
+            msg = await peer.recv_secure()  # the first thing each peer hears after stop() is CloseSession
+            ph = msg.protocol
+            assert (ph.protocol_id, ph.opcode) == (
+                ProtocolId.SECURE_CHANNEL,
+                SecureChannelOpcode.STATUS_REPORT,
+            )
+            assert ph.initiator and not ph.reliable and ph.ack_counter is None
+            report = StatusReport.decode(msg.payload)
+            assert (report.general_code, report.protocol_id, report.protocol_code) == (
+                GeneralCode.SUCCESS,
+                ProtocolId.SECURE_CHANNEL,
+                SecureChannelCode.CLOSE_SESSION,
+            )
+            assert peer.inbox.empty()
+        assert not w.node.sessions.secure and not w.node.exchanges.exchanges
+        # the half-done transfer was aborted: its slot is free and the failure was reported
+        assert w.bdx.slots.in_use == 0
+        ((sender, _code, _reason),) = w.observer.failures
+        assert sender.designator == b"fw"
+
+
 # ---------------------------------------------------------------------------------------------- timer guards
 class StuckHandler:
     """A handler whose deadline stays in the past whatever poll() does (a bug, or a clock other than the node's)."""

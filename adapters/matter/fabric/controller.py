@@ -19,8 +19,14 @@ Parent API (synchronous; wrap in `asyncio.to_thread` from async code):
         ctl.invoke(node_id, 0, "OtaSoftwareUpdateProvider", "QueryImage", {...})
         ctl.call("any_op", **args)                             # raw access, incl. ops from --ops-module
 
+`call` (and the helpers) may be used from several threads at once (e.g. `asyncio.to_thread`): writes are
+serialised by a lock, one caller at a time reads stdout and routes each reply to the caller waiting for its id.
+
 Worker protocol: one JSON object per line. Request `{"id": n, "op": name, "args": {...}}`; reply
 `{"id": n, "ok": true, "result": ...}` or `{"id": n, "ok": false, "error": message, "type": exception class}`.
+The worker runs each request as its own task on its event loop (the SDK's async API runs there), so replies come
+in completion order, not request order; a slow op (a read-back to a rebooting node) does not hold up the rest.
+`shutdown` cancels the ops still running (their callers get an error reply) before the SDK is shut down.
 Bytes travel as hex strings. Ops: `init`, `fabric_info`, `issue_noc`, `chip_to_x509`, `x509_to_chip`,
 `establish_case`, `read_attribute`, `invoke`, `shutdown`. `ops_module="pkg.mod"` loads extra ops from
 `pkg.mod.OPS: dict[str, Callable[[WorkerState, dict], Any | Awaitable[Any]]]`. The worker always shuts the
@@ -37,6 +43,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +118,12 @@ class ControllerRunner:
         self._proc: subprocess.Popen[bytes] | None = None
         self._next_id = 0
         self._buf = b""
+        self._write_lock = threading.Lock()  # request ids and whole request lines
+        self._cond = threading.Condition()  # guards the reply router below
+        self._waiting: set[int] = set()  # ids whose callers still wait (late replies to others are dropped)
+        self._replies: dict[int, dict[str, Any]] = {}
+        self._reading = False  # one caller at a time reads stdout, for everybody
+        self._exit: str | None = None  # set once stdout hit EOF: why every waiter fails
 
     # ------------------------------------------------------------------------------------------- lifecycle
 
@@ -129,9 +142,19 @@ class ControllerRunner:
         if self.netns:
             cmd += ["ip", "netns", "exec", self.netns]
         cmd += [
-            "unshare", "-m", "--propagation", "private",
-            "sh", "-c", 'd="$1"; shift; mount --bind "$d" /data && exec "$@"', "sh", str(self.private_dir),
-            self.python, "-m", "adapters.matter.fabric.controller", "--worker",
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            'd="$1"; shift; mount --bind "$d" /data && exec "$@"',
+            "sh",
+            str(self.private_dir),
+            self.python,
+            "-m",
+            "adapters.matter.fabric.controller",
+            "--worker",
         ]
         if self.ops_module:
             cmd += ["--ops-module", self.ops_module]
@@ -140,8 +163,14 @@ class ControllerRunner:
         log = open(self.private_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
         os.chmod(self.private_dir / "worker.log", 0o600)
         try:
+            self._buf, self._replies, self._exit = b"", {}, None
             self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=str(_REPO_ROOT), env=env,
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                cwd=str(_REPO_ROOT),
+                env=env,
                 start_new_session=True,
             )
         finally:
@@ -179,43 +208,83 @@ class ControllerRunner:
     # ------------------------------------------------------------------------------------------- calls
 
     def call(self, op: str, _timeout: float | None = None, **args: Any) -> Any:
-        """Run one worker op and return its result; ControllerError on failure."""
+        """Run one worker op and return its result; ControllerError on failure. Thread-safe."""
         proc = self._proc
         if proc is None or proc.stdin is None or proc.stdout is None:
             raise ControllerError("worker not started")
-        self._next_id += 1
-        rid = self._next_id
-        try:
-            proc.stdin.write(json.dumps({"id": rid, "op": op, "args": args}).encode() + b"\n")
-            proc.stdin.flush()
-        except BrokenPipeError:
-            raise ControllerError(f"worker died (exit {proc.poll()}); see {self.private_dir / 'worker.log'}") from None
+        with self._write_lock:
+            self._next_id += 1
+            rid = self._next_id
+            with self._cond:
+                self._waiting.add(rid)
+            try:
+                proc.stdin.write(json.dumps({"id": rid, "op": op, "args": args}).encode() + b"\n")
+                proc.stdin.flush()
+            except (BrokenPipeError, ValueError):  # ValueError: stdin already closed
+                with self._cond:
+                    self._waiting.discard(rid)
+                raise ControllerError(
+                    f"worker died (exit {proc.poll()}); see {self.private_dir / 'worker.log'}"
+                ) from None
         deadline = time.monotonic() + (self.timeout_s if _timeout is None else _timeout)
+        try:
+            reply = self._await_reply(proc, rid, op, deadline)
+        finally:
+            with self._cond:
+                self._waiting.discard(rid)
+                self._replies.pop(rid, None)
+        if reply.get("ok"):
+            return reply.get("result")
+        raise ControllerError(f"{op}: {reply.get('type', 'Error')}: {reply.get('error')}")
+
+    def _await_reply(
+        self, proc: subprocess.Popen[bytes], rid: int, op: str, deadline: float
+    ) -> dict[str, Any]:
+        """Wait for reply `rid`: read stdout while no other caller does (routing every reply to its waiter),
+        else sleep on the condition until the reader routes ours or gives the reader role up."""
+        assert proc.stdout is not None
         fd = proc.stdout.fileno()
         while True:
-            nl = self._buf.find(b"\n")
-            if nl >= 0:
-                line, self._buf = self._buf[:nl], self._buf[nl + 1 :]
-                try:
-                    reply = json.loads(line)
-                except ValueError:
-                    continue  # not ours (defensive: the worker keeps fd 1 for JSON only)
-                if reply.get("id") != rid:
-                    continue
-                if reply.get("ok"):
-                    return reply.get("result")
-                raise ControllerError(f"{op}: {reply.get('type', 'Error')}: {reply.get('error')}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ControllerError(f"{op}: no reply within the timeout")
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if ready:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise ControllerError(
-                        f"{op}: worker exited (code {proc.wait()}); see {self.private_dir / 'worker.log'}"
-                    )
-                self._buf += chunk
+            with self._cond:
+                while True:
+                    if rid in self._replies:
+                        return self._replies.pop(rid)
+                    if self._exit is not None:
+                        raise ControllerError(f"{op}: {self._exit}")
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise ControllerError(f"{op}: no reply within the timeout")
+                    if not self._reading:
+                        self._reading = True
+                        break
+                    self._cond.wait(remaining)
+            chunk: bytes | None = None
+            try:
+                ready, _, _ = select.select([fd], [], [], remaining)
+                chunk = os.read(fd, 65536) if ready else None
+            finally:
+                with self._cond:
+                    self._reading = False
+                    if chunk == b"":
+                        self._exit = (
+                            f"worker exited (code {proc.wait()}); see {self.private_dir / 'worker.log'}"
+                        )
+                    elif chunk:
+                        self._route(chunk)
+                    self._cond.notify_all()
+
+    def _route(self, chunk: bytes) -> None:
+        """File every complete reply line under its id (caller holds `_cond`)."""
+        self._buf += chunk
+        *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                continue  # not ours (defensive: the worker keeps fd 1 for JSON only)
+            rid = reply.get("id") if isinstance(reply, dict) else None
+            if rid in self._waiting:
+                self._replies[rid] = reply
 
     def init_fabric(
         self,
@@ -259,12 +328,29 @@ class ControllerRunner:
         self.call("establish_case", node_id=node_id, timeout_ms=timeout_ms, _timeout=timeout_ms / 1000 + 30)
 
     def read_attribute(self, node_id: int, endpoint: int, cluster: str, attribute: str) -> Any:
-        return self.call("read_attribute", node_id=node_id, endpoint=endpoint, cluster=cluster, attribute=attribute)
+        return self.call(
+            "read_attribute", node_id=node_id, endpoint=endpoint, cluster=cluster, attribute=attribute
+        )
 
-    def invoke(self, node_id: int, endpoint: int, cluster: str, command: str, fields: dict[str, Any] | None = None,
-               timeout_ms: int = 20000) -> Any:
-        return self.call("invoke", node_id=node_id, endpoint=endpoint, cluster=cluster, command=command,
-                         fields=fields or {}, timeout_ms=timeout_ms, _timeout=timeout_ms / 1000 + 30)
+    def invoke(
+        self,
+        node_id: int,
+        endpoint: int,
+        cluster: str,
+        command: str,
+        fields: dict[str, Any] | None = None,
+        timeout_ms: int = 20000,
+    ) -> Any:
+        return self.call(
+            "invoke",
+            node_id=node_id,
+            endpoint=endpoint,
+            cluster=cluster,
+            command=command,
+            fields=fields or {},
+            timeout_ms=timeout_ms,
+            _timeout=timeout_ms / 1000 + 30,
+        )
 
 
 # =============================================================================================== worker side
@@ -333,14 +419,20 @@ async def _op_init(st: WorkerState, a: dict[str, Any]) -> Any:
     _ensure_stack(st)
     fabric_id, vendor_id = int(a.get("fabric_id", 1)), int(a.get("vendor_id", 0xFFF1))
     cas = st.ca_manager.activeCaList
-    st.ca = cas[0] if cas else st.ca_manager.NewCertificateAuthority(
-        maximizeCertChains=bool(a.get("maximize_cert_chains", False))
+    st.ca = (
+        cas[0]
+        if cas
+        else st.ca_manager.NewCertificateAuthority(
+            maximizeCertChains=bool(a.get("maximize_cert_chains", False))
+        )
     )
     admins = [ad for ad in st.ca.adminList if ad.fabricId == fabric_id]
     st.admin = admins[0] if admins else st.ca.NewFabricAdmin(vendorId=vendor_id, fabricId=fabric_id)
     paa = str(a.get("paa_trust_store") or "/data/paa")
     os.makedirs(paa, mode=0o700, exist_ok=True)
-    st.controller = st.admin.NewController(nodeId=int(a.get("controller_node_id", 112233)), paaTrustStorePath=paa)
+    st.controller = st.admin.NewController(
+        nodeId=int(a.get("controller_node_id", 112233)), paaTrustStorePath=paa
+    )
     st.fabric_id, st.vendor_id = fabric_id, st.admin.vendorId
     return await _op_fabric_info(st, a)
 
@@ -394,7 +486,9 @@ async def _op_x509_to_chip(st: WorkerState, a: dict[str, Any]) -> Any:
 
 async def _op_establish_case(st: WorkerState, a: dict[str, Any]) -> Any:
     ctrl = st.require_controller()
-    await ctrl.GetConnectedDevice(int(a["node_id"]), allowPASE=False, timeoutMs=int(a.get("timeout_ms", 20000)))
+    await ctrl.GetConnectedDevice(
+        int(a["node_id"]), allowPASE=False, timeoutMs=int(a.get("timeout_ms", 20000))
+    )
     return True
 
 
@@ -415,8 +509,9 @@ async def _op_invoke(st: WorkerState, a: dict[str, Any]) -> Any:
     ctrl = st.require_controller()
     cluster = getattr(Clusters, a["cluster"])
     command = getattr(cluster.Commands, a["command"])(**dict(a.get("fields") or {}))
-    res = await ctrl.SendCommand(int(a["node_id"]), int(a["endpoint"]), command,
-                                 interactionTimeoutMs=int(a.get("timeout_ms", 20000)))
+    res = await ctrl.SendCommand(
+        int(a["node_id"]), int(a["endpoint"]), command, interactionTimeoutMs=int(a.get("timeout_ms", 20000))
+    )
     return _jsonable(res)
 
 
@@ -456,6 +551,28 @@ async def _worker_main(ops_module: str | None) -> None:
         ops.update(importlib.import_module(ops_module).OPS)
     st = WorkerState()
     loop = asyncio.get_running_loop()
+    running: set[asyncio.Task[None]] = set()
+
+    def reply(obj: dict[str, Any]) -> None:
+        # only ever called on the loop's thread, one whole line at a time: replies never interleave
+        out.write(json.dumps(obj) + "\n")
+
+    async def run(rid: Any, op: str, args: dict[str, Any]) -> None:
+        try:
+            res = ops[op](st, args)
+            if inspect.isawaitable(res):
+                res = await res
+            reply({"id": rid, "ok": True, "result": res})
+        except asyncio.CancelledError:
+            reply({"id": rid, "ok": False, "error": "worker shutting down", "type": "CancelledError"})
+        except Exception as exc:
+            reply({"id": rid, "ok": False, "error": str(exc), "type": type(exc).__name__})
+
+    async def cancel_running() -> None:
+        for t in list(running):
+            t.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
     try:
         while True:
             line = await loop.run_in_executor(None, sys.stdin.readline)
@@ -464,22 +581,23 @@ async def _worker_main(ops_module: str | None) -> None:
             try:
                 req = json.loads(line)
                 rid = req.get("id")
-            except ValueError as exc:
-                out.write(json.dumps({"id": None, "ok": False, "error": str(exc), "type": "ValueError"}) + "\n")
+            except (ValueError, AttributeError) as exc:
+                reply({"id": None, "ok": False, "error": str(exc), "type": type(exc).__name__})
                 continue
             if req.get("op") == "shutdown":
+                await cancel_running()
                 st.shutdown()
-                out.write(json.dumps({"id": rid, "ok": True, "result": True}) + "\n")
+                reply({"id": rid, "ok": True, "result": True})
                 break
-            try:
-                fn = ops[req["op"]]
-                res = fn(st, dict(req.get("args") or {}))
-                if inspect.isawaitable(res):
-                    res = await res
-                out.write(json.dumps({"id": rid, "ok": True, "result": res}) + "\n")
-            except Exception as exc:
-                out.write(json.dumps({"id": rid, "ok": False, "error": str(exc), "type": type(exc).__name__}) + "\n")
+            if req.get("op") not in ops:
+                reply({"id": rid, "ok": False, "error": f"unknown op {req.get('op')!r}", "type": "KeyError"})
+                continue
+            # each request is its own task on this loop: a slow op does not hold up the others
+            task = asyncio.create_task(run(rid, req["op"], dict(req.get("args") or {})))
+            running.add(task)
+            task.add_done_callback(running.discard)
     finally:
+        await cancel_running()
         st.shutdown()
 
 

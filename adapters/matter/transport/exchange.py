@@ -22,7 +22,8 @@ Handler protocol (what M2/M3 plug in; see also adapters/matter/node.py):
 
 Exchanges are keyed by (session, exchange id, peer-is-initiator). Unsolicited messages (I flag set, no exchange)
 go to the factory registered for their protocol id if the session kind allows it (CASE: unsecured only, opcode
-Sigma1; IM and BDX: secure only). Duplicates are acked, never delivered.
+Sigma1; IM and BDX: secure only). Duplicates are acked, never delivered. `close_session_notice(session)` builds
+the CloseSession StatusReport the node sends to each peer when it stops.
 """
 
 from __future__ import annotations
@@ -428,6 +429,27 @@ class ExchangeManager:
         ex = Exchange(session, eid, False, protocol_id, handler, now_ms)
         self.exchanges[ex.key] = ex
         return ex, [self._send(ex, protocol_id, opcode, payload, now_ms)]
+
+    def close_session_notice(self, session: SecureSession) -> Send:
+        """A CloseSession StatusReport (general SUCCESS, Secure Channel code CLOSE_SESSION) for `session`, on a
+        fresh exchange we initiate. Sent without MRP: the sender tears the session down right after, so it could
+        not retransmit or take the ack anyway (the SDK sends it the same way, best effort). Not tracked as an
+        exchange. SessionError when the session's counter is exhausted."""
+        for _ in range(0x10000):
+            eid = self._next_exchange_id
+            self._next_exchange_id = (eid + 1) & 0xFFFF or 1
+            if (id(session), eid, False) not in self.exchanges:
+                break
+        report = StatusReport(GeneralCode.SUCCESS, ProtocolId.SECURE_CHANNEL, SecureChannelCode.CLOSE_SESSION)
+        ph = ProtocolHeader(
+            SecureChannelOpcode.STATUS_REPORT,
+            eid,
+            ProtocolId.SECURE_CHANNEL,
+            initiator=True,
+            reliable=False,
+        )
+        datagram, _ = session.encode(ph, report.encode())
+        return Send(session, datagram)
 
     # ------------------------------------------------------------------------------------------ timers
     def next_deadline(self) -> int | None:
