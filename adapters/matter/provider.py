@@ -20,8 +20,9 @@ ApplyUpdateRequest -> `core.apply_request` -> Proceed / AwaitNextAction / Discon
 NotifyUpdateApplied -> `core.status_report(SUCCESSFULLY_UPDATED)` then verification: the injected `verify(key)`
   reads SoftwareVersion back (fabric admin); without one the notified version is reported. Never required: the
   core verifies devices that stay silent through the admin's reads/subscriptions.
-BDX: a designator is a random string minted per UpdateToken and resolves only for the requestor the token was
-  issued to (same fabric + node id), to the core's shared `ImageReader` for that token; a block counts as
+BDX: a designator is derived (hashed) from the UpdateToken and resolves only for the requestor the token was
+  issued to (same fabric + node id), to the core's shared `ImageReader` for that token; after a gateway restart
+  a requestor resuming with its old designator is re-attached through the core's persisted token; a block counts as
   progress when the requestor acknowledges it (the next query/ack), so `core.progress` sees acknowledged offsets.
   An UnknownToken from the core aborts the transfer; a core `Wait` paces it (short waits) or aborts it (long).
   A BDX failure (timeout, requestor abort) is not an update failure: the token stays live, the requestor's
@@ -33,8 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
-import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +93,13 @@ MAX_STRING = 64  # SoftwareVersionString: 1..64 bytes
 def fabric_network(compressed_fabric_id: int) -> str:
     """DeviceKey.network of a Matter fabric."""
     return f"fabric:{compressed_fabric_id:016x}"
+
+
+def designator_for(token: bytes) -> str:
+    """The BDX file designator of a transfer, derived from its UpdateToken (which the core persists), so a
+    restarted gateway recognises a requestor resuming with the designator it was given before the restart.
+    A hash, so the designator does not reveal the token."""
+    return "otagw-" + hashlib.sha256(b"otagw-bdx-designator\0" + bytes(token)).hexdigest()[:24]
 
 
 def matter_device_key(compressed_fabric_id: int, node_id: int) -> DeviceKey:
@@ -348,7 +356,7 @@ class MatterOtaProvider:
             gone = self.transfers.pop(old, None)
             if gone is not None:
                 self._by_designator.pop(gone.designator, None)
-        t = Transfer(token, f"otagw-{secrets.token_hex(12)}", key, fab.fabric_index, node_id, image)
+        t = Transfer(token, designator_for(token), key, fab.fabric_index, node_id, image)
         self.transfers[token] = t
         self._by_designator[t.designator] = t
         self._by_device[key.device_id] = token
@@ -439,7 +447,7 @@ class MatterOtaProvider:
             name = designator.decode("ascii")
         except UnicodeDecodeError:
             return None
-        t = self._by_designator.get(name)
+        t = self._by_designator.get(name) or self._reattach(name, session)
         if t is None:
             return None
         if (
@@ -459,6 +467,22 @@ class MatterOtaProvider:
             log.info("matter provider: designator %s no longer live: %s", name, exc)
             return None
         return t, reader
+
+    def _reattach(self, designator: str, session: Any) -> Transfer | None:
+        """After a gateway restart the in-memory table is empty: a requestor resuming its download presents the
+        designator it was given before. Accept it only if the core still has a live transfer for exactly this
+        requestor whose token derives to that designator."""
+        fab = self.fabrics.get(getattr(session, "fabric_index", -1))
+        node_id = getattr(session, "peer_node_id", None)
+        active_transfer = getattr(self.core, "active_transfer", None)
+        if fab is None or node_id is None or active_transfer is None:
+            return None
+        key = matter_device_key(fab.compressed_fabric_id, int(node_id))
+        info = active_transfer(key)
+        if info is None or designator_for(info.token) != designator:
+            return None
+        log.info("matter provider: %s resumes transfer %s after a restart", key.device_id, designator)
+        return self._register(info.token, key, fab, int(node_id), info.image)
 
     def interrupt(self, token: bytes, reason: str = "interrupted by the gateway") -> bool:
         """End the transfer's BDX exchange(s) at their next message (operator action, shutdown, tests). The token

@@ -305,6 +305,22 @@ async def test_designators_resolve_only_for_their_requestor_and_never_to_paths(e
     assert bytes(rx.data) == env.images[2]
 
 
+async def test_restarted_provider_reattaches_a_designator_only_for_its_requestor(env: Env) -> None:
+    """After a gateway restart the provider's memory is empty; the core's persisted token brings the transfer back
+    for the requestor it was issued to, and for nobody else."""
+    good = designator_of(await query(env, 0x5080, 1))
+    await env.provider.close()
+    restarted = MatterOtaProvider(env.core, [ProviderFabric(1, PROVIDER_NODE, CFID)], clock=env.clock)
+    env.provider = restarted
+    assert not restarted.transfers
+    for who, designator in ((0x5081, good), (0x5080, good + b"0"), (0x5080, b"otagw-" + b"0" * 24)):
+        rx, handler = await download(env, who, designator)
+        assert rx.failed and handler.sender.status == BdxStatus.FILE_DESIGNATOR_UNKNOWN, (who, designator)
+    rx, _ = await download(env, 0x5080, good)
+    assert bytes(rx.data) == env.images[2]
+    assert record(env, 0x5080).state.value == "downloaded"
+
+
 # ------------------------------------------------------------------------------------------------ transfers
 
 
