@@ -377,6 +377,23 @@ class ZigbeeAdapter:
             LOGGER.info("%s to %s not delivered: %s", what, cluster.endpoint.device.ieee, exc)
             return False
 
+    async def _block_status(self, cluster: Ota, status: Any, tsn: int) -> None:
+        """Answer an Image Block/Page Request with a bare status (ABORT, MALFORMED_COMMAND)."""
+        await self._send(status.name, cluster, cluster.image_block_response(status=status, tsn=tsn))
+
+    async def _reject_out_of_range(
+        self, cluster: Ota, tr: OtaDevice, what: str, offset: int, limit: str, tsn: int
+    ) -> None:
+        LOGGER.warning(
+            "%s: %s at offset %d (size %d, %s) is out of range",
+            tr.key.device_id,
+            what,
+            offset,
+            tr.size,
+            limit,
+        )
+        await self._block_status(cluster, S.MALFORMED_COMMAND, tsn)
+
     # ------------------------------------------------------------------ Query Next Image
     async def _query_next_image(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> None:
         info = self._info(cluster, qni=cmd)
@@ -614,24 +631,14 @@ class ZigbeeAdapter:
     async def _image_block(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> None:
         tr = await self._transfer_for(cluster, cmd)
         if tr is None:
-            await self._send("ABORT", cluster, cluster.image_block_response(status=S.ABORT, tsn=hdr.tsn))
+            await self._block_status(cluster, S.ABORT, hdr.tsn)
             return
         if getattr(cmd, "minimum_block_period", None) is not None:
             tr.device_min_block_period_ms = int(cmd.minimum_block_period)
         offset = int(cmd.file_offset)
         if offset >= tr.size or cmd.maximum_data_size == 0:
-            LOGGER.warning(
-                "%s: Image Block Request at offset %d (size %d, max %d) is out of range",
-                tr.key.device_id,
-                offset,
-                tr.size,
-                cmd.maximum_data_size,
-            )
-            await self._send(
-                "MALFORMED_COMMAND",
-                cluster,
-                cluster.image_block_response(status=S.MALFORMED_COMMAND, tsn=hdr.tsn),
-            )
+            limit = f"max {cmd.maximum_data_size}"
+            await self._reject_out_of_range(cluster, tr, "Image Block Request", offset, limit, hdr.tsn)
             return
         tr.last_activity_mono = max(tr.last_activity_mono, self.clock.monotonic())
         if not await self._pre_block_checks(cluster, tr, hdr.tsn):
@@ -647,9 +654,7 @@ class ZigbeeAdapter:
             tr2 = await self._resume(cluster, cmd.manufacturer_code, cmd.image_type, cmd.file_version)
             if tr2 is None or not await self._pre_block_checks(cluster, tr2, hdr.tsn):
                 if tr2 is None:
-                    await self._send(
-                        "ABORT", cluster, cluster.image_block_response(status=S.ABORT, tsn=hdr.tsn)
-                    )
+                    await self._block_status(cluster, S.ABORT, hdr.tsn)
                 return
             await self._serve_block(
                 cluster, tr2, offset, int(cmd.maximum_data_size), hdr.tsn, int(cmd.manufacturer_code)
@@ -658,22 +663,12 @@ class ZigbeeAdapter:
     async def _image_page(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> None:
         tr = await self._transfer_for(cluster, cmd)
         if tr is None:
-            await self._send("ABORT", cluster, cluster.image_block_response(status=S.ABORT, tsn=hdr.tsn))
+            await self._block_status(cluster, S.ABORT, hdr.tsn)
             return
         offset = int(cmd.file_offset)
         if offset >= tr.size or cmd.maximum_data_size == 0 or cmd.page_size == 0:
-            LOGGER.warning(
-                "%s: Image Page Request at offset %d (size %d, page %d) is out of range",
-                tr.key.device_id,
-                offset,
-                tr.size,
-                cmd.page_size,
-            )
-            await self._send(
-                "MALFORMED_COMMAND",
-                cluster,
-                cluster.image_block_response(status=S.MALFORMED_COMMAND, tsn=hdr.tsn),
-            )
+            limit = f"page {cmd.page_size}"
+            await self._reject_out_of_range(cluster, tr, "Image Page Request", offset, limit, hdr.tsn)
             return
         tr.last_activity_mono = max(tr.last_activity_mono, self.clock.monotonic())
         if not await self._pre_block_checks(cluster, tr, hdr.tsn):
@@ -709,7 +704,7 @@ class ZigbeeAdapter:
                 except UnknownToken as exc:
                     LOGGER.info("%s: %s", tr.key.device_id, exc)
                     self.state.transfers.pop(tr.key, None)
-                    await self._send("ABORT", cluster, cluster.image_block_response(status=S.ABORT, tsn=tsn))
+                    await self._block_status(cluster, S.ABORT, tsn)
                     return
                 offset += n
                 tsn = None
