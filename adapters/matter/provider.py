@@ -140,10 +140,10 @@ class Transfer:
 
 @dataclass
 class _TestState:
-    queries: int = 0
-    applies: int = 0
-    ignored_queries: int = 0
-    ignored_applies: int = 0
+    """Per requestor, per command ("QueryImage", "ApplyUpdateRequest"): commands seen and commands held back."""
+
+    seen: dict[str, int] = field(default_factory=dict)
+    ignored: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -222,24 +222,33 @@ class MatterOtaProvider:
     def held_commands(self) -> int:
         return len(self._held)
 
+    async def _test_mode_gate(
+        self, key: DeviceKey, node_id: int, command: str, ignore_limit: str
+    ) -> tuple[Any, bool]:
+        """Provider test mode (reference 002) for one QueryImage / ApplyUpdateRequest: hold the first N of them
+        unanswered (the knob named `ignore_limit`), count the command, and say whether its response is shaped by
+        the knobs (every response, or only the first with `first_only`). Returns (knobs or None, shaped)."""
+        knobs = self._knobs(node_id)
+        ts = self._tstate(key)
+        if knobs is not None and ts.ignored.get(command, 0) < getattr(knobs, ignore_limit):
+            ts.ignored[command] = ts.ignored.get(command, 0) + 1
+            log.info(
+                "matter provider: test mode ignores %s %d/%d from %s",
+                command,
+                ts.ignored[command],
+                getattr(knobs, ignore_limit),
+                key.device_id,
+            )
+            await self._hold(command)
+        first = ts.seen.get(command, 0) == 0
+        ts.seen[command] = ts.seen.get(command, 0) + 1
+        return knobs, knobs is not None and (first or not knobs.first_only)
+
     # ------------------------------------------------------------------------------------------ QueryImage
     async def query_image(self, ctx: InvokeContext, req: QueryImage) -> QueryImageResponse:
         fab, node_id = self._requestor(ctx)
         key = matter_device_key(fab.compressed_fabric_id, node_id)
-        knobs = self._knobs(node_id)
-        ts = self._tstate(key)
-        if knobs is not None and ts.ignored_queries < knobs.ignore_query_image:
-            ts.ignored_queries += 1
-            log.info(
-                "matter provider: test mode ignores QueryImage %d/%d from %s",
-                ts.ignored_queries,
-                knobs.ignore_query_image,
-                key.device_id,
-            )
-            await self._hold("QueryImage")
-        first = ts.queries == 0
-        ts.queries += 1
-        shaped = knobs is not None and (first or not knobs.first_only)
+        knobs, shaped = await self._test_mode_gate(key, node_id, "QueryImage", "ignore_query_image")
 
         extra: dict[str, object] = {
             "requestor_can_consent": req.requestor_can_consent,
@@ -366,20 +375,7 @@ class MatterOtaProvider:
     async def apply_update_request(self, ctx: InvokeContext, req: ApplyUpdateRequest) -> ApplyUpdateResponse:
         fab, node_id = self._requestor(ctx)
         key = matter_device_key(fab.compressed_fabric_id, node_id)
-        knobs = self._knobs(node_id)
-        ts = self._tstate(key)
-        if knobs is not None and ts.ignored_applies < knobs.ignore_apply_update:
-            ts.ignored_applies += 1
-            log.info(
-                "matter provider: test mode ignores ApplyUpdateRequest %d/%d from %s",
-                ts.ignored_applies,
-                knobs.ignore_apply_update,
-                key.device_id,
-            )
-            await self._hold("ApplyUpdateRequest")
-        first = ts.applies == 0
-        ts.applies += 1
-        shaped = knobs is not None and (first or not knobs.first_only)
+        knobs, shaped = await self._test_mode_gate(key, node_id, "ApplyUpdateRequest", "ignore_apply_update")
         extra_delay = knobs.delayed_apply_action_time_s if shaped and knobs is not None else None
 
         t = self.transfers.get(bytes(req.update_token))
