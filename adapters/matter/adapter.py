@@ -94,8 +94,10 @@ class MatterAdapter:
         *,
         netns: str | None = None,
         control_socket: bool = True,
+        busy_retry_s: int = 120,
     ) -> None:
         self.cfg = config
+        self.busy_retry_s = busy_retry_s
         self.core = core
         self.clock = clock
         self.dir = matter_dir(data_dir)
@@ -137,7 +139,8 @@ class MatterAdapter:
             raise AdapterStartError(f"matter: provider identity: {exc}") from None
         self.fabric = ProviderFabric.from_credentials(creds)
         self.provider = MatterOtaProvider(
-            self.core, [self.fabric], clock=self.clock, config=self.cfg, verify=self._verify
+            self.core, [self.fabric], clock=self.clock, config=self.cfg, verify=self._verify,
+            busy_retry_s=self.busy_retry_s,
         )
         acl = AccessControl.default([creds.fabric_index], {creds.fabric_index: [self.cfg.controller_node_id]})
         registry, _ = build_provider_node(
@@ -313,8 +316,7 @@ class MatterAdapter:
         assert self.fabric is not None
         mine = {self.key(n).device_id: n for n in self._adopted}
         due: dict[str, str | None] = {}
-        notify = getattr(self.core, "devices_to_notify", None)
-        for key in notify() if notify else []:
+        for key in self.core.devices_to_notify():
             if key.device_id in mine:
                 due[key.device_id] = "rollout"
         plan = getattr(self.core, "plan", None)
@@ -332,9 +334,7 @@ class MatterAdapter:
                 log.info("matter adapter: announce to %s failed: %s", dev, exc)
                 continue
             self._announced[dev] = (image, now)
-            mark = getattr(self.core, "mark_notified", None)
-            if mark is not None:
-                await mark(self.key(mine[dev]), "AnnounceOTAProvider sent")
+            await self.core.mark_notified(self.key(mine[dev]), "AnnounceOTAProvider sent")
 
     async def _on_report(self, ev: dict[str, Any]) -> None:
         node_id = int(ev["node_id"])

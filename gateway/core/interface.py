@@ -45,9 +45,9 @@ The contract in detail (implemented by gateway.core.service.UpdateCore; every an
   has failed the update.
 - `status_report`: 003 statuses move the record (Successfully Updated is a claim: -> verifying, not updated;
   Failed to Update -> failed with the error text); `percent` is recorded and published.
-- Additive helpers on UpdateCore (not in the Protocol, so existing test doubles still conform):
-  `active_transfer(key) -> TransferInfo | None` (re-attach after a restart), `mark_notified(key)` (after
-  Image Notify / AnnounceOTAProvider), `devices_to_notify()` (devices in update_available).
+- `active_transfer(key) -> TransferInfo | None` (re-attach after a restart), `mark_notified(key)` (after
+  Image Notify / AnnounceOTAProvider), `devices_to_notify()` (devices in update_available): adapters call these
+  directly, never through `getattr`.
 """
 
 from __future__ import annotations
@@ -223,3 +223,15 @@ class UpdateCoreInterface(Protocol):
     ) -> None: ...
 
     async def status_report(self, key: DeviceKey, report: StatusReport) -> None: ...
+
+    def active_transfer(self, key: DeviceKey) -> TransferInfo | None:
+        """The device's live transfer (token, image, resume point), to re-attach after a restart."""
+        ...
+
+    async def mark_notified(self, key: DeviceKey, reason: str = "adapter notified the device") -> None:
+        """The adapter told the device an update is due (Image Notify / AnnounceOTAProvider)."""
+        ...
+
+    def devices_to_notify(self) -> list[DeviceKey]:
+        """Devices with an update due that have not been offered it yet."""
+        ...

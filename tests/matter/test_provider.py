@@ -94,7 +94,11 @@ async def make_env(
     core = UpdateCore(cfg, store, clock, auto_sweep=False)
     await core.start()
     provider = MatterOtaProvider(
-        core, [ProviderFabric(1, PROVIDER_NODE, CFID)], clock=clock, config=cfg.matter
+        core,
+        [ProviderFabric(1, PROVIDER_NODE, CFID)],
+        clock=clock,
+        config=cfg.matter,
+        busy_retry_s=cfg.policy.busy_retry_s,
     )
     registry, _ = build_provider_node(delegate=provider, acl=AccessControl.default([1], {1: [ADMIN]}))
     im = IMServer(registry, now=clock.monotonic)
