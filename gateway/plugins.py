@@ -92,6 +92,14 @@ class AdapterPlugin(Protocol):
         """Extra adapter-specific health fields for `/healthz` (may be empty)."""
         ...
 
+    def adapter_class(self) -> type[Any]:
+        """The adapter class itself (for harnesses such as `otagw demo` that build it with extra arguments)."""
+        ...
+
+    def simulator(self) -> Any | None:
+        """The adapter's hardware-free harness (simulated radio/devices) for `otagw demo`, or None."""
+        ...
+
 
 @dataclass(frozen=True)
 class LazyAdapterPlugin:
@@ -105,6 +113,7 @@ class LazyAdapterPlugin:
     cli_target: str | None = None  # "module:attribute" of a click group, imported lazily
     required_modules: tuple[str, ...] = ()  # top-level modules that must be importable (checked, not imported)
     install_hint: str = ""
+    simulator_target: str | None = None  # "module" of the hardware-free harness, imported lazily
 
     def enabled(self, config: Config) -> bool:
         return bool(self.is_enabled(config))
@@ -140,6 +149,10 @@ class LazyAdapterPlugin:
     def health(self, adapter: RunningAdapter) -> dict[str, Any]:
         extra = getattr(adapter, "health", None)
         return dict(extra()) if callable(extra) else {}
+
+
+    def simulator(self) -> Any | None:
+        return None if self.simulator_target is None else load_object(self.simulator_target)
 
 
 def load_object(target: str) -> Any:

@@ -37,5 +37,6 @@ plugin = MatterPlugin(
     is_enabled=_enabled,
     cli_target="adapters.matter.cli:matter",
     required_modules=("chip",),
+    simulator_target="adapters.matter.sim",
     install_hint="pip install 'otagw[matter]'; the chip SDK has wheels for Linux x86_64/aarch64 only",
 )

@@ -18,5 +18,6 @@ plugin = LazyAdapterPlugin(
     config_section="zigbee",
     is_enabled=_enabled,
     required_modules=("zigpy", "bellows"),
+    simulator_target="adapters.zigbee.sim",
     install_hint="pip install otagw (zigpy and bellows are core dependencies)",
 )

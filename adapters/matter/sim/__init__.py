@@ -2,11 +2,12 @@
 matter.js OTA requestor device as a subprocess (`matterjs_device`). Nothing here runs in the root namespace."""
 
 from adapters.matter.sim.matterjs_device import (
-    JS_DIR,
+    MATTERJS_DIR_ENV,
     MatterJsDevice,
     MatterJsDeviceError,
     device_script,
     export_paas,
+    js_dir,
     node_unavailable_reason,
 )
 from adapters.matter.sim.netns import (
@@ -18,8 +19,10 @@ from adapters.matter.sim.netns import (
     netns_unavailable_reason,
 )
 
+from adapters.matter.fabric.controller import runner_unavailable_reason
+
 __all__ = [
-    "JS_DIR",
+    "MATTERJS_DIR_ENV",
     "MatterJsDevice",
     "MatterJsDeviceError",
     "NetnsPair",
@@ -28,7 +31,9 @@ __all__ = [
     "delete_pair",
     "device_script",
     "export_paas",
+    "js_dir",
     "netns_pair",
     "netns_unavailable_reason",
     "node_unavailable_reason",
+    "runner_unavailable_reason",
 ]
