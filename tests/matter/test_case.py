@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.matter import tlv
+from gateway.formats import tlv
 from adapters.matter.secure import certs, crypto
 from adapters.matter.secure.case import (
     OPCODE_SIGMA1,

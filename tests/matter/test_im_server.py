@@ -48,7 +48,7 @@ from adapters.matter.interaction.registry import (
     StatusError,
 )
 from adapters.matter.interaction.server import IMServer, chunk_reports
-from adapters.matter.tlv import Array, Struct, UInt, encode
+from gateway.formats.tlv import Array, Struct, UInt, encode
 from adapters.matter.transport.exchange import SessionContext
 
 Objects = pytest.importorskip("chip.clusters.Objects")

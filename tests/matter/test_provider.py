@@ -38,7 +38,7 @@ from adapters.matter.interaction.messages import (
 )
 from adapters.matter.interaction.server import IMServer
 from adapters.matter.provider import MatterOtaProvider, ProviderFabric, matter_device_key
-from adapters.matter.tlv import Struct
+from gateway.formats.tlv import Struct
 from adapters.matter.transport.exchange import SessionContext
 from gateway.clock import ManualClock
 from gateway.config import parse_config

@@ -30,7 +30,7 @@ from adapters.matter.interaction.registry import (
     ReadContext,
     Registry,
 )
-from adapters.matter.tlv import Array, Struct, UInt
+from gateway.formats.tlv import Array, Struct, UInt
 
 __all__ = [
     "BASIC_INFORMATION_CLUSTER",

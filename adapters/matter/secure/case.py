@@ -36,7 +36,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from adapters.matter import tlv
+from gateway.formats import tlv
 from adapters.matter.secure import certs, crypto
 from adapters.matter.secure.credentials import OperationalCredentials
 from adapters.matter.transport.status_report import (

@@ -21,7 +21,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from adapters.matter import tlv
+from gateway.formats import tlv
 from adapters.matter.secure import crypto
 
 __all__ = [
