@@ -149,8 +149,8 @@ class MatterAdapter:
                 product_name="otagw OTA provider",
                 unique_id=f"otagw-{creds.node_id:016X}",
             ),
-            self.provider,
-            acl,
+            delegate=self.provider,
+            acl=acl,
         )
         self.node = ProviderNode(
             [creds],

@@ -38,12 +38,12 @@ from adapters.matter.interaction.messages import (
 )
 from adapters.matter.interaction.server import IMServer
 from adapters.matter.provider import MatterOtaProvider, ProviderFabric, matter_device_key
-from gateway.formats.tlv import Struct
 from adapters.matter.transport.exchange import SessionContext
 from gateway.clock import ManualClock
 from gateway.config import parse_config
 from gateway.core.service import UpdateCore
 from gateway.formats import build_matter_image
+from gateway.formats.tlv import Struct
 from gateway.store.store import ImageStore
 
 PROVIDER_NODE = 0x0A11_0001

@@ -1,6 +1,7 @@
 """Hardware-free Matter peers for the demo and the interop tests: a network-namespace pair (`netns`) and the
 matter.js OTA requestor device as a subprocess (`matterjs_device`). Nothing here runs in the root namespace."""
 
+from adapters.matter.fabric.controller import runner_unavailable_reason
 from adapters.matter.sim.matterjs_device import (
     MATTERJS_DIR_ENV,
     MatterJsDevice,
@@ -18,8 +19,6 @@ from adapters.matter.sim.netns import (
     netns_pair,
     netns_unavailable_reason,
 )
-
-from adapters.matter.fabric.controller import runner_unavailable_reason
 
 __all__ = [
     "MATTERJS_DIR_ENV",
