@@ -66,8 +66,16 @@ class RunningAdapter(Protocol):
 class AdapterPlugin(Protocol):
     """One adapter as the gateway sees it (see the module docstring)."""
 
-    name: str
-    config_section: str  # key of `Config` (and of the YAML file) holding this adapter's settings
+    @property
+    def name(self) -> str:
+        """The adapter's name: its entry point name, its `/healthz` key, its CLI group."""
+        ...
+
+    @property
+    def config_section(self) -> str | None:
+        """Key of `Config` (and of the YAML file) holding this adapter's settings (None: it reads the whole
+        Config)."""
+        ...
 
     def enabled(self, config: Config) -> bool:
         """Whether the config asks for this adapter."""
@@ -96,8 +104,9 @@ class AdapterPlugin(Protocol):
         """The adapter class itself (for harnesses such as `otagw demo` that build it with extra arguments)."""
         ...
 
-    def simulator(self) -> Any | None:
-        """The adapter's hardware-free harness (simulated radio/devices) for `otagw demo`, or None."""
+    def simulator(self) -> Any:
+        """The adapter's hardware-free harness module (simulated radio/devices) for `otagw demo`; None if it has
+        none."""
         ...
 
 
@@ -132,7 +141,7 @@ class LazyAdapterPlugin:
         return None
 
     def adapter_class(self) -> type[Any]:
-        return load_object(self.target)  # type: ignore[no-any-return]
+        return load_object(self.target)
 
     def create(self, core: Any, config: Config, *, clock: Clock, data_dir: Path) -> RunningAdapter:
         cls = self.adapter_class()
@@ -151,7 +160,7 @@ class LazyAdapterPlugin:
         return dict(extra()) if callable(extra) else {}
 
 
-    def simulator(self) -> Any | None:
+    def simulator(self) -> Any:
         return None if self.simulator_target is None else load_object(self.simulator_target)
 
 
