@@ -127,6 +127,7 @@ class Gateway:
             raise
 
     async def _start(self) -> None:
+        from gateway.core.interface import UpdateCoreInterface
         from gateway.core.service import UpdateCore
         from gateway.store.errors import StoreError
         from gateway.store.store import ImageStore
@@ -149,7 +150,9 @@ class Gateway:
             raise GatewayStartError(f"image store in {data_dir}: {exc}") from None
         await self._import_configured_images()
 
-        self.core = UpdateCore(cfg, self.store, self.clock)
+        core = UpdateCore(cfg, self.store, self.clock)
+        _adapters_view: UpdateCoreInterface = core  # mypy proves the core offers adapters the whole interface
+        self.core = core
         await self.core.start()
         self.core_state = "running"
 

@@ -289,15 +289,12 @@ class MatterAdapter:
         """Nodes told to install: read SoftwareVersion back (backing off) until the core settles the episode.
         Subscriptions notice a rebooted node only after their liveness timeout, and NotifyUpdateApplied is
         optional, so this read is what verifies an update in time."""
-        get = getattr(self.core, "get_device", None)
-        if get is None:
-            return
         wall = self.clock.now()
         for nid in list(self._adopted):
-            rec = get(self.key(nid).device_id)
+            rec = self.core.get_device(self.key(nid).device_id)
             if (
                 rec is None
-                or rec.state.value not in ("applying", "verifying")
+                or rec.state not in ("applying", "verifying")
                 or (rec.apply_at is not None and wall < rec.apply_at)
             ):
                 self._verify_at.pop(nid, None)
@@ -319,8 +316,7 @@ class MatterAdapter:
         for key in self.core.devices_to_notify():
             if key.device_id in mine:
                 due[key.device_id] = "rollout"
-        plan = getattr(self.core, "plan", None)
-        for item in plan() if plan else []:
+        for item in self.core.plan():
             if item.device_id in mine and item.outcome == "update":
                 due.setdefault(item.device_id, item.image_id)
         now = self.clock.monotonic()
