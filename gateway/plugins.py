@@ -120,7 +120,9 @@ class LazyAdapterPlugin:
     config_section: str | None = None  # None: the adapter gets the whole Config
     is_enabled: Callable[[Any], bool] = field(default=lambda config: True)
     cli_target: str | None = None  # "module:attribute" of a click group, imported lazily
-    required_modules: tuple[str, ...] = ()  # top-level modules that must be importable (checked, not imported)
+    required_modules: tuple[
+        str, ...
+    ] = ()  # top-level modules that must be importable (checked, not imported)
     install_hint: str = ""
     simulator_target: str | None = None  # "module" of the hardware-free harness, imported lazily
 
@@ -159,7 +161,6 @@ class LazyAdapterPlugin:
         extra = getattr(adapter, "health", None)
         return dict(extra()) if callable(extra) else {}
 
-
     def simulator(self) -> Any:
         return None if self.simulator_target is None else load_object(self.simulator_target)
 
@@ -174,7 +175,9 @@ def load_object(target: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise LookupError(f"{module_name} is not part of this installation") from None
-        raise LookupError(f"{module_name} needs the Python module {exc.name!r}, which is not installed") from None
+        raise LookupError(
+            f"{module_name} needs the Python module {exc.name!r}, which is not installed"
+        ) from None
     obj = getattr(module, attr, None) if attr else module
     if obj is None:
         raise LookupError(f"{module_name} has no attribute {attr}")

@@ -198,7 +198,9 @@ class Gateway:
             return rt.state
         rt.state = "starting"
         try:
-            rt.instance = plugin.create(self.core, self.config, clock=self.clock, data_dir=self.config.data_dir)
+            rt.instance = plugin.create(
+                self.core, self.config, clock=self.clock, data_dir=self.config.data_dir
+            )
             await rt.instance.start()
         except LookupError as exc:  # the plugin's adapter module is not installed: permanent, like above
             rt.state, rt.error, rt.next_retry_at, rt.instance = "unavailable", str(exc), None, None
@@ -216,7 +218,9 @@ class Gateway:
                 rt.error,
                 self._retry_delay(rt.attempts),
                 exc_info=None if expected else exc,
-                extra={"fields": {"adapter": name, "attempt": rt.attempts, "next_retry_at": rt.next_retry_at}},
+                extra={
+                    "fields": {"adapter": name, "attempt": rt.attempts, "next_retry_at": rt.next_retry_at}
+                },
             )
             with contextlib.suppress(Exception):
                 if rt.instance is not None:

@@ -159,7 +159,10 @@ def test_health_command_fails_while_an_enabled_adapter_is_down(tmp_path: Path) -
     )
     env = {**os.environ, "OTAGW_API_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        otagw("--log-json", "-c", str(cfg), "run"), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+        otagw("--log-json", "-c", str(cfg), "run"),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
@@ -182,7 +185,9 @@ def test_health_command_fails_while_an_enabled_adapter_is_down(tmp_path: Path) -
         assert zigbee["error"] and zigbee["attempts"] >= 1 and zigbee["next_retry_at"] > time.time() - 5
         ready = subprocess.run(otagw("-c", str(cfg), "health"), env=env, capture_output=True, timeout=60)
         assert ready.returncode == 1 and json.loads(ready.stdout)["adapters"]["zigbee"]["state"] == "failed"
-        live = subprocess.run(otagw("-c", str(cfg), "health", "--live"), env=env, capture_output=True, timeout=60)
+        live = subprocess.run(
+            otagw("-c", str(cfg), "health", "--live"), env=env, capture_output=True, timeout=60
+        )
         assert live.returncode == 0 and json.loads(live.stdout)["status"] == "alive"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)

@@ -139,7 +139,11 @@ class MatterAdapter:
             raise AdapterStartError(f"matter: provider identity: {exc}") from None
         self.fabric = ProviderFabric.from_credentials(creds)
         self.provider = MatterOtaProvider(
-            self.core, [self.fabric], clock=self.clock, config=self.cfg, verify=self._verify,
+            self.core,
+            [self.fabric],
+            clock=self.clock,
+            config=self.cfg,
+            verify=self._verify,
             busy_retry_s=self.busy_retry_s,
         )
         acl = AccessControl.default([creds.fabric_index], {creds.fabric_index: [self.cfg.controller_node_id]})

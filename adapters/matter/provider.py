@@ -168,7 +168,9 @@ class MatterOtaProvider:
         busy_retry_s: int = 120,
     ) -> None:
         self.core = core
-        self.busy_retry_s = busy_retry_s  # policy.busy_retry_s, handed over by the plugin (not read from the core)
+        self.busy_retry_s = (
+            busy_retry_s  # policy.busy_retry_s, handed over by the plugin (not read from the core)
+        )
         self.clock = clock
         self.config = config or MatterConfig()
         self.fabrics: dict[int, ProviderFabric] = {f.fabric_index: f for f in fabrics}

@@ -51,7 +51,9 @@ class DemoZigbeeAdapter:
     def __init__(self, config: Any, core: Any, clock: Any, data_dir: Path) -> None:
         from zigpy.zcl import foundation
 
-        plugin = get_plugin("zigbee")  # the gateway package never imports adapters: the registry hands them over
+        plugin = get_plugin(
+            "zigbee"
+        )  # the gateway package never imports adapters: the registry hands them over
         sim = plugin.simulator()
         ZigbeeAdapter = plugin.adapter_class()
         Behaviour, SimOtaDevice = sim.Behaviour, sim.SimOtaDevice

@@ -462,7 +462,9 @@ class _ElementReader:
         if pos + n > len(self.data):
             raise self.fail(f"TLV {what} runs past the end of the TLV data", pos)
 
-    def make(self, tag: Tag, kind: TlvType, value: TlvValue, start: int, value_pos: int, end: int) -> TlvElement:
+    def make(
+        self, tag: Tag, kind: TlvType, value: TlvValue, start: int, value_pos: int, end: int
+    ) -> TlvElement:
         return TlvElement(tag, kind, value, self.base + start, self.base + value_pos, self.base + end)
 
     def uint(self, pos: int, width: int, what: str) -> int:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from gateway.clock import ManualClock
-from gateway.config import load_config
+from gateway.config import Config, load_config
 from gateway.plugins import LazyAdapterPlugin, load_object, load_plugins
 from gateway.service import Gateway, GatewayStartError
 from tests.api import fake_adapters
@@ -143,6 +143,10 @@ def test_installed_plugins_register_through_entry_points() -> None:
     assert {"matter", "zigbee"} <= set(plugins)
     assert plugins["zigbee"].config_section == "zigbee" and plugins["matter"].config_section == "matter"
     assert plugins["matter"].cli_group() is not None
+    for (
+        plugin
+    ) in plugins.values():  # its settings are a section of the one config (and of its generated reference)
+        assert plugin.config_section in Config.model_fields
     newly = set(sys.modules) - before
     assert not any(m == "zigpy" or m.startswith(("zigpy.", "chip.")) for m in newly)
 
@@ -197,7 +201,9 @@ async def test_failed_adapter_is_retried_with_backoff_and_health_recovers(tmp_pa
         assert fake_adapters.EVENTS.count("flaky.start") == 4  # running: no more attempts
     finally:
         await gw.stop()
-    assert fake_adapters.EVENTS.count("FlakyRadio.stop") == 4  # each failed attempt cleaned up, then the shutdown
+    assert (
+        fake_adapters.EVENTS.count("FlakyRadio.stop") == 4
+    )  # each failed attempt cleaned up, then the shutdown
 
 
 async def test_retry_stops_with_the_gateway(tmp_path: Path) -> None:
@@ -216,3 +222,41 @@ async def test_retry_stops_with_the_gateway(tmp_path: Path) -> None:
     await gw.stop()
     await clock.advance(100.0)
     assert fake_adapters.EVENTS.count("flaky.start") == 4
+
+
+async def test_adapter_without_its_sdk_is_one_line_and_the_rest_serves(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Matter enabled on a platform without the chip SDK's wheel: one line at start, never retried, 503 naming it,
+    and the other adapter runs."""
+    clock = ManualClock()
+    gw = Gateway(
+        load_config(write_config(tmp_path)),
+        plugins=(
+            LazyAdapterPlugin(
+                "matter",
+                "tests.api.fake_adapters:Good",
+                required_modules=("chip_sdk_not_here",),
+                install_hint="no wheel for this platform",
+            ),
+            LazyAdapterPlugin("zigbee", "tests.api.fake_adapters:Good"),
+        ),
+        clock=clock,
+    )
+    with caplog.at_level("INFO", logger="otagw.service"):
+        await gw.start()
+        try:
+            await clock.advance(3600.0)
+            health = gw.health()
+        finally:
+            await gw.stop()
+    lines = [r.getMessage() for r in caplog.records if "matter" in r.getMessage()]
+    assert lines == [
+        "matter adapter unavailable: the Python module 'chip_sdk_not_here' is not installed "
+        "(no wheel for this platform); serving without it"
+    ]
+    assert (
+        health["adapters"]["matter"]["state"] == "unavailable"
+        and health["adapters"]["matter"]["attempts"] == 0
+    )
+    assert health["adapters"]["zigbee"]["state"] == "running" and health["ready"] is False

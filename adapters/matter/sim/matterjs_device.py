@@ -50,7 +50,9 @@ def node_unavailable_reason() -> str | None:
         return f"{MATTERJS_DIR_ENV} is not set (the matter.js scripts live in a checkout's tests/js)"
     script = device_script()
     if not script.is_file():
-        return f"the matter.js device script is not at {script} ({MATTERJS_DIR_ENV} names a checkout's tests/js)"
+        return (
+            f"the matter.js device script is not at {script} ({MATTERJS_DIR_ENV} names a checkout's tests/js)"
+        )
     if not (js_dir() / "node_modules" / "@matter" / "main").exists():
         return f"matter.js not installed in {js_dir()} (run `npm ci` there)"
     return None
