@@ -300,22 +300,19 @@ class _Reader:
 
 
 def _decode_tag(r: _Reader, tc: int, off: int) -> tuple[Any, int]:
-    end = r.take(off, _TAG_LEN[tc], "tag")
-    return _parse_tag(r.data, tc, off, end), end
-
-
-def _parse_tag(d: bytes, tc: int, off: int, end: int) -> Tag:
-    """The tag of control `tc` whose bytes are d[off:end] (already bounds-checked)."""
+    n = _TAG_LEN[tc]
+    end = r.take(off, n, "tag")
+    d = r.data
     if tc == _TC_ANON:
-        return None
+        return None, end
     if tc == _TC_CONTEXT:
-        return d[off]
+        return d[off], end
     if tc in (_TC_COMMON2, _TC_COMMON4):
-        return CommonProfileTag(int.from_bytes(d[off:end], "little"))
+        return CommonProfileTag(int.from_bytes(d[off:end], "little")), end
     if tc in (_TC_IMPLICIT2, _TC_IMPLICIT4):
-        return ImplicitProfileTag(int.from_bytes(d[off:end], "little"))
+        return ImplicitProfileTag(int.from_bytes(d[off:end], "little")), end
     vid, prof = struct.unpack_from("<HH", d, off)
-    return ProfileTag(vid, prof, int.from_bytes(d[off + 4 : end], "little"))
+    return ProfileTag(vid, prof, int.from_bytes(d[off + 4 : end], "little")), end
 
 
 def _decode(r: _Reader, off: int, depth: int) -> tuple[Any, Any, int]:
@@ -454,6 +451,7 @@ class _ElementReader:
     def __init__(self, data: bytes, base_offset: int) -> None:
         self.data = data
         self.base = base_offset
+        self.values = _Reader(data)  # the value view's reader: tags are parsed by the same code
 
     def fail(self, defect: str, pos: int) -> TlvFormatError:
         return TlvFormatError(defect, self.base + pos)
@@ -484,8 +482,7 @@ class _ElementReader:
         kind, width = _kind(element_type)
         tag_width = _TAG_LEN[tag_control]
         self.need(pos, tag_width, "tag")
-        tag = _parse_tag(self.data, tag_control, pos, pos + tag_width)
-        pos += tag_width
+        tag, pos = _decode_tag(self.values, tag_control, pos)
 
         value: TlvValue
         if kind in (TlvType.SIGNED, TlvType.UNSIGNED):
