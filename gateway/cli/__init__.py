@@ -1,9 +1,8 @@
 """The `otagw` command: a click group with the global options; command groups live in sibling modules.
 
-Each sibling module attaches its commands to one of the groups defined here (`image`, `devices`,
-`rollout`) or to `main` directly;
-adapter plugins bring their own groups (`otagw matter ...`) through `gateway.plugins`. Errors meant for users are raised as `UserError`
-and printed as one line with exit code 2, never as a traceback.
+Each sibling module attaches its commands to one of the groups defined here (`image`, `devices`, `rollout`) or
+to `main` directly; adapter plugins bring their own groups (`otagw matter ...`) through `gateway.plugins`. Errors
+meant for users are raised as `UserError` and printed as one line with exit code 2, never as a traceback.
 """
 
 from __future__ import annotations
