@@ -143,12 +143,19 @@ def test_installed_plugins_register_through_entry_points() -> None:
     assert {"matter", "zigbee"} <= set(plugins)
     assert plugins["zigbee"].config_section == "zigbee" and plugins["matter"].config_section == "matter"
     assert plugins["matter"].cli_group() is not None
-    for (
-        plugin
-    ) in plugins.values():  # its settings are a section of the one config (and of its generated reference)
+    # its settings are a section of the one config (and so of the generated config reference)
+    for plugin in plugins.values():
         assert plugin.config_section in Config.model_fields
     newly = set(sys.modules) - before
     assert not any(m == "zigpy" or m.startswith(("zigpy.", "chip.")) for m in newly)
+
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    # the plugin's group, attached by the CLI
+    result = CliRunner().invoke(main, ["matter", "nodes", "--help"])
+    assert result.exit_code == 0 and "commissioned onto the gateway's fabric" in result.output
 
 
 async def test_failed_adapter_is_retried_with_backoff_and_health_recovers(tmp_path: Path) -> None:
