@@ -98,6 +98,7 @@ class OtaDevice:
     paced: bool = False  # configured MinimumBlockPeriod already pushed to the device
     device_min_block_period_ms: int = 0
     resumed: bool = False
+    refused: bool = False  # policy discontinued it at Upgrade End: the device gets ABORT if it asks again
     failure: str | None = None
     _cache_offset: int = -1
     _cache: bytes = b""
