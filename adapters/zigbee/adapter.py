@@ -46,6 +46,7 @@ from adapters.zigbee.ota_server import (
 from adapters.zigbee.protocol import events as ev
 from adapters.zigbee.protocol.events import (
     ApplyRecheckDue,
+    DeviceInterviewed,
     Event,
     ImageBlockRequest,
     ImagePageRequest,
@@ -138,6 +139,7 @@ class ZigbeeAdapter:
             ev.CoreReportVersion: self._do_core_report_version,
             ev.CoreQuery: self._do_core_query,
             ev.CoreActiveTransfer: self._do_core_active_transfer,
+            ev.CorePlanOutcome: self._do_core_plan_outcome,
             ev.CoreOpenImage: self._do_core_open_image,
             ev.CoreProgress: self._do_core_progress,
             ev.CoreDownloadComplete: self._do_core_download_complete,
@@ -324,6 +326,7 @@ class ZigbeeAdapter:
                 await self._observe(info)
                 if info.current_version is not None:
                     await self._report_version(info.key, info.current_version)
+                await self._drive(self.server.handle(DeviceInterviewed(info.key)), cluster)
 
     def _on_device_left(self, device: Any) -> None:
         if self.app is None:
@@ -570,6 +573,15 @@ class ZigbeeAdapter:
     async def _do_core_active_transfer(self, a: Any, cluster: Ota | None, hdr: Any) -> Any:
         active = getattr(self.core, "active_transfer", None)
         return active(a.key) if callable(active) else None
+
+    async def _do_core_plan_outcome(self, a: Any, cluster: Ota | None, hdr: Any) -> str | None:
+        plan = getattr(self.core, "plan", None)  # not part of the neutral interface (yet): optional
+        if not callable(plan):
+            return None
+        for item in plan():
+            if item.device_id == a.key.device_id:
+                return str(item.outcome)
+        return None
 
     async def _do_core_open_image(self, a: Any, cluster: Ota | None, hdr: Any) -> Any:
         try:

@@ -79,6 +79,13 @@ class UpgradeEndRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceInterviewed:
+    """zigpy finished interviewing the device (join or re-interview) and its OTA attributes were read."""
+
+    key: DeviceKey
+
+
+@dataclass(frozen=True, slots=True)
 class ApplyRecheckDue:
     """Timer: the device was told to wait (upgrade time 0xFFFFFFFF); ask the core again whether to apply."""
 
@@ -110,6 +117,7 @@ Event = (
     | ImageBlockRequest
     | ImagePageRequest
     | UpgradeEndRequest
+    | DeviceInterviewed
     | ApplyRecheckDue
     | ReadBackDue
     | NotifyDue
@@ -241,6 +249,13 @@ class CoreActiveTransfer:
 
 
 @dataclass(frozen=True, slots=True)
+class CorePlanOutcome:
+    """answer: the core's plan outcome for the device ("update", "later", "none", ...), None when unknown"""
+
+    key: DeviceKey
+
+
+@dataclass(frozen=True, slots=True)
 class CoreOpenImage:
     """answer: ImageReader, or UnknownToken"""
 
@@ -327,6 +342,7 @@ Action = (
     | CoreReportVersion
     | CoreQuery
     | CoreActiveTransfer
+    | CorePlanOutcome
     | CoreOpenImage
     | CoreProgress
     | CoreDownloadComplete

@@ -15,6 +15,8 @@ What is decided here (and nowhere else):
 - Upgrade End: the apply mapping (PROCEED -> upgrade time now/later; AWAIT_NEXT_ACTION -> 0xFFFFFFFF and a
   recheck timer; DISCONTINUE -> Default Response ABORT, ZCL's answer to a refused upgrade, so the client discards
   the image instead of waiting for a trigger that never comes), failures with their reason, learned block caps;
+- who is notified: after an interview only a device the core's plan would update now (zigpy's own blanket
+  Image Notify is suppressed in cluster.py);
 - after an apply: the version read-back timer; which version reports reach the core; stalls.
 
 Block sizing, learned caps and the per-device transfer records are in adapters/zigbee/ota_server.py.
@@ -45,10 +47,12 @@ from adapters.zigbee.protocol.events import (
     CoreDownloadFailed,
     CoreObserve,
     CoreOpenImage,
+    CorePlanOutcome,
     CoreProgress,
     CoreQuery,
     CoreReportVersion,
     DescribeDevice,
+    DeviceInterviewed,
     Event,
     ImageBlockRequest,
     ImagePageRequest,
@@ -112,6 +116,7 @@ class OtaServer:
             ImageBlockRequest: self._image_block,
             ImagePageRequest: self._image_page,
             UpgradeEndRequest: self._upgrade_end,
+            DeviceInterviewed: self._device_interviewed,
             ApplyRecheckDue: self._apply_recheck,
             ReadBackDue: self._read_back,
             NotifyDue: self._notify_due,
@@ -555,6 +560,13 @@ class OtaServer:
         LOGGER.info("%s: version not read back; its next query will report it", ev.key.device_id)
 
     # ================================================================== notify, stalls, learned caps
+    def _device_interviewed(self, ev: DeviceInterviewed) -> Flow[None]:
+        """zigpy's own Image Notify after an interview is suppressed (cluster.py); instead the device is notified
+        when, and only when, the core's plan says it would be updated now."""
+        outcome = yield CorePlanOutcome(ev.key)
+        if outcome == "update":
+            yield SendImageNotify(ev.key)
+
     def _schedule_notify(self, key: DeviceKey, delay_s: float) -> Flow[None]:
         if key in self._notify_scheduled:
             return
