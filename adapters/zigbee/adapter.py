@@ -137,6 +137,7 @@ class ZigbeeAdapter:
             ev.ReadVersion: self._do_read_version,
             ev.CoreObserve: self._do_core_observe,
             ev.CoreReportVersion: self._do_core_report_version,
+            ev.CoreStatusReport: self._do_core_status_report,
             ev.CoreQuery: self._do_core_query,
             ev.CoreActiveTransfer: self._do_core_active_transfer,
             ev.CorePlanOutcome: self._do_core_plan_outcome,
@@ -566,6 +567,12 @@ class ZigbeeAdapter:
             await self.core.report_version(a.key, a.version, f"0x{a.version:08x}")
         except Exception:
             LOGGER.exception("core.report_version failed for %s", a.key.device_id)
+
+    async def _do_core_status_report(self, a: Any, cluster: Ota | None, hdr: Any) -> None:
+        try:
+            await self.core.status_report(a.key, a.report)
+        except Exception:
+            LOGGER.exception("core.status_report failed for %s", a.key.device_id)
 
     async def _do_core_query(self, a: Any, cluster: Ota | None, hdr: Any) -> Any:
         return await self.core.query(a.info)

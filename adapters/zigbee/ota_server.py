@@ -73,6 +73,7 @@ class TransferStatus(enum.Enum):
     COMPLETE = "complete"  # Upgrade End SUCCESS received
     AWAITING_APPLY = "awaiting_apply"  # told "wait" (0xFFFFFFFF); a later Upgrade End Response triggers it
     APPLY_SCHEDULED = "apply_scheduled"
+    APPLIED = "applied"  # the device runs the new version (reported or read back after the apply)
     FAILED = "failed"
 
 

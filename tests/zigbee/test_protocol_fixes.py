@@ -26,7 +26,9 @@ async def test_discontinue_at_upgrade_end_answers_default_response_abort(tmp_pat
     stack = await make_stack(tmp_path, [dev], [data], clock=clock)
     try:
         await stack.run_until(lambda: dev.offset >= 5000, step_s=0.5, max_s=600)
-        blocked = parse_config({"data_dir": str(tmp_path), "policy": {"rules": [{"name": "stop", "block_versions": [NEW]}]}})
+        blocked = parse_config(
+            {"data_dir": str(tmp_path), "policy": {"rules": [{"name": "stop", "block_versions": [NEW]}]}}
+        )
         stack.core.reload_policy(blocked)
         await stack.run_until(lambda: dev.end_sent >= 1 and dev.state == "idle", step_s=1, max_s=120)
         # ZCL's answer to a refused upgrade: Default Response ABORT to the Upgrade End Request ...
@@ -66,5 +68,25 @@ async def test_interviewed_device_with_update_due_is_notified_once(tmp_path):
         await stack.run_until(lambda: dev.file_version == NEW, max_s=600)
         # exactly one Image Notify, otagw's (the core's plan said "update"); zigpy's own would be a second
         assert dev.stats.notifies == 1
+    finally:
+        await stack.close()
+
+
+async def test_finished_transfer_reports_its_progress_and_completion(tmp_path):
+    """`otagw devices show` of a finished Zigbee transfer: no null progress. The device's Upgrade End SUCCESS is
+    its word that 100 % arrived; the new version it then runs is its word that the update succeeded."""
+    clock = ManualClock()
+    data = synthetic(size=3000)
+    dev = sim_device(1, clock, VENDOR)
+    stack = await make_stack(tmp_path, [dev], [data], clock=clock)
+    try:
+        await stack.run_until(lambda: stack.record(dev).state == "updated", max_s=600)
+        rec = stack.record(dev).to_dict()
+        assert rec["reported_status"] == "Successfully Updated"
+        assert rec["reported_percent"] == 100 and rec["percent"] == 100
+        assert rec["bytes_sent"] == len(data) == rec["acked_offset"]
+        assert [v for k, v in rec.items() if "percent" in k or "bytes" in k or "reported" in k].count(
+            None
+        ) == 0
     finally:
         await stack.close()

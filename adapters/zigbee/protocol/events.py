@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from adapters.zigbee.ota_server import OtaDevice
-from gateway.core.interface import DeviceInfo, DeviceKey
+from gateway.core.interface import DeviceInfo, DeviceKey, StatusReport
 
 # --------------------------------------------------------------------------------------------- events in
 
@@ -235,6 +235,14 @@ class CoreReportVersion:
 
 
 @dataclass(frozen=True, slots=True)
+class CoreStatusReport:
+    """A reference 003 status the device stated in ZCL terms (e.g. Upgrade End SUCCESS: 100 % downloaded)."""
+
+    key: DeviceKey
+    report: StatusReport
+
+
+@dataclass(frozen=True, slots=True)
 class CoreQuery:
     """answer: QueryResult"""
 
@@ -340,6 +348,7 @@ Action = (
     | ReadVersion
     | CoreObserve
     | CoreReportVersion
+    | CoreStatusReport
     | CoreQuery
     | CoreActiveTransfer
     | CorePlanOutcome

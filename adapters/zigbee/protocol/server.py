@@ -51,6 +51,7 @@ from adapters.zigbee.protocol.events import (
     CoreProgress,
     CoreQuery,
     CoreReportVersion,
+    CoreStatusReport,
     DescribeDevice,
     DeviceInterviewed,
     Event,
@@ -83,6 +84,8 @@ from gateway.core.interface import (
     Busy,
     DeviceInfo,
     DeviceKey,
+    ReportedStatus,
+    StatusReport,
     UnknownToken,
     Wait,
 )
@@ -164,9 +167,19 @@ class OtaServer:
         self._known_version[key] = version
         if not (force or changed or key in self._verify_pending):
             return
+        verifying = key in self._verify_pending
         self._verify_pending.discard(key)
         LOGGER.info("%s runs file version 0x%08x", key.device_id, version)
         yield CoreReportVersion(key, version)
+        tr = self.state.transfers.get(key)
+        if (
+            verifying
+            and tr is not None
+            and tr.status is TransferStatus.APPLY_SCHEDULED
+            and version == tr.file_version
+        ):
+            tr.status = TransferStatus.APPLIED
+            yield CoreStatusReport(key, StatusReport(ReportedStatus.SUCCESSFULLY_UPDATED, percent=100))
 
     def forget_device(self, network: str, address: str) -> list[DeviceKey]:
         """The device left the network: drop its transfers and records; returns the keys to tell the core."""
@@ -476,6 +489,9 @@ class OtaServer:
             if tr.status is TransferStatus.DOWNLOADING:
                 tr.status = TransferStatus.COMPLETE
                 yield CoreDownloadComplete(tr.token)
+                # the device's own word: the whole image arrived and verified (the record's reported fields
+                # would otherwise stay null for a finished Zigbee transfer)
+                yield CoreStatusReport(key, StatusReport(ReportedStatus.DOWNLOADING, percent=100))
             decision = yield CoreApplyRequest(tr.token, tr.file_version)
             yield from self._answer_apply(tr, decision, ev.tsn)
             return
