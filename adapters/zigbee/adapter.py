@@ -802,13 +802,13 @@ class ZigbeeAdapter:
         )
         try:
             await self.app.broadcast(
-                profile=0x0104,
+                profile=t.uint16_t(0x0104),  # Home Automation
                 cluster=Ota.cluster_id,
-                src_ep=1,
-                dst_ep=0xFF,
-                grpid=0,
+                src_ep=t.uint8_t(1),
+                dst_ep=t.uint8_t(0xFF),
+                grpid=t.uint16_t(0),
                 radius=0,
-                sequence=tsn,
+                sequence=t.uint8_t(tsn),
                 data=hdr.serialize() + payload.serialize(),
                 broadcast_address=t.BroadcastAddress.RX_ON_WHEN_IDLE,
             )

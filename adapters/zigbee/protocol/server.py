@@ -458,7 +458,7 @@ class OtaServer:
 
     # ================================================================== Upgrade End and apply
     def _upgrade_end(self, ev: UpgradeEndRequest) -> Flow[None]:
-        key, status = ev.key, Status(ev.status)
+        key, status = ev.key, Status(ev.status)  # type: ignore[no-untyped-call]  # zigpy's enum is untyped
         tr = self.state.transfers.get(key)
         mine = tr is not None and tr.matches(ev.manufacturer_code, ev.image_type, ev.file_version)
         if tr is not None and mine and tr.refused and status == Status.SUCCESS:
