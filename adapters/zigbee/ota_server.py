@@ -1,8 +1,8 @@
 """Sans-I/O decisions of the Zigbee OTA server: per-device transfer records, block sizing, learned caps, stalls.
 
-Nothing here sends a frame, sleeps or touches the core: the adapter (adapters/zigbee/adapter.py) feeds events in
-with timestamps from an injected clock and turns the answers into ZCL responses and core calls. Keeping this
-pure makes block sizing, resume and stall detection testable with plain numbers.
+Nothing here sends a frame, sleeps or touches the core: the sans-I/O server (protocol/server.py) keeps its
+transfers here and asks it for block sizes, pacing, learned caps and stalls, with clock readings passed in. Keeping
+this pure makes block sizing and stall detection testable with plain numbers.
 
 Terms follow reference 004: an `OtaDevice` is the OTA_Device record (address, endpoint, status, bytes
 downloaded, which over-counts duplicate and overlapping requests) plus the highest offset acknowledged.
