@@ -9,14 +9,16 @@ each request into calls on the neutral core (gateway/core/interface.py):
     Image Block / Image Page              -> core.progress per block -> block from the store by offset, or
                                               WAIT_FOR_DATA (request time + MinimumBlockPeriod)
     Upgrade End SUCCESS                   -> core.download_complete + core.apply_request -> Upgrade End Response
-                                              (now / at a time / 0xFFFFFFFF then a later triggering response)
+                                              (now / at a time / 0xFFFFFFFF then a later triggering response);
+                                              policy refuses -> Default Response ABORT (the device discards it)
     Upgrade End INVALID_IMAGE / ...       -> core.download_failed with the reason
     after the upgrade time + reboot wait  -> read current_file_version back -> core.report_version
 
-Joins, interviews and leaves keep the core's device records current (`observe`, `device_left`). Every decision
-above (resume, the apply mapping, page streaming, notify scheduling, version read-back, stalls) is made by the
-sans-I/O server in protocol/server.py, block sizing and learned caps in ota_server.py; budgets and policy live in
-the core. This module only does I/O: it turns zigpy's decoded requests into server events and performs the
+Joins, interviews and leaves keep the core's device records current (`observe`, `device_left`); after an
+interview a device is notified only when the core's plan would update it (zigpy's own notify is suppressed).
+Every decision above (resume, the apply mapping, page streaming, notify scheduling, version read-back, stalls)
+is made by the sans-I/O server in protocol/server.py, block sizing and learned caps in ota_server.py; budgets
+and policy live in the core. This module only does I/O: it turns zigpy's decoded requests into server events and performs the
 actions the server answers with (frames, core calls, clock timers). All waiting goes through the injected clock.
 """
 
