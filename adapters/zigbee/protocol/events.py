@@ -5,6 +5,8 @@ it with a *flow* (server.py), a generator that yields *actions* one at a time. T
 each action — sends a frame, awaits the core, reads the image, sleeps on the clock — and sends the action's
 *answer* back into the flow (the value named in each action's docstring; None when it has none). Every action is
 plain data, so a test drives a flow with a table of answers and compares the actions it gets, no asyncio needed.
+Timer events are frozen (hashable: the I/O layer keys its timers by them); the rest are plain slotted records,
+built once per block on the hot path, where a frozen dataclass's __init__ costs several microseconds.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from gateway.core.interface import DeviceInfo, DeviceKey, StatusReport
 # --------------------------------------------------------------------------------------------- events in
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class QueryNextImage:
     """Query Next Image Request. `info` is the device as the request and zigpy's attribute cache describe it."""
 
@@ -26,7 +28,7 @@ class QueryNextImage:
     info: DeviceInfo
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class QuerySpecificFile:
     """Query Specific File Request for `file_version`; `info` already names the requested image's identity."""
 
@@ -36,7 +38,7 @@ class QuerySpecificFile:
     file_version: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ImageBlockRequest:
     """Image Block Request (minimum_block_period is present only when the device sent it)."""
 
@@ -50,7 +52,7 @@ class ImageBlockRequest:
     minimum_block_period: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ImagePageRequest:
     """Image Page Request: `page_size` bytes as consecutive blocks, `response_spacing` ms apart."""
 
@@ -65,7 +67,7 @@ class ImagePageRequest:
     response_spacing: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpgradeEndRequest:
     """Upgrade End Request with the device's status (0 SUCCESS, INVALID_IMAGE, ABORT, ...)."""
 
@@ -78,7 +80,7 @@ class UpgradeEndRequest:
     disable_default_response: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeviceInterviewed:
     """zigpy finished interviewing the device (join or re-interview) and its OTA attributes were read."""
 
@@ -129,7 +131,7 @@ TimerEvent = ApplyRecheckDue | ReadBackDue | NotifyDue | StallCheckDue
 # Frames. A frame with `tsn=None` is unsolicited (the I/O layer takes a fresh sequence number).
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendQueryResponse:
     """Query Next Image Response (or Query Specific File Response when `specific`); answer: delivered (bool).
     Status SUCCESS carries the image identity and size; NO_IMAGE_AVAILABLE carries nothing else."""
@@ -144,7 +146,7 @@ class SendQueryResponse:
     specific: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendBlock:
     """Image Block Response SUCCESS with `length` image bytes at `offset` of the transfer's image (the I/O layer
     reads them: the store is I/O); answer: delivered (bool)."""
@@ -156,7 +158,7 @@ class SendBlock:
     transfer: OtaDevice = field(compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendWaitForData:
     """Image Block Response WAIT_FOR_DATA (ZCL UTC times); answer: delivered (bool)."""
 
@@ -167,7 +169,7 @@ class SendWaitForData:
     minimum_block_period: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendBlockStatus:
     """Image Block Response with a bare status (ABORT, MALFORMED_COMMAND); answer: delivered (bool)."""
 
@@ -176,7 +178,7 @@ class SendBlockStatus:
     status: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendUpgradeEndResponse:
     """Upgrade End Response (ZCL UTC times; upgrade_time 0xFFFFFFFF = wait); answer: delivered (bool)."""
 
@@ -189,7 +191,7 @@ class SendUpgradeEndResponse:
     upgrade_time: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendDefaultResponse:
     """Default Response to the request that started the flow, with `status`; no answer."""
 
@@ -198,21 +200,21 @@ class SendDefaultResponse:
     status: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendImageNotify:
     """Unicast Image Notify (QueryJitter payload, jitter 100: the device always answers); answer: delivered."""
 
     key: DeviceKey
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DescribeDevice:
     """The device endpoint as zigpy's attribute cache describes it (no traffic); answer: DeviceInfo."""
 
     key: DeviceKey
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReadVersion:
     """Read current_file_version from the device, uncached; answer: the version (int), or None on failure."""
 
@@ -223,18 +225,18 @@ class ReadVersion:
 # as the exception instance.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CoreObserve:
     info: DeviceInfo
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CoreReportVersion:
     key: DeviceKey
     version: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CoreStatusReport:
     """A reference 003 status the device stated in ZCL terms (e.g. Upgrade End SUCCESS: 100 % downloaded)."""
 
@@ -242,35 +244,35 @@ class CoreStatusReport:
     report: StatusReport
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CoreQuery:
     """answer: QueryResult"""
 
     info: DeviceInfo
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CoreActiveTransfer:
     """answer: TransferInfo or None (None too when the core does not offer `active_transfer`)"""
 
     key: DeviceKey
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CorePlanOutcome:
     """answer: the core's plan outcome for the device ("update", "later", "none", ...), None when unknown"""
 
     key: DeviceKey
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CoreOpenImage:
     """answer: ImageReader, or UnknownToken"""
 
     token: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CoreProgress:
     """answer: ProgressDecision, or UnknownToken"""
 
@@ -279,18 +281,18 @@ class CoreProgress:
     nbytes: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CoreDownloadComplete:
     token: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CoreDownloadFailed:
     token: bytes
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CoreApplyRequest:
     """answer: ApplyDecision"""
 
@@ -301,7 +303,7 @@ class CoreApplyRequest:
 # Timers and flows
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SetTimer:
     """Feed `event` to the server after `delay_s` seconds (clock), replacing a pending timer for the same event."""
 
@@ -309,14 +311,14 @@ class SetTimer:
     delay_s: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sleep:
     """Pause this flow for `seconds` (clock) without counting as busy; no answer."""
 
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StartPageStream:
     """Run `ImagePageRequest` as its own flow (server.stream_page), replacing a page still streaming to `key`."""
 
@@ -324,12 +326,12 @@ class StartPageStream:
     transfer: OtaDevice = field(compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CancelPageStream:
     key: DeviceKey
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SaveLearnedCaps:
     """Persist the learned block-size caps (JSON text)."""
 

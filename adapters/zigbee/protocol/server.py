@@ -345,6 +345,10 @@ class OtaServer:
             self.state.pacing_period_ms(tr),
         )
 
+    def _must_wait(self, tr: OtaDevice) -> bool:
+        """Whether _may_send_block would answer WAIT_FOR_DATA (cheap check for the hot path)."""
+        return self.now < tr.not_before_wall or self.state.needs_pacing_push(tr)
+
     def _may_send_block(self, tr: OtaDevice, tsn: int | None) -> Flow[bool]:
         """WAIT_FOR_DATA for a delayed start or to push the configured pacing; True when the block may go."""
         if self.now < tr.not_before_wall:
@@ -383,8 +387,16 @@ class OtaServer:
         yield SendBlockStatus(tr.key, tsn, Status.MALFORMED_COMMAND)
 
     def _image_block(self, ev: ImageBlockRequest) -> Flow[None]:
+        # the hot path (one call per block): the live transfer and the may-send check are inlined, so a plain
+        # block costs one generator, not four
         key, tsn = ev.key, ev.tsn
-        tr = yield from self._transfer_for(key, ev.manufacturer_code, ev.image_type, ev.file_version)
+        tr = self.state.transfers.get(key)
+        if (
+            tr is None
+            or tr.status is not TransferStatus.DOWNLOADING
+            or not tr.matches(ev.manufacturer_code, ev.image_type, ev.file_version)
+        ):
+            tr = yield from self._resume(key, ev.manufacturer_code, ev.image_type, ev.file_version)
         if tr is None:
             yield SendBlockStatus(key, tsn, Status.ABORT)
             return
@@ -397,7 +409,7 @@ class OtaServer:
             )
             return
         tr.last_activity_mono = max(tr.last_activity_mono, self.mono)
-        if not (yield from self._may_send_block(tr, tsn)):
+        if self._must_wait(tr) and not (yield from self._may_send_block(tr, tsn)):
             return
         n = min(self.state.block_size(ev.manufacturer_code, tr.model, ev.maximum_data_size), tr.size - offset)
         if (yield from self._serve_block(tr, offset, n, tsn)) is not None:
