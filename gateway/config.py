@@ -461,6 +461,10 @@ def load_config(path: Path | None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text: byte offset {exc.start} (0x{exc.object[exc.start]:02x}) {exc.reason}"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
