@@ -26,6 +26,9 @@ M = TypeVar("M", bound=BaseModel)
 
 API_PREFIX = "/api/v1"
 MAX_JSON_BODY = 1 << 20
+# far deeper than any request model here (rollouts nest ~5). json.loads recurses once per level, so a body
+# nested thousands deep raises RecursionError inside the parser; that and anything deeper than this is a 400.
+MAX_JSON_DEPTH = 64
 
 
 class Model(BaseModel):
@@ -129,17 +132,47 @@ class RouteTable:
 
 
 # ------------------------------------------------------------------------------------ request/response helpers
+def _too_deep(limit: int) -> ApiError:
+    return ApiError(400, "too_deep", f"JSON body nested deeper than {limit} arrays/objects", field="body")
+
+
+def json_depth(data: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """Nesting depth of parsed JSON, walked level by level (no recursion); stops once past `limit`."""
+    depth, level = 0, [data] if isinstance(data, dict | list) else []
+    while level and depth <= limit:
+        depth += 1
+        level = [
+            child
+            for node in level
+            for child in (node.values() if type(node) is dict else node)
+            if type(child) is dict or type(child) is list
+        ]
+    return depth
+
+
+def load_json_body(raw: bytes, limit: int = MAX_JSON_DEPTH) -> Any:
+    """Parse a request body; 400 naming the problem for invalid JSON or nesting deeper than `limit`."""
+    try:
+        data = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}", field="body") from None
+    except RecursionError:
+        raise _too_deep(limit) from None
+    # fewer brackets than the limit cannot nest past it: skip the walk for every ordinary body
+    if isinstance(data, dict | list) and raw.count(b"[") + raw.count(b"{") > limit:
+        if json_depth(data, limit) > limit:
+            raise _too_deep(limit)
+    return data
+
+
 async def parse_body(request: web.Request, model: type[M]) -> M:
-    """The JSON body validated by `model`; 400 for unparsable JSON, 422 naming the field for invalid values."""
+    """The JSON body validated by `model`; 400 for unparsable or too deeply nested JSON, 422 naming the field for invalid values."""
     if request.content_length is not None and request.content_length > MAX_JSON_BODY:
         raise ApiError(413, "too_large", f"JSON body larger than {MAX_JSON_BODY} bytes", field="body")
     raw = await request.content.read(MAX_JSON_BODY + 1)
     if len(raw) > MAX_JSON_BODY:
         raise ApiError(413, "too_large", f"JSON body larger than {MAX_JSON_BODY} bytes", field="body")
-    try:
-        data = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}", field="body") from None
+    data = load_json_body(raw)
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "body must be a JSON object", field="body")
     try:
