@@ -159,9 +159,9 @@ def load_json_body(raw: bytes, limit: int = MAX_JSON_DEPTH) -> Any:
     except RecursionError:
         raise _too_deep(limit) from None
     # fewer brackets than the limit cannot nest past it: skip the walk for every ordinary body
-    if isinstance(data, dict | list) and raw.count(b"[") + raw.count(b"{") > limit:
-        if json_depth(data, limit) > limit:
-            raise _too_deep(limit)
+    many_brackets = raw.count(b"[") + raw.count(b"{") > limit
+    if many_brackets and json_depth(data, limit) > limit:
+        raise _too_deep(limit)
     return data
 
 
