@@ -363,6 +363,9 @@ class ApiConfig(Section):
     enabled: bool = True
     listen: str = Field("127.0.0.1:8480", description="HOST:PORT")
     token: str | None = Field(None, description="bearer token; generated into data_dir on first run if unset")
+    max_event_clients: int = Field(
+        32, ge=1, le=10000, description="open /api/v1/events streams at once; more get 503 with Retry-After"
+    )
 
     @field_validator("listen")
     @classmethod

@@ -78,7 +78,11 @@ def create_app(svc: ApiServices) -> web.Application:
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=1 << 20)
     app[SERVICES_KEY] = svc
     app[TOKEN_KEY] = svc.token
-    hub = svc.hub or EventHub(svc.core.subscribe, progress_interval=svc.progress_interval)
+    hub = svc.hub or EventHub(
+        svc.core.subscribe,
+        progress_interval=svc.progress_interval,
+        max_clients=svc.config.api.max_event_clients,
+    )
     svc.hub = hub
     app[HUB_KEY] = hub
     table = route_table()
