@@ -85,6 +85,7 @@ class Operation:
     raw_body: str | None = None  # content type of a streamed (non-JSON) request body
     auth: bool = True
     description: str = ""
+    scope: str | None = None  # the scoped-credential scope that opens it (None: admin token only)
 
 
 @dataclass
@@ -104,6 +105,7 @@ class RouteTable:
         raw_body: str | None = None,
         auth: bool = True,
         operation_id: str | None = None,
+        scope: str | None = None,
     ) -> Any:
         def deco(handler: Handler) -> Handler:
             self.ops.append(
@@ -120,6 +122,7 @@ class RouteTable:
                     raw_body=raw_body,
                     auth=auth,
                     description=(handler.__doc__ or "").strip(),
+                    scope=scope,
                 )
             )
             return handler
@@ -241,6 +244,10 @@ def build_document(ops: Sequence[Operation], *, title: str, version: str) -> dic
         }
         if o.description:
             item["description"] = o.description
+        if o.auth:
+            item["x-otagw-scope"] = o.scope
+            who = f"or a scoped token with scope `{o.scope}`" if o.scope else "only (scoped tokens get 403)"
+            item["description"] = (item.get("description", "") + f"\n\nAuth: the admin token {who}.").strip()
         params: list[dict[str, Any]] = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in _PARAM.findall(o.path)
@@ -281,7 +288,9 @@ def build_document(ops: Sequence[Operation], *, title: str, version: str) -> dic
         errors = {400, 401, 422} if (o.body or o.query) else {401}
         if o.body or o.raw_body:
             errors.add(413)
-        if not o.auth:
+        if o.auth:
+            errors.add(403)
+        else:
             errors.discard(401)
         for status in sorted(errors):
             item["responses"].setdefault(
@@ -303,7 +312,15 @@ def build_document(ops: Sequence[Operation], *, title: str, version: str) -> dic
             "description": (
                 "otagw gateway API. Authenticate with `Authorization: Bearer <token>` (the token is in "
                 "`<data_dir>/api-token` unless set by `api.token` or `OTAGW_API_TOKEN`). The event stream also "
-                "accepts `?token=`; the dashboard uses a session cookie set by `/login`."
+                "accepts `?token=`; the dashboard uses a session cookie set by `/login`.\n\n"
+                "Devices and integrations never hold the admin token: give each a scoped token "
+                "(`otagw token create NAME --scope query,status,download [--device DEVICE_ID]` or "
+                "`POST /api/v1/tokens`), sent the same way as a bearer token. It opens only the operations whose "
+                "`x-otagw-scope` it holds (403 otherwise); one bound to a device may query, report and download "
+                "for that device only. Flow: `POST /api/v1/query` answers an offer with `token` and a complete "
+                "`download_url` (carrying `?transfer=<token>`); `GET` that URL as given (Range to resume), which "
+                "counts as the device's transfer (progress, budget, completion); then `POST /api/v1/status` with "
+                "the same `token` (a report for another device's offer is 403)."
             ),
         },
         "servers": [{"url": "/"}],

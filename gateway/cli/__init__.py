@@ -104,6 +104,7 @@ _COMMAND_MODULES = (
     "gateway.cli.image_codec",
     "gateway.cli.image_catalog",
     "gateway.cli.core_cmds",
+    "gateway.cli.token_cmds",
     "gateway.cli.matter_cmds",
     "gateway.cli.zigbee_cmds",
     "gateway.cli.demo",
