@@ -169,7 +169,8 @@ def load_json_body(raw: bytes, limit: int = MAX_JSON_DEPTH) -> Any:
 
 
 async def parse_body(request: web.Request, model: type[M]) -> M:
-    """The JSON body validated by `model`; 400 for unparsable or too deeply nested JSON, 422 naming the field for invalid values."""
+    """The JSON body validated by `model`; 400 for unparsable or too deeply nested JSON, 422 naming the field
+    for invalid values."""
     if request.content_length is not None and request.content_length > MAX_JSON_BODY:
         raise ApiError(413, "too_large", f"JSON body larger than {MAX_JSON_BODY} bytes", field="body")
     raw = await request.content.read(MAX_JSON_BODY + 1)

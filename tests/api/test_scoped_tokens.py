@@ -236,3 +236,15 @@ def test_cli_token_errors_exit_2(tmp_path: Path) -> None:
         assert result.exit_code == 2 and "Traceback" not in result.output, (args, result.output)
     result = CliRunner().invoke(main, ["-c", str(cfg), "token", "list"])
     assert result.exit_code == 0 and "no scoped tokens" in result.output
+
+
+async def test_openapi_documents_scopes_and_the_flow(gw: Gateway) -> None:
+    doc = await gw.call("GET", "/api/v1/openapi.json", TOKEN, 200)
+    paths = doc["paths"]
+    assert paths["/api/v1/query"]["post"]["x-otagw-scope"] == "query"
+    assert paths["/api/v1/status"]["post"]["x-otagw-scope"] == "status"
+    assert paths["/api/v1/images/{ref}/download"]["get"]["x-otagw-scope"] == "download"
+    assert paths["/api/v1/images/{ref}"]["delete"]["x-otagw-scope"] is None
+    assert "403" in paths["/api/v1/images/{ref}"]["delete"]["responses"]
+    assert "token" in doc["components"]["schemas"]["StatusIn"]["properties"]
+    assert "otagw token create" in doc["info"]["description"] and "?transfer=" in doc["info"]["description"]
