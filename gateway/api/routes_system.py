@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from gateway.api.app import DOC_KEY, HUB_KEY, STATIC_DIR, gateway_version, services
 from gateway.api.auth import COOKIE, session_value, token_matches
 from gateway.api.metrics import CONTENT_TYPE, render, take_snapshot
-from gateway.api.openapi import API_PREFIX, Resp, RouteTable, reply
+from gateway.api.openapi import API_PREFIX, Resp, RouteTable, err, reply
 from gateway.api.sse import stream
 
 
@@ -179,7 +179,10 @@ def declare(t: RouteTable) -> None:
         f"{API_PREFIX}/events",
         summary="Live event stream (SSE)",
         tag="system",
-        responses={200: Resp("text/event-stream", content_type="text/event-stream")},
+        responses={
+            200: Resp("text/event-stream", content_type="text/event-stream"),
+            503: err("api.max_event_clients streams already open (Retry-After)"),
+        },
     )(events)
     t.op(
         "GET",

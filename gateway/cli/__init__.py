@@ -86,6 +86,7 @@ _COMMAND_MODULES = (
     "gateway.cli.image_codec",
     "gateway.cli.image_catalog",
     "gateway.cli.core_cmds",
+    "gateway.cli.token_cmds",
     "gateway.cli.demo",
 )
 for _name in _COMMAND_MODULES:

@@ -33,6 +33,9 @@ PROTECTED = [
     ("GET", "/api/v1/events"),
     ("GET", "/api/v1/openapi.json"),
     ("GET", "/metrics"),
+    ("GET", "/api/v1/tokens"),
+    ("POST", "/api/v1/tokens"),
+    ("DELETE", "/api/v1/tokens/lamp"),
 ]
 
 
