@@ -142,7 +142,9 @@ def unstuff(data: bytes) -> bytes:
         if escaped:
             value = b ^ 0x20
             if value not in RESERVED:
-                raise AshDecodeError(f"escape at byte {i - 1} is followed by 0x{b:02X}, not an escaped reserved byte")
+                raise AshDecodeError(
+                    f"escape at byte {i - 1} is followed by 0x{b:02X}, not an escaped reserved byte"
+                )
             out.append(value)
             escaped = False
         elif b == ESCAPE:
@@ -183,10 +185,14 @@ def decode(raw: bytes) -> AshFrame:
     body, crc = raw[:-2], int.from_bytes(raw[-2:], "big")
     want = crc_ccitt(body)
     if crc != want:
-        raise AshDecodeError(f"CRC 0x{crc:04X} at byte {len(raw) - 2} does not match the computed 0x{want:04X}")
+        raise AshDecodeError(
+            f"CRC 0x{crc:04X} at byte {len(raw) - 2} does not match the computed 0x{want:04X}"
+        )
     control, data = body[0], body[1:]
     if control & 0x80 == 0:
-        return DataFrame(frm_num=control >> 4 & 7, re_tx=bool(control & 0x08), ack_num=control & 7, payload=randomize(data))
+        return DataFrame(
+            frm_num=control >> 4 & 7, re_tx=bool(control & 0x08), ack_num=control & 7, payload=randomize(data)
+        )
     if control & 0xE0 == 0x80:
         _expect_len(data, 0, "ACK")
         return AckFrame(ack_num=control & 7, n_rdy=bool(control & 0x08))
@@ -249,7 +255,9 @@ class AshFaults:
     drop_tx_data: int = 0  # outgoing DATA frames vanish on the wire
     corrupt_tx_data: int = 0  # outgoing DATA frames arrive with a broken CRC
     drop_rx_data: int = 0  # incoming DATA frames are lost before the NCP sees them
-    nak_rx_data: int = 0  # incoming valid DATA frames are answered with NAK (receive buffer full): a NAK storm
+    nak_rx_data: int = (
+        0  # incoming valid DATA frames are answered with NAK (receive buffer full): a NAK storm
+    )
 
 
 @dataclass
@@ -333,7 +341,9 @@ class AshNcpLink:
     def send(self, payload: bytes) -> None:
         """Queue one EZSP frame to the host."""
         if len(payload) > MAX_DATA_FIELD:
-            raise ValueError(f"EZSP frame of {len(payload)} bytes exceeds the ASH DATA field ({MAX_DATA_FIELD})")
+            raise ValueError(
+                f"EZSP frame of {len(payload)} bytes exceeds the ASH DATA field ({MAX_DATA_FIELD})"
+            )
         if not self.connected or self.failed:
             LOGGER.debug("ASH link not connected, dropping %s", payload.hex())
             return

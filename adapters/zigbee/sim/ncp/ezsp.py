@@ -51,7 +51,9 @@ def parse_command(data: bytes) -> EzspCommand:
     if data[1] & FC_RESPONSE:
         raise EzspDecodeError("frame control byte 1 has the response bit set in a host frame")
     if data[2] == FC_HIGH_FORMAT_1 and len(data) >= 5:
-        return EzspCommand(seq=data[0], frame_id=int.from_bytes(data[3:5], "little"), params=data[5:], legacy=False)
+        return EzspCommand(
+            seq=data[0], frame_id=int.from_bytes(data[3:5], "little"), params=data[5:], legacy=False
+        )
     return EzspCommand(seq=data[0], frame_id=data[2], params=data[3:], legacy=True)
 
 

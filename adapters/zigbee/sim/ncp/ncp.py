@@ -102,7 +102,9 @@ class Nvm:
     tc_link_key: bt.KeyData = field(default_factory=lambda: bt.KeyData(b"ZigBeeAlliance09"))
     hashed_tclk: bool = False
     security_bitmask: int = 0
-    children: dict[int, tuple[bt.EUI64, int, int, int]] = field(default_factory=dict)  # index -> eui, nwk, type, flags
+    children: dict[int, tuple[bt.EUI64, int, int, int]] = field(
+        default_factory=dict
+    )  # index -> eui, nwk, type, flags
     link_keys: dict[int, LinkKey] = field(default_factory=dict)
     pending_security: bt.EmberInitialSecurityState | None = None
 
@@ -158,7 +160,9 @@ class SimNcp:
         self.transient_keys: dict[bt.EUI64, bt.KeyData] = {}
         self.extended_timeouts: dict[bt.EUI64, bool] = {}
         self.address_table: dict[int, tuple[bt.EUI64, int]] = {}
-        self.known_nodes: dict[bt.EUI64, int] = {}  # neighbour/address knowledge learnt from joins and announces
+        self.known_nodes: dict[
+            bt.EUI64, int
+        ] = {}  # neighbour/address knowledge learnt from joins and announces
         self.network_up = False
         self.permit_until = 0.0
         self.concentrator: dict[str, Any] = {}
@@ -210,7 +214,9 @@ class SimNcp:
         self.command_times.append(self.monotonic())
         handler = getattr(self, f"_cmd_{name}", None)
         if handler is None:
-            LOGGER.warning("sim NCP: command %s (0x%04X) is not modelled; answering invalidCommand", name, cmd.frame_id)
+            LOGGER.warning(
+                "sim NCP: command %s (0x%04X) is not modelled; answering invalidCommand", name, cmd.frame_id
+            )
             self.unmodelled.append(name)
             return [self._invalid(cmd, EZ.ERROR_INVALID_FRAME_ID, name)]
         try:
@@ -231,7 +237,11 @@ class SimNcp:
     def callback(self, name: str, **values: Any) -> None:
         """Queue a callback frame (sequence number: the last command seen, as UG100 says)."""
         frame = ezsp.encode_frame(
-            self.last_seq, ezsp.frame_id(name), ezsp.encode_response(name, values), legacy=False, callback=True
+            self.last_seq,
+            ezsp.frame_id(name),
+            ezsp.encode_response(name, values),
+            legacy=False,
+            callback=True,
         )
         self._async_out.append(frame)
         if self.on_frames is not None:
@@ -241,7 +251,11 @@ class SimNcp:
         """A callback caused by the command being handled: it follows the command's response."""
         self._replies.append(
             ezsp.encode_frame(
-                self.last_seq, ezsp.frame_id(name), ezsp.encode_response(name, values), legacy=False, callback=True
+                self.last_seq,
+                ezsp.frame_id(name),
+                ezsp.encode_response(name, values),
+                legacy=False,
+                callback=True,
             )
         )
 
@@ -255,7 +269,11 @@ class SimNcp:
         # exchange complete and other commands accepted (the host switches framing and asks again)
         if desiredProtocolVersion == ezsp.EZSP_VERSION:
             self.version = ezsp.EZSP_VERSION
-        return {"protocolVersion": ezsp.EZSP_VERSION, "stackType": ezsp.STACK_TYPE, "stackVersion": ezsp.STACK_VERSION}
+        return {
+            "protocolVersion": ezsp.EZSP_VERSION,
+            "stackType": ezsp.STACK_TYPE,
+            "stackVersion": ezsp.STACK_VERSION,
+        }
 
     def _cmd_nop(self) -> dict[str, Any]:
         return {}
@@ -411,7 +429,9 @@ class SimNcp:
         elif token == NV3.NVM3KEY_STACK_NETWORK_MANAGEMENT:
             data3, _ = bt.NV3StackNetworkManagementToken.deserialize(bytes(token_data))
             n.params = n.params.replace(
-                channels=data3.active_channels, nwkManagerId=data3.manager_node_id, nwkUpdateId=data3.update_id
+                channels=data3.active_channels,
+                nwkManagerId=data3.manager_node_id,
+                nwkUpdateId=data3.update_id,
             )
         elif token == NV3.NVM3KEY_STACK_CHILD_TABLE and int(index) in n.children:
             entry, _ = bt.NV3ChildTableEntry.deserialize(bytes(token_data))
@@ -429,7 +449,9 @@ class SimNcp:
         return {}
 
     # ================================================================== scanning
-    def _cmd_startScan(self, scanType: bt.EzspNetworkScanType, channelMask: bt.Channels, duration: int) -> dict[str, Any]:
+    def _cmd_startScan(
+        self, scanType: bt.EzspNetworkScanType, channelMask: bt.Channels, duration: int
+    ) -> dict[str, Any]:
         channels = [ch for ch in range(11, 27) if bt.Channels.from_channel_list([ch]) & channelMask]
         if not channels:
             return {"status": ES.INVALID_PARAMETER if hasattr(ES, "INVALID_PARAMETER") else ES.ERR_FATAL}
@@ -444,10 +466,16 @@ class SimNcp:
                 if other is self or p is None or not other.network_up or int(p.radioChannel) not in channels:
                     continue
                 found = bt.EmberZigbeeNetwork(
-                    channel=p.radioChannel, panId=p.panId, extendedPanId=p.extendedPanId,
-                    allowingJoin=other.permit_open(), stackProfile=2, nwkUpdateId=p.nwkUpdateId,
+                    channel=p.radioChannel,
+                    panId=p.panId,
+                    extendedPanId=p.extendedPanId,
+                    allowingJoin=other.permit_open(),
+                    stackProfile=2,
+                    nwkUpdateId=p.nwkUpdateId,
                 )
-                self._after_response("networkFoundHandler", networkFound=found, lastHopLqi=255, lastHopRssi=-40)
+                self._after_response(
+                    "networkFoundHandler", networkFound=found, lastHopLqi=255, lastHopRssi=-40
+                )
         self._after_response("scanCompleteHandler", channel=channels[-1], status=ES.SUCCESS)
         return {"status": ES.SUCCESS}
 
@@ -544,12 +572,18 @@ class SimNcp:
     # ================================================================== security
     def _cmd_getCurrentSecurityState(self) -> dict[str, Any]:
         if not self.network_up:
-            return {"status": ES.NOT_JOINED, "state": bt.EmberCurrentSecurityState(bitmask=0, trustCenterLongAddress=ZERO_EUI64)}
+            return {
+                "status": ES.NOT_JOINED,
+                "state": bt.EmberCurrentSecurityState(bitmask=0, trustCenterLongAddress=ZERO_EUI64),
+            }
         bits = bt.EmberCurrentSecurityBitmask
         bitmask = bits.GLOBAL_LINK_KEY | bits.HAVE_TRUST_CENTER_LINK_KEY
         if self.nvm.hashed_tclk:
             bitmask |= bits.TRUST_CENTER_USES_HASHED_LINK_KEY
-        return {"status": ES.SUCCESS, "state": bt.EmberCurrentSecurityState(bitmask=bitmask, trustCenterLongAddress=self.eui64)}
+        return {
+            "status": ES.SUCCESS,
+            "state": bt.EmberCurrentSecurityState(bitmask=bitmask, trustCenterLongAddress=self.eui64),
+        }
 
     def _cmd_exportKey(self, context: bt.SecurityManagerContextV13) -> dict[str, Any]:
         kind = bt.SecurityManagerKeyType
@@ -578,7 +612,12 @@ class SimNcp:
             bitmask=0, outgoing_frame_counter=0, incoming_frame_counter=0, ttl_in_seconds=0
         )
         if entry is None:
-            return {"eui64": ZERO_EUI64, "plaintext_key": bt.KeyData(bytes(16)), "key_data": meta, "status": SL.NOT_FOUND}
+            return {
+                "eui64": ZERO_EUI64,
+                "plaintext_key": bt.KeyData(bytes(16)),
+                "key_data": meta,
+                "status": SL.NOT_FOUND,
+            }
         meta = meta.replace(
             bitmask=bt.EmberKeyStructBitmask.KEY_HAS_OUTGOING_FRAME_COUNTER
             | bt.EmberKeyStructBitmask.KEY_HAS_INCOMING_FRAME_COUNTER,
@@ -608,7 +647,9 @@ class SimNcp:
             return {"status": ES.INDEX_OUT_OF_RANGE}
         return {"status": ES.SUCCESS}
 
-    def _cmd_importTransientKey(self, eui64: bt.EUI64, plaintext_key: bt.KeyData, flags: int) -> dict[str, Any]:
+    def _cmd_importTransientKey(
+        self, eui64: bt.EUI64, plaintext_key: bt.KeyData, flags: int
+    ) -> dict[str, Any]:
         self.transient_keys[eui64] = plaintext_key
         return {"status": SL.OK}
 
@@ -617,12 +658,19 @@ class SimNcp:
         child = self.nvm.children.get(int(index))
         if child is None:
             empty = bt.EmberChildDataV10(
-                eui64=ZERO_EUI64, type=bt.EmberNodeType.UNKNOWN_DEVICE, id=0xFFFF,
-                phy=0, power=0, timeout=0, timeout_remaining=0,
+                eui64=ZERO_EUI64,
+                type=bt.EmberNodeType.UNKNOWN_DEVICE,
+                id=0xFFFF,
+                phy=0,
+                power=0,
+                timeout=0,
+                timeout_remaining=0,
             )
             return {"status": ES.NOT_JOINED, "child_data": empty}
         eui, nwk, node_type, _flags = child
-        data = bt.EmberChildDataV10(eui64=eui, type=node_type, id=nwk, phy=0, power=0, timeout=8, timeout_remaining=0)
+        data = bt.EmberChildDataV10(
+            eui64=eui, type=node_type, id=nwk, phy=0, power=0, timeout=8, timeout_remaining=0
+        )
         return {"status": ES.SUCCESS, "child_data": data}
 
     def _cmd_setChildData(self, index: int, child_data: bt.EmberChildDataV10) -> dict[str, Any]:
@@ -645,9 +693,14 @@ class SimNcp:
     ) -> dict[str, Any]:
         index = int(addressTableIndex)
         if not 0 <= index < self.config["CONFIG_ADDRESS_TABLE_SIZE"]:
-            return {"status": ES.ADDRESS_TABLE_INDEX_OUT_OF_RANGE if hasattr(ES, "ADDRESS_TABLE_INDEX_OUT_OF_RANGE")
-                    else ES.INDEX_OUT_OF_RANGE, "oldEui64": ZERO_EUI64, "oldId": UNUSED_NODE_ID,
-                    "oldExtendedTimeout": False}
+            return {
+                "status": ES.ADDRESS_TABLE_INDEX_OUT_OF_RANGE
+                if hasattr(ES, "ADDRESS_TABLE_INDEX_OUT_OF_RANGE")
+                else ES.INDEX_OUT_OF_RANGE,
+                "oldEui64": ZERO_EUI64,
+                "oldId": UNUSED_NODE_ID,
+                "oldExtendedTimeout": False,
+            }
         old_eui, old_id = self.address_table.get(index, (ZERO_EUI64, UNUSED_NODE_ID))
         old_ext = self.extended_timeouts.get(old_eui, False)
         self.address_table[index] = (newEui64, int(newId))
@@ -683,7 +736,9 @@ class SimNcp:
         return {"status": ES.SUCCESS}
 
     def _cmd_getMulticastTableEntry(self, index: int) -> dict[str, Any]:
-        entry = self.multicast.get(int(index)) or bt.EmberMulticastTableEntry(multicastId=0, endpoint=0, networkIndex=0)
+        entry = self.multicast.get(int(index)) or bt.EmberMulticastTableEntry(
+            multicastId=0, endpoint=0, networkIndex=0
+        )
         return {"status": ES.SUCCESS, "value": entry}
 
     def _cmd_setSourceRoute(self, destination: int, relayList: list[int]) -> dict[str, Any]:
@@ -702,7 +757,12 @@ class SimNcp:
         return self.aps_seq
 
     def _cmd_sendUnicast(
-        self, type: int, indexOrDestination: int, apsFrame: bt.EmberApsFrame, messageTag: int, messageContents: bytes
+        self,
+        type: int,
+        indexOrDestination: int,
+        apsFrame: bt.EmberApsFrame,
+        messageTag: int,
+        messageContents: bytes,
     ) -> dict[str, Any]:
         if not self.network_up:
             return {"status": ES.NETWORK_DOWN, "sequence": 0}
@@ -713,31 +773,52 @@ class SimNcp:
         status = ES.SUCCESS if delivered else ES.DELIVERY_FAILED
         self._after_response(
             "messageSentHandler",
-            type=type, indexOrDestination=dest, apsFrame=frame, messageTag=messageTag,
-            status=status, messageContents=b"",
+            type=type,
+            indexOrDestination=dest,
+            apsFrame=frame,
+            messageTag=messageTag,
+            status=status,
+            messageContents=b"",
         )
         return {"status": ES.SUCCESS, "sequence": seq}
 
     def _cmd_sendBroadcast(
-        self, destination: int, apsFrame: bt.EmberApsFrame, radius: int, messageTag: int, messageContents: bytes
+        self,
+        destination: int,
+        apsFrame: bt.EmberApsFrame,
+        radius: int,
+        messageTag: int,
+        messageContents: bytes,
     ) -> dict[str, Any]:
         if not self.network_up:
             return {"status": ES.NETWORK_DOWN, "sequence": 0}
         if int(destination) not in BROADCASTS:
-            return {"status": ES.INVALID_PARAMETER if hasattr(ES, "INVALID_PARAMETER") else ES.ERR_FATAL, "sequence": 0}
+            return {
+                "status": ES.INVALID_PARAMETER if hasattr(ES, "INVALID_PARAMETER") else ES.ERR_FATAL,
+                "sequence": 0,
+            }
         seq = self._next_aps()
         frame = apsFrame.replace(sequence=seq)
         if self.air is not None:
             self.air.broadcast(self, int(destination), frame, bytes(messageContents))
         self._after_response(
             "messageSentHandler",
-            type=bt.EmberOutgoingMessageType.OUTGOING_BROADCAST, indexOrDestination=int(destination),
-            apsFrame=frame, messageTag=messageTag, status=ES.SUCCESS, messageContents=b"",
+            type=bt.EmberOutgoingMessageType.OUTGOING_BROADCAST,
+            indexOrDestination=int(destination),
+            apsFrame=frame,
+            messageTag=messageTag,
+            status=ES.SUCCESS,
+            messageContents=b"",
         )
         return {"status": ES.SUCCESS, "sequence": seq}
 
     def _cmd_sendMulticast(
-        self, apsFrame: bt.EmberApsFrame, hops: int, nonmemberRadius: int, messageTag: int, messageContents: bytes
+        self,
+        apsFrame: bt.EmberApsFrame,
+        hops: int,
+        nonmemberRadius: int,
+        messageTag: int,
+        messageContents: bytes,
     ) -> dict[str, Any]:
         if not self.network_up:
             return {"status": ES.NETWORK_DOWN, "sequence": 0}
@@ -747,8 +828,12 @@ class SimNcp:
             self.air.multicast(self, frame, bytes(messageContents))
         self._after_response(
             "messageSentHandler",
-            type=bt.EmberOutgoingMessageType.OUTGOING_MULTICAST, indexOrDestination=int(apsFrame.groupId),
-            apsFrame=frame, messageTag=messageTag, status=ES.SUCCESS, messageContents=b"",
+            type=bt.EmberOutgoingMessageType.OUTGOING_MULTICAST,
+            indexOrDestination=int(apsFrame.groupId),
+            apsFrame=frame,
+            messageTag=messageTag,
+            status=ES.SUCCESS,
+            messageContents=b"",
         )
         return {"status": ES.SUCCESS, "sequence": seq}
 
@@ -771,14 +856,23 @@ class SimNcp:
         if relays and sender_eui64 is not None:
             self.callback(
                 "incomingRouteRecordHandler",
-                source=sender, sourceEui=sender_eui64, lastHopLqi=lqi, lastHopRssi=rssi, relayList=relays,
+                source=sender,
+                sourceEui=sender_eui64,
+                lastHopLqi=lqi,
+                lastHopRssi=rssi,
+                relayList=relays,
             )
         kind = bt.EmberIncomingMessageType
         self.callback(
             "incomingMessageHandler",
             type=kind.INCOMING_BROADCAST if broadcast else kind.INCOMING_UNICAST,
-            apsFrame=aps, lastHopLqi=lqi, lastHopRssi=rssi, sender=sender,
-            bindingIndex=0xFF, addressIndex=0xFF, messageContents=payload,
+            apsFrame=aps,
+            lastHopLqi=lqi,
+            lastHopRssi=rssi,
+            sender=sender,
+            bindingIndex=0xFF,
+            addressIndex=0xFF,
+            messageContents=payload,
         )
 
     def device_joined(self, nwk: int, eui64: bt.EUI64, *, end_device: bool) -> None:
@@ -786,23 +880,33 @@ class SimNcp:
         self.known_nodes[eui64] = nwk
         self.callback(
             "trustCenterJoinHandler",
-            newNodeId=nwk, newNodeEui64=eui64,
+            newNodeId=nwk,
+            newNodeEui64=eui64,
             status=bt.EmberDeviceUpdate.STANDARD_SECURITY_UNSECURED_JOIN,
-            policyDecision=bt.EmberJoinDecision.USE_PRECONFIGURED_KEY, parentOfNewNodeId=0x0000,
+            policyDecision=bt.EmberJoinDecision.USE_PRECONFIGURED_KEY,
+            parentOfNewNodeId=0x0000,
         )
         if end_device:
             index = next(i for i in range(CHILD_TABLE_SIZE) if i not in self.nvm.children)
             node_type = bt.EmberNodeType.SLEEPY_END_DEVICE
             self.nvm.children[index] = (eui64, nwk, int(node_type), 0x80)
             self.callback(
-                "childJoinHandler", index=index, joining=True, childId=nwk, childEui64=eui64, childType=node_type
+                "childJoinHandler",
+                index=index,
+                joining=True,
+                childId=nwk,
+                childEui64=eui64,
+                childType=node_type,
             )
 
     def device_left(self, nwk: int, eui64: bt.EUI64) -> None:
         self.callback(
             "trustCenterJoinHandler",
-            newNodeId=nwk, newNodeEui64=eui64, status=bt.EmberDeviceUpdate.DEVICE_LEFT,
-            policyDecision=bt.EmberJoinDecision.NO_ACTION, parentOfNewNodeId=0x0000,
+            newNodeId=nwk,
+            newNodeEui64=eui64,
+            status=bt.EmberDeviceUpdate.DEVICE_LEFT,
+            policyDecision=bt.EmberJoinDecision.NO_ACTION,
+            parentOfNewNodeId=0x0000,
         )
 
     def zt_eui64(self) -> zt.EUI64:

@@ -117,8 +117,13 @@ class RadioAir:
             return
         device._aps = (device._aps + 1) & 0xFF
         aps = bt.EmberApsFrame(
-            profileId=0, clusterId=cluster, sourceEndpoint=0, destinationEndpoint=0,
-            options=bt.EmberApsOption.APS_OPTION_NONE, groupId=0, sequence=device._aps,
+            profileId=0,
+            clusterId=cluster,
+            sourceEndpoint=0,
+            destinationEndpoint=0,
+            options=bt.EmberApsOption.APS_OPTION_NONE,
+            groupId=0,
+            sequence=device._aps,
         )
         tsn = device._next_tsn()
         ncp.incoming(device.nwk, aps, bytes([tsn]) + body, broadcast=broadcast)
@@ -126,29 +131,47 @@ class RadioAir:
     # ------------------------------------------------------------------ frames
     def from_device(self, packet: t.ZigbeePacket) -> bool:
         """Device -> coordinator. False when no NCP on the device's network hears it."""
-        src = int(packet.src.address) if packet.src is not None else -1
+        src_addr = packet.src.address if packet.src is not None else None
+        src = int(src_addr) if isinstance(src_addr, int) else -1  # devices send from their NWK address
         device = next((d for d in self.devices.values() if d.nwk == src), None)
         ncp = self._ncp_for(device) if device is not None else None
         if device is None or ncp is None:
             return False
         aps = bt.EmberApsFrame(
-            profileId=packet.profile_id, clusterId=packet.cluster_id,
-            sourceEndpoint=packet.src_ep or 0, destinationEndpoint=packet.dst_ep or 0,
-            options=bt.EmberApsOption.APS_OPTION_ENCRYPTION if packet.profile_id else bt.EmberApsOption.APS_OPTION_NONE,
-            groupId=0, sequence=packet.tsn or 0,
+            profileId=packet.profile_id,
+            clusterId=packet.cluster_id,
+            sourceEndpoint=packet.src_ep or 0,
+            destinationEndpoint=packet.dst_ep or 0,
+            options=bt.EmberApsOption.APS_OPTION_ENCRYPTION
+            if packet.profile_id
+            else bt.EmberApsOption.APS_OPTION_NONE,
+            groupId=0,
+            sequence=packet.tsn or 0,
         )
         self.rx_count += 1
         ncp.incoming(
-            device.nwk, aps, packet.data.serialize(), relays=self.relays.get(device.ieee),
-            sender_eui64=bt.EUI64(device.ieee), lqi=packet.lqi or 255, rssi=packet.rssi or -45,
+            device.nwk,
+            aps,
+            packet.data.serialize(),
+            relays=self.relays.get(device.ieee),
+            sender_eui64=bt.EUI64(device.ieee),
+            lqi=packet.lqi or 255,
+            rssi=packet.rssi or -45,
         )
         return True
 
-    def _packet(self, ncp: SimNcp, dst: t.AddrModeAddress, aps: bt.EmberApsFrame, payload: bytes) -> t.ZigbeePacket:
+    def _packet(
+        self, ncp: SimNcp, dst: t.AddrModeAddress, aps: bt.EmberApsFrame, payload: bytes
+    ) -> t.ZigbeePacket:
         return t.ZigbeePacket(
             src=t.AddrModeAddress(addr_mode=t.AddrMode.NWK, address=t.NWK(ncp.nvm.node_id)),
-            src_ep=int(aps.sourceEndpoint), dst=dst, dst_ep=int(aps.destinationEndpoint), tsn=int(aps.sequence),
-            profile_id=int(aps.profileId), cluster_id=int(aps.clusterId), data=t.SerializableBytes(payload),
+            src_ep=t.uint8_t(aps.sourceEndpoint),
+            dst=dst,
+            dst_ep=t.uint8_t(aps.destinationEndpoint),
+            tsn=t.uint8_t(aps.sequence),
+            profile_id=t.uint16_t(aps.profileId),
+            cluster_id=t.uint16_t(aps.clusterId),
+            data=t.SerializableBytes(payload),
         )
 
     def unicast(self, ncp: SimNcp, dest: int, aps: bt.EmberApsFrame, payload: bytes) -> bool:
@@ -157,7 +180,9 @@ class RadioAir:
         if dev is None or not dev.reachable():
             return False
         self.tx_count += 1
-        dev.receive(self._packet(ncp, t.AddrModeAddress(addr_mode=t.AddrMode.NWK, address=t.NWK(dest)), aps, payload))
+        dev.receive(
+            self._packet(ncp, t.AddrModeAddress(addr_mode=t.AddrMode.NWK, address=t.NWK(dest)), aps, payload)
+        )
         return True
 
     def broadcast(self, ncp: SimNcp, dest: int, aps: bt.EmberApsFrame, payload: bytes) -> None:
