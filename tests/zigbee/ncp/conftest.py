@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,7 @@ class Rig:
         self.servers.append(server)
         return server
 
-    def device(self, ieee: str, nwk: int, **kw: Any) -> SimOtaDevice:
+    def device(self, ieee: str, nwk: int, *, relays: list[int] | None = None, **kw: Any) -> SimOtaDevice:
         dev = SimOtaDevice(
             ieee,
             nwk,
@@ -76,15 +77,22 @@ class Rig:
             behaviour=kw.pop("behaviour", Behaviour()),
             **kw,
         )
-        self.air.add(dev)
+        self.air.add(dev, relays=relays)
         dev.start()
         return dev
 
     async def app(
-        self, server: NcpServer, db: Path | None = None, *, auto_form: bool = True, start: bool = True
+        self,
+        server: NcpServer,
+        db: Path | None = None,
+        *,
+        auto_form: bool = True,
+        start: bool = True,
+        extra: dict[str, Any] | None = None,
     ) -> Any:
         cls = bellows.zigbee.application.ControllerApplication
-        app = await cls.new(bellows_config(server.path, db), auto_form=auto_form, start_radio=False)
+        conf = {**bellows_config(server.path, db), **(extra or {})}
+        app = await cls.new(conf, auto_form=auto_form, start_radio=False)
         self.apps.append(app)
         if start:
             async with asyncio.timeout(20):
@@ -111,6 +119,9 @@ async def rig() -> AsyncIterator[Rig]:
                 await app.shutdown()
         for server in r.servers:
             await server.close()
+            if os.environ.get("OTAGW_NCP_COMMAND_LOG"):  # README facts: which commands bellows used
+                with open(os.environ["OTAGW_NCP_COMMAND_LOG"], "a") as log:
+                    log.write(" ".join(sorted(set(server.ncp.command_log))) + "\n")
         await air.stop()
 
 

@@ -232,3 +232,27 @@ async def test_ncp_reset_mid_operation_then_the_host_reconnects(rig: Rig) -> Non
         await app.startup(auto_form=False)
     assert server.ncp.boot_count > boots and server.ncp.network_up and server.connections == 2
     assert await read_model(app, ieee) == {"model": "SimLight", "manufacturer": "otagw-sim"}
+
+
+async def test_route_records_reach_zigpy_and_source_routing_turns_the_concentrator_on(rig: Rig) -> None:
+    server = await rig.ncp()
+    app = await rig.app(server, extra={"source_routing": True})
+    assert server.ncp.concentrator["on"] is True  # bellows: many-to-one routes, high-RAM concentrator
+    ieee = await joined_device(rig, app, relays=[0x5A5A, 0x6B6B])  # reached through two routers
+    assert await read_model(app, ieee) == {"model": "SimLight", "manufacturer": "otagw-sim"}
+    # the NCP reported the device's route record before its frames; zigpy keeps it as the device's relays
+    assert app.get_device(ieee).relays == [0x5A5A, 0x6B6B]
+
+
+async def test_multicast_broadcast_and_leave(rig: Rig) -> None:
+    server = await rig.ncp()
+    app = await rig.app(server)
+    ncp = server.ncp
+    group = app.groups.add_group(0x1234, "sim")
+    await group.endpoint.on_off.on()  # a ZCL command to a group: sendMulticast
+    await app.broadcast(0, 0x0006, 0, 0, 0xFFFD, 0, 1, b"\x01\x02\x00")  # a ZCL broadcast: sendBroadcast
+    assert {"sendMulticast", "sendBroadcast"} <= set(ncp.command_log)
+    await app._ezsp.leaveNetwork()  # waits for stackStatusHandler(NETWORK_DOWN)
+    assert not ncp.network_up and ncp.nvm.params is None
+    (state,) = await app._ezsp.networkState()
+    assert state == bt.EmberNetworkStatus.NO_NETWORK
