@@ -1,23 +1,28 @@
-"""A full Zigbee OTA through otagw's Zigbee adapter, bellows and the simulated NCP (the radio path for real).
+"""Full Zigbee OTA updates through otagw's Zigbee adapter, bellows and the simulated NCP (the radio path for real).
 
 The adapter is started through otagw's own config path (`zigbee.radio.type: ezsp`, a `socket://` device), so
 bellows forms the network on the simulated NCP; the device joins, zigpy interviews it, and it downloads a
-generated image of an odd size block by block over ASH/EZSP. The image must arrive byte-exact and the record
-must show the new version read back from the device after it applied the image.
+generated image of an odd size over ASH/EZSP, in Image Block and in Image Page mode. The image must arrive
+byte-exact and the record must show the new version read back from the device after it applied the image. An
+NCP that resets itself mid-transfer costs a reconnect, not the download: the device resumes from its offset.
 
 The core, the adapter and the devices run on a ManualClock; bellows and the loopback socket run in real time,
-so the test polls (small real waits while I/O flows) and advances the manual clock only when nothing is in
-flight.
+so the helper polls (small real waits while I/O flows) and advances the manual clock only when no device has a
+request in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from adapters.zigbee.adapter import ZigbeeAdapter
 from adapters.zigbee.sim.device import Behaviour, SimOtaDevice
+from adapters.zigbee.sim.ncp.ash import ResetCode
 from adapters.zigbee.sim.ncp.ncp import SimNcp
 from adapters.zigbee.sim.ncp.network import RadioAir
 from adapters.zigbee.sim.ncp.server import NcpServer
@@ -30,46 +35,67 @@ from tests.store_helpers import zigbee_image
 MFR, ITYPE, NEW = 0x117C, 0x2811, 0x0203
 
 
-async def run_until(
-    cond: Callable[[], bool], clock: ManualClock, core: UpdateCore, air: RadioAir, max_s: float
-) -> None:
-    used = 0.0
-    loop = asyncio.get_running_loop()
-    while not cond():
-        if used > max_s:
-            raise AssertionError(f"condition not met within {max_s} s of clock time")
-        quiet_since = loop.time()
-        # let real I/O (bellows <-> NCP) run until no device has a request in flight for a moment
-        while loop.time() - quiet_since < 0.02:
-            await asyncio.sleep(0.005)
-            if any(d.awaiting_response for d in air.waiting):
-                quiet_since = loop.time()
-            if cond():
-                return
-        await clock.advance(1.0)
-        await core.sweep()
-        used += 1.0
+@dataclass
+class OtaRig:
+    clock: ManualClock
+    air: RadioAir
+    ncp: SimNcp
+    server: NcpServer
+    core: UpdateCore
+    store: ImageStore
+    adapter: ZigbeeAdapter
+
+    async def run_until(self, cond: Callable[[], bool], max_s: float = 900) -> None:
+        used = 0.0
+        loop = asyncio.get_running_loop()
+        while not cond():
+            if used > max_s:
+                raise AssertionError(f"condition not met within {max_s} s of clock time")
+            quiet_since = loop.time()
+            # let real I/O (bellows <-> NCP) run until no device has a request in flight for a moment
+            while loop.time() - quiet_since < 0.02:
+                await asyncio.sleep(0.005)
+                if any(d.awaiting_response for d in self.air.waiting):
+                    quiet_since = loop.time()
+                if cond():
+                    return
+            await self.clock.advance(1.0)
+            await self.core.sweep()
+            used += 1.0
+
+    def device(self, n: int, behaviour: Behaviour) -> SimOtaDevice:
+        dev = SimOtaDevice(
+            f"00:0d:6f:00:00:00:01:{n:02x}", 0x4300 + n, self.clock,
+            manufacturer_code=MFR, image_type=ITYPE, file_version=NEW - 1, behaviour=behaviour, seed=n,
+        )  # fmt: skip
+        self.air.add(dev)
+        dev.start()
+        return dev
+
+    async def add_image(self, image: bytes) -> None:
+        await self.store.add_bytes(image, file_name="odd.ota")
+        await self.core.catalog_changed()  # as the API's upload does
+
+    async def join(self, dev: SimOtaDevice) -> None:
+        app = self.adapter.app
+        assert app is not None
+        await app.permit(60)
+        assert self.air.join(dev)
+
+    def record_key(self, dev: SimOtaDevice) -> str:
+        assert self.adapter.app is not None
+        return f"zigbee:pan:{self.adapter.app.state.network_info.pan_id:04x}:{dev.ieee}:1"
 
 
-async def test_full_update_through_bellows_and_the_ncp(tmp_path: Path) -> None:
+@pytest.fixture
+async def ota(tmp_path: Path) -> AsyncIterator[OtaRig]:
     clock = ManualClock()
     loop = asyncio.get_running_loop()
-    image = zigbee_image(MFR, ITYPE, NEW, size=20_011)  # odd size: the last block is short
     air = RadioAir(clock)
     ncp = SimNcp("00:0b:57:ff:fe:00:cc:03", loop.time)
     air.attach(ncp)
     server = NcpServer(ncp)
     path = await server.start_tcp()
-    dev = SimOtaDevice(
-        "00:0d:6f:00:00:00:01:01",
-        0x4321,
-        clock,
-        manufacturer_code=MFR,
-        image_type=ITYPE,
-        file_version=NEW - 1,
-        behaviour=Behaviour(max_data_size=64),
-    )
-    air.add(dev)
     air.start()
     cfg = parse_config(
         {
@@ -79,30 +105,77 @@ async def test_full_update_through_bellows_and_the_ncp(tmp_path: Path) -> None:
     )
     store = ImageStore(tmp_path, clock=clock)
     await store.open()
-    await store.add_bytes(image, file_name="odd.ota")
     core = UpdateCore(cfg, store, clock, auto_sweep=False)
     await core.start()
     adapter = ZigbeeAdapter(cfg.zigbee, core, clock, tmp_path)
+    rig = OtaRig(clock, air, ncp, server, core, store, adapter)
     try:
         await adapter.start()
-        app = adapter.app
-        assert app is not None and ncp.network_up
-        await app.permit(60)
-        assert air.join(dev)
-        await run_until(lambda: dev.file_version == NEW, clock, core, air, max_s=900)
-        assert dev.completed_images[-1] == image  # byte-exact over ASH/EZSP
-        pan = app.state.network_info.pan_id
-        key = f"zigbee:pan:{pan:04x}:{dev.ieee}:1"
-        await run_until(lambda: core.get_device(key).state == "updated", clock, core, air, max_s=900)
-        rec = core.get_device(key)
-        assert rec.current_version == NEW  # read back from the device after it rebooted
-        assert dev.stats.unexpected_responses == [] and ncp.unmodelled == []
-        blocks = dev.stats.block_requests
-        assert blocks >= len(image) // 64
-        assert ncp.command_log.count("sendUnicast") >= blocks
+        assert ncp.network_up
+        yield rig
     finally:
         await adapter.stop()
         await air.stop()
         await server.close()
         await core.stop()
         await store.close()
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [Behaviour(max_data_size=64), Behaviour(page_mode=True, page_size=1024, max_data_size=64)],
+    ids=["image-block", "image-page"],
+)
+async def test_full_update_through_bellows_and_the_ncp(ota: OtaRig, behaviour: Behaviour) -> None:
+    image = zigbee_image(MFR, ITYPE, NEW, size=20_011)  # odd size: the last block is short
+    await ota.add_image(image)
+    dev = ota.device(1, behaviour)
+    await ota.join(dev)
+    await ota.run_until(lambda: dev.file_version == NEW)
+    assert dev.completed_images[-1] == image  # byte-exact over ASH/EZSP
+    key = ota.record_key(dev)
+    await ota.run_until(lambda: ota.core.get_device(key).state == "updated")
+    assert ota.core.get_device(key).current_version == NEW  # read back from the device after it rebooted
+    assert dev.stats.unexpected_responses == [] and ota.ncp.unmodelled == []
+    requests = dev.stats.page_requests if behaviour.page_mode else dev.stats.block_requests
+    assert requests >= (len(image) // 1024 if behaviour.page_mode else len(image) // 64)
+    assert ota.ncp.command_log.count("sendUnicast") >= len(image) // 64  # every block crossed the NCP
+
+
+async def test_ncp_reset_mid_transfer_resumes_from_the_offset(ota: OtaRig) -> None:
+    image = zigbee_image(MFR, ITYPE, NEW, size=16_001)
+    await ota.add_image(image)
+    dev = ota.device(2, Behaviour(max_data_size=64))
+    app = ota.adapter.app
+    assert app is not None
+    lost: list[Exception] = []
+
+    class Listener:
+        def connection_lost(self, exc: Exception) -> None:
+            lost.append(exc)
+
+    app.add_listener(Listener())
+    reset_at: list[int] = []
+
+    def maybe_reset(d: SimOtaDevice) -> None:
+        if not reset_at and d.offset >= len(image) // 3:
+            reset_at.append(d.offset)
+            ota.server.reboot(ResetCode.WATCHDOG)  # the NCP's watchdog fires mid-transfer
+
+    dev.on_block = maybe_reset
+    await ota.join(dev)
+    await ota.run_until(lambda: bool(lost))
+    assert not ota.ncp.network_up and reset_at
+    # the gateway reconnects, as on any connection_lost; the network comes back from the NCP's NVM
+    await app.disconnect()
+    async with asyncio.timeout(20):
+        await app.startup(auto_form=False)
+    assert ota.ncp.network_up and ota.server.connections == 2
+    await ota.run_until(lambda: dev.file_version == NEW)
+    assert dev.completed_images[-1] == image
+    offsets = [offset for _t, offset, _n in dev.stats.block_log]
+    restart = offsets.index(reset_at[0])
+    assert min(offsets[restart:]) >= reset_at[0] - 64  # resumed where it was, not from zero
+    key = ota.record_key(dev)
+    await ota.run_until(lambda: ota.core.get_device(key).state == "updated")
+    assert ota.core.get_device(key).current_version == NEW
