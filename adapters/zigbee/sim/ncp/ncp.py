@@ -149,6 +149,7 @@ class SimNcp:
     def reset(self) -> None:
         """Reboot: RAM state is lost, NVM3 tokens stay."""
         self.boot_count += 1
+        self._eui64_at_boot = self.nvm.restored_eui64 or self.nvm.hardware_eui64
         self.version: int | None = None
         self.last_seq = 0
         self.config: dict[str, int] = dict(DEFAULT_CONFIG)
@@ -174,7 +175,8 @@ class SimNcp:
 
     @property
     def eui64(self) -> bt.EUI64:
-        return self.nvm.restored_eui64 or self.nvm.hardware_eui64
+        """The EUI64 in use: read from NVM3 (restored EUI64, else the chip's) when the NCP booted."""
+        return self._eui64_at_boot
 
     @property
     def identity(self) -> NetworkIdentity | None:

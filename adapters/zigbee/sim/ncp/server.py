@@ -36,6 +36,8 @@ class NcpServer:
         self._writer: asyncio.StreamWriter | None = None
         self._pty_master: int | None = None
         self._pty_slave: int | None = None
+        self._pty_out = bytearray()
+        self._pty_writing = False
         self._timer: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
         self.connections = 0
@@ -101,6 +103,8 @@ class NcpServer:
             self._server = None
         if self._pty_master is not None:
             self._loop.remove_reader(self._pty_master)
+            if self._pty_writing:
+                self._loop.remove_writer(self._pty_master)
             os.close(self._pty_master)
             self._pty_master = None
         if self._pty_slave is not None:
@@ -146,8 +150,28 @@ class NcpServer:
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(data)
         elif self._pty_master is not None:
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.write(self._pty_master, data)
+            self._pty_out += data
+            self._pty_drain()
+
+    def _pty_drain(self) -> None:
+        """Write what the pty takes now; keep the rest until it is writable (a UART never drops bytes)."""
+        master = self._pty_master
+        if master is None:
+            return
+        try:
+            written = os.write(master, self._pty_out) if self._pty_out else 0
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:  # EIO: nobody holds the slave; the bytes are gone, as on an unplugged line
+            LOGGER.debug("pty write failed: %s", exc)
+            written = len(self._pty_out)
+        del self._pty_out[:written]
+        if self._pty_out and not self._pty_writing:
+            self._pty_writing = True
+            self._loop.add_writer(master, self._pty_drain)
+        elif not self._pty_out and self._pty_writing:
+            self._pty_writing = False
+            self._loop.remove_writer(master)
 
     def _rearm(self) -> None:
         deadline = self.link.next_deadline()
