@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from zigpy.zcl import foundation
 
 from adapters.zigbee.adapter import ZigbeeAdapter
 from adapters.zigbee.sim.device import Behaviour, SimOtaDevice
@@ -45,7 +46,7 @@ class OtaRig:
     store: ImageStore
     adapter: ZigbeeAdapter
 
-    async def run_until(self, cond: Callable[[], bool], max_s: float = 900) -> None:
+    async def run_until(self, cond: Callable[[], bool], max_s: float = 900, step_s: float = 1.0) -> None:
         used = 0.0
         loop = asyncio.get_running_loop()
         while not cond():
@@ -59,9 +60,9 @@ class OtaRig:
                     quiet_since = loop.time()
                 if cond():
                     return
-            await self.clock.advance(1.0)
+            await self.clock.advance(step_s)
             await self.core.sweep()
-            used += 1.0
+            used += step_s
 
     def device(self, n: int, behaviour: Behaviour) -> SimOtaDevice:
         dev = SimOtaDevice(
@@ -81,6 +82,10 @@ class OtaRig:
         assert app is not None
         await app.permit(60)
         assert self.air.join(dev)
+
+    def state(self, key: str) -> str | None:
+        rec = self.core.get_device(key)
+        return rec.state if rec is not None else None
 
     def record_key(self, dev: SimOtaDevice) -> str:
         assert self.adapter.app is not None
@@ -134,7 +139,7 @@ async def test_full_update_through_bellows_and_the_ncp(ota: OtaRig, behaviour: B
     await ota.run_until(lambda: dev.file_version == NEW)
     assert dev.completed_images[-1] == image  # byte-exact over ASH/EZSP
     key = ota.record_key(dev)
-    await ota.run_until(lambda: ota.core.get_device(key).state == "updated")
+    await ota.run_until(lambda: ota.state(key) == "updated")
     assert ota.core.get_device(key).current_version == NEW  # read back from the device after it rebooted
     assert dev.stats.unexpected_responses == [] and ota.ncp.unmodelled == []
     requests = dev.stats.page_requests if behaviour.page_mode else dev.stats.block_requests
@@ -177,5 +182,39 @@ async def test_ncp_reset_mid_transfer_resumes_from_the_offset(ota: OtaRig) -> No
     restart = offsets.index(reset_at[0])
     assert min(offsets[restart:]) >= reset_at[0] - 64  # resumed where it was, not from zero
     key = ota.record_key(dev)
-    await ota.run_until(lambda: ota.core.get_device(key).state == "updated")
+    await ota.run_until(lambda: ota.state(key) == "updated")
     assert ota.core.get_device(key).current_version == NEW
+
+
+async def test_sleepy_device_is_served_when_it_checks_in(ota: OtaRig) -> None:
+    dev = ota.device(3, Behaviour(sleepy=True, query_interval_s=600, max_data_size=64))
+    await ota.join(dev)
+    key = ota.record_key(dev)
+    await ota.run_until(
+        lambda: ota.core.get_device(key) is not None and ota.core.get_device(key).sleepy is True
+    )
+    image = zigbee_image(MFR, ITYPE, NEW, size=3_001)
+    await ota.add_image(image)
+    await ota.clock.advance(30)  # it dozes off: unicasts to it now fail at the NCP (messageSentHandler)
+    await ota.run_until(lambda: dev.file_version == NEW, step_s=30, max_s=2 * 3600)
+    assert dev.completed_images[-1] == image
+    await ota.run_until(lambda: ota.state(key) == "updated", step_s=30, max_s=2 * 3600)
+
+
+async def test_invalid_image_and_malformed_frames_over_the_ncp(ota: OtaRig) -> None:
+    S = foundation.Status
+    await ota.add_image(zigbee_image(MFR, ITYPE, NEW, size=2_001))
+    bad = ota.device(4, Behaviour(end_status=S.INVALID_IMAGE))
+    odd = ota.device(5, Behaviour(malformed_first=True))
+    await ota.join(bad)
+    await ota.join(odd)
+    bad_key = ota.record_key(bad)
+    await ota.run_until(lambda: ota.state(bad_key) == "failed", max_s=120)
+    assert "INVALID_IMAGE" in ota.core.get_device(bad_key).state_reason
+    # ZCL: a non-SUCCESS Upgrade End Request is answered with a Default Response SUCCESS (sent after the record)
+    await ota.run_until(
+        lambda: any(c == 0x06 and st == S.SUCCESS for _, c, st in bad.stats.default_responses), 10
+    )
+    await ota.run_until(lambda: odd.file_version == NEW)
+    assert any(cmd == 0x03 and st == S.MALFORMED_COMMAND for _, cmd, st in odd.stats.default_responses)
+    assert bad.file_version != NEW and ota.ncp.unmodelled == []
