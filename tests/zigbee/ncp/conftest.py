@@ -123,6 +123,8 @@ async def rig() -> AsyncIterator[Rig]:
                 with open(os.environ["OTAGW_NCP_COMMAND_LOG"], "a") as log:
                     log.write(" ".join(sorted(set(server.ncp.command_log))) + "\n")
         await air.stop()
+    # a handler that raised is a simulator bug even if bellows coped with the refusal
+    assert [s.ncp.errors for s in r.servers] == [[] for _ in r.servers]
 
 
 async def wait_for(cond: Any, timeout_s: float = 5.0, what: str = "condition") -> None:

@@ -6,6 +6,8 @@ against the host's expectations, not against itself.
 
 from __future__ import annotations
 
+import inspect
+
 import bellows.types as bt
 import pytest
 
@@ -169,3 +171,30 @@ def test_restored_eui64_token_takes_effect_at_boot_and_factory_reset_clears_the_
     ncp.handle(cmd(33, "version", desiredProtocolVersion=13))
     [rsp] = ncp.handle(cmd(34, "networkInit", networkInitBitmask=0))
     assert parse(rsp)[3] == {"status": bt.EmberStatus.NOT_JOINED}
+
+
+def test_every_handler_takes_exactly_the_fields_of_bellows_v13_schema() -> None:
+    handlers = [n for n in dir(SimNcp) if n.startswith("_cmd_")]
+    assert len(handlers) > 50
+    for attr in handlers:
+        name = attr.removeprefix("_cmd_")
+        assert name in ezsp.COMMANDS, f"{name} is not an EZSP v13 command"
+        sig = inspect.signature(getattr(SimNcp, attr))
+        fixed = [p for p, v in sig.parameters.items() if p != "self" and v.kind != v.VAR_KEYWORD]
+        has_rest = any(v.kind == v.VAR_KEYWORD for v in sig.parameters.values())
+        schema = list(ezsp.COMMANDS[name][1])
+        assert (set(fixed) <= set(schema)) if has_rest else fixed == schema, name
+
+
+def test_a_failing_handler_is_loud_not_fatal(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ncp = negotiated()
+
+    def broken(self: SimNcp) -> dict[str, object]:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(SimNcp, "_cmd_networkState", broken)
+    [rsp] = ncp.handle(cmd(40, "networkState"))
+    assert parse(rsp)[2:] == ("invalidCommand", {"status": bt.EzspStatus.ERROR_INVALID_CALL})
+    assert ncp.errors == ["networkState"] and "handler for networkState failed" in caplog.text

@@ -132,7 +132,7 @@ async def ota(tmp_path: Path) -> AsyncIterator[OtaRig]:
     ids=["image-block", "image-page"],
 )
 async def test_full_update_through_bellows_and_the_ncp(ota: OtaRig, behaviour: Behaviour) -> None:
-    image = zigbee_image(MFR, ITYPE, NEW, size=20_011)  # odd size: the last block is short
+    image = zigbee_image(MFR, ITYPE, NEW, size=12_011)  # odd size: the last block is short
     await ota.add_image(image)
     dev = ota.device(1, behaviour)
     await ota.join(dev)

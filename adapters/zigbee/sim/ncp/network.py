@@ -115,6 +115,7 @@ class RadioAir:
         ncp = self._ncp_for(device)
         if ncp is None:
             return
+        # the device's own APS counter and ZDO sequence, so its announce looks like any frame it sends
         device._aps = (device._aps + 1) & 0xFF
         aps = bt.EmberApsFrame(
             profileId=0,
