@@ -105,7 +105,8 @@ class PolicyRule(Section):
     require_consent: bool | None = None
     auto_approve: bool | None = Field(
         None,
-        description="offer the newest allowed image without a rollout (false: only rollouts/pins update)",
+        description="offer images you added without approving each (false: only approved images, "
+        "rollouts and pins update)",
     )
     download_window: str | None = Field(None, description="name in policy.windows, or 'always'")
     apply_window: str | None = Field(None, description="name in policy.windows, or 'always'")
@@ -181,7 +182,14 @@ class PolicyConfig(Section):
     verify_deadline_s: int = Field(1800, ge=10, description="time for a device to report the new version")
     stale_transfer_s: int = Field(3600, ge=10, description="an in-flight transfer silent this long expires")
     allow_downgrade: bool = False
-    auto_approve: bool = Field(True, description="without a rollout, offer the newest allowed image")
+    auto_approve: bool = Field(
+        False,
+        description="offer images you added without approving each (opt-in); "
+        "false: only approved images and rollouts update devices",
+    )
+    auto_approve_sources: list[str] = Field(
+        default_factory=list, description="firmware sources (names in `sources`) whose images start approved"
+    )
     require_consent: bool = False
     timezone: str = Field("UTC", description="default zone for windows")
     windows: dict[str, TimeWindow] = Field(default_factory=dict, description="named recurring windows")
