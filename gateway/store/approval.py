@@ -20,7 +20,7 @@ whatever the entry's approval; rollouts likewise do not consult approval (they a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -34,10 +34,14 @@ __all__ = [
     "UPSTREAM_PREFIX",
     "approval_selector",
     "describe_approval",
+    "device_descriptor",
     "is_upstream",
     "not_approved_reason",
     "offerable",
+    "origin",
+    "reach",
     "selector_json",
+    "source_name",
 ]
 
 AVAILABLE: Literal["available"] = "available"
@@ -115,3 +119,28 @@ def not_approved_reason(
         f"update {best.version_string} ({best.numeric_version}) available {origin(best)}, not approved"
         f"{notes}; approve with `otagw image approve {best.image_id}` or start a rollout"
     )
+
+
+def device_descriptor(rec: Any) -> DeviceDescriptor | None:
+    """What selection needs of a core `DeviceRecord` (duck-typed: the store does not import the core)."""
+    if rec.vendor_id is None or rec.product_id is None or rec.current_version is None:
+        return None
+    return DeviceDescriptor(
+        protocol=rec.protocol,
+        vendor_id=rec.vendor_id,
+        product_id=rec.product_id,
+        current_version=rec.current_version,
+        hardware_version=rec.hardware_version,
+        ieee=rec.address if rec.protocol == "zigbee" else None,
+        model=rec.model,
+    )
+
+
+def reach(entry: CatalogEntry, devices: Iterable[Any]) -> list[str]:
+    """Device ids (of core `DeviceRecord`s) the entry applies to now: identity, ranges and a newer version."""
+    out: list[str] = []
+    for rec in devices:
+        desc = device_descriptor(rec)
+        if desc is not None and rejection(entry, desc) is None:
+            out.append(rec.device_id)
+    return out
