@@ -188,9 +188,14 @@ def test_cli_add_says_reach_and_approve_command(tmp_path: Path) -> None:
     )
     out = runner.invoke(main, ["-c", str(cfg), "image", "list"])
     assert "APPROVAL" in out.output and "available" in out.output
-    out = runner.invoke(main, ["-c", str(cfg), "image", "approve", image_id, "--devices", "*0000000000000001*"])
+    out = runner.invoke(
+        main, ["-c", str(cfg), "image", "approve", image_id, "--devices", "*0000000000000001*"]
+    )
     assert out.exit_code == 0, out.output
-    assert "approved for devices=['*0000000000000001*']" in out.output and "applies to 1 device now" in out.output
+    assert (
+        "approved for devices=['*0000000000000001*']" in out.output
+        and "applies to 1 device now" in out.output
+    )
     out = runner.invoke(main, ["-c", str(cfg), "image", "revoke", image_id])
     assert out.exit_code == 0 and "available, not approved" in out.output
     out = runner.invoke(main, ["-c", str(cfg), "image", "approve", "nothex"])

@@ -109,7 +109,11 @@ async def test_approval_migration_keeps_existing_images_approved(tmp_path: Path)
         assert got is not None and got.approval == "available"
         assert await cat.set_approval(new.image_id, "approved", approved_by="cli", approved_at=5.0)
         got = await cat.get(new.image_id)
-        assert got is not None and (got.approval, got.approved_by, got.approved_at) == ("approved", "cli", 5.0)
+        assert got is not None and (got.approval, got.approved_by, got.approved_at) == (
+            "approved",
+            "cli",
+            5.0,
+        )
         assert not await cat.set_approval("0" * 16, "approved")
     finally:
         await cat.close()

@@ -55,7 +55,7 @@ def test_rule_folding_later_overrides_blocks_accumulate() -> None:
                         "pin_version": "2.0",
                     },
                     {"name": "other-vendor", "match": {"vendor_id": "0x1234"}, "auto_approve": False},
-                ]
+                ],
             }
         }
     ).policy
