@@ -562,3 +562,103 @@ async def test_paa_certificates_from_the_dcl(tmp_path: Path, upstream: Upstream)
         assert env.manager.statuses()[0].downloads == 2
         await env.manager.check("paa")
         assert env.manager.statuses()[0].downloads == 2  # unchanged files are not rewritten
+
+
+# ------------------------------------------------------------------------------------------ API and CLI
+async def test_api_sources_routes_metrics_and_events(tmp_path: Path, upstream: Upstream) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gateway.api.app import ApiServices, create_app
+    from gateway.core.service import UpdateCore
+    from tests.core.conftest import zigbee_dev
+
+    _z2m_upstream(upstream)
+    cfg = parse_config(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "sources": [{"name": "k", "type": "z2m", "enabled": True, "url": upstream.url("/index.json")}],
+        }
+    )
+    clock = ManualClock(T0)
+    store = ImageStore(cfg.data_dir, clock=clock)
+    await store.open()
+    core = UpdateCore(cfg, store, clock, auto_sweep=False)
+    await core.start()
+    await core.observe(zigbee_dev(1, version=0x100))
+    app = create_app(
+        ApiServices(core=core, store=store, config=cfg, token="t" * 32, clock=clock, progress_interval=0)
+    )
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    auth = {"Authorization": "Bearer " + "t" * 32}
+    seen: list[tuple[str, Any]] = []
+    core.events.add_listener(lambda ev: seen.append((ev.kind, ev.data.get("event"))))
+    try:
+        resp = await client.get("/api/v1/sources", headers=auth)
+        assert resp.status == 200 and [s["name"] for s in await resp.json()] == ["k"]
+        resp = await client.post("/api/v1/sources/k/check", headers=auth)
+        body = await resp.json()
+        assert resp.status == 200 and len(body["imported"]) == 1 and body["entries"] == 3
+        image_id = body["imported"][0]
+        # plan: the update is named, with its source and the approve command
+        resp = await client.get("/api/v1/plan", headers=auth)
+        text = json.dumps(await resp.json())
+        assert "available from source k, not approved" in text and f"otagw image approve {image_id}" in text
+        resp = await client.post("/api/v1/sources/nope/check", headers=auth)
+        assert resp.status == 404
+        resp = await client.post("/api/v1/sources/fetch", json={"entry": "zz"}, headers=auth)
+        assert resp.status == 404
+        resp = await client.get("/metrics", headers=auth)
+        metrics = await resp.text()
+        assert 'otagw_source_entries{source="k"} 3.0' in metrics
+        assert 'otagw_source_downloads{source="k"} 1.0' in metrics
+        assert ("source", "checked") in seen and ("source", "imported") in seen
+    finally:
+        await client.close()
+        await core.stop()
+        await store.close()
+
+
+def test_cli_sources_list_check_fetch(tmp_path: Path) -> None:
+    import threading
+
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    loop = asyncio.new_event_loop()
+    up = Upstream()
+    loop.run_until_complete(up.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        _z2m_upstream(up)
+        cfg = tmp_path / "otagw.yaml"
+        cfg.write_text(
+            json.dumps(
+                {
+                    "data_dir": str(tmp_path / "data"),
+                    "sources": [
+                        {"name": "k", "type": "z2m", "enabled": True, "url": up.url("/index.json")},
+                        {"name": "off", "type": "dcl"},
+                    ],
+                }
+            )
+        )
+        runner = CliRunner()
+        out = runner.invoke(main, ["-c", str(cfg), "sources", "check", "off"])
+        assert out.exit_code == 2 and "source off is disabled" in out.output
+        out = runner.invoke(main, ["-c", str(cfg), "sources", "check"])
+        assert out.exit_code == 0, out.output
+        assert out.output.startswith("k: 3 entries; 0 imported, 0 rejected")  # no devices recorded here
+        out = runner.invoke(main, ["-c", str(cfg), "sources", "list", "--entries"])
+        assert "k:117c:2811:00000200" in out.output and "yes" in out.output
+        out = runner.invoke(main, ["-c", str(cfg), "sources", "fetch", "k:117c:2811:00000200"])
+        assert out.exit_code == 0 and "1 imported" in out.output and "otagw image approve" in out.output
+        out = runner.invoke(main, ["-c", str(cfg), "image", "list"])
+        assert "available" in out.output and "0x00000200" in out.output
+    finally:
+        asyncio.run_coroutine_threadsafe(up.close(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()

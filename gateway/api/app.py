@@ -65,10 +65,24 @@ def services(request: web.Request) -> ApiServices:
 
 def route_table() -> RouteTable:
     """Every API operation, from the route modules (imported here so the table is built once per call)."""
-    from gateway.api import routes_devices, routes_images, routes_query, routes_rollouts, routes_system
+    from gateway.api import (
+        routes_devices,
+        routes_images,
+        routes_query,
+        routes_rollouts,
+        routes_sources,
+        routes_system,
+    )
 
     table = RouteTable()
-    for module in (routes_system, routes_images, routes_devices, routes_rollouts, routes_query):
+    for module in (
+        routes_system,
+        routes_images,
+        routes_devices,
+        routes_rollouts,
+        routes_query,
+        routes_sources,
+    ):
         module.declare(table)
     return table
 

@@ -107,6 +107,7 @@ _COMMAND_MODULES = (
     "gateway.cli.matter_cmds",
     "gateway.cli.zigbee_cmds",
     "gateway.cli.demo",
+    "gateway.cli.sources_cmds",
 )
 for _name in _COMMAND_MODULES:
     try:

@@ -48,7 +48,7 @@ from gateway.store.model import CatalogEntry
 from gateway.store.selection import SelectionIndex
 from gateway.store.store import ImageStore
 
-__all__ = ["CheckReport", "SourceManager", "SourceStatus", "stub_entry"]
+__all__ = ["CheckReport", "SourceManager", "SourceStatus", "manager_for_core", "stub_entry"]
 
 log = logging.getLogger(__name__)
 
@@ -522,3 +522,24 @@ class SourceManager:
                 "downloads": float(s.downloads),
             }
         return out
+
+
+def manager_for_core(config: Config, store: ImageStore, core: Any, clock: Clock) -> SourceManager:
+    """A manager wired to the update core: its devices are the fleet, imports refresh its catalog, and source
+    events go on its event bus (the API's live stream)."""
+    from gateway.core.events import CoreEvent
+
+    def publish(kind: str, data: dict[str, Any]) -> None:
+        fields = {k: v for k, v in data.items() if k != "reason"}
+        core.events.publish(
+            CoreEvent(kind=kind, at=clock.now(), reason=str(data.get("reason", "")), data=fields)
+        )
+
+    return SourceManager(
+        config,
+        store,
+        clock,
+        fleet=core.list_devices,
+        on_catalog_change=core.catalog_changed,
+        publish=publish,
+    )

@@ -35,6 +35,9 @@ PROTECTED = [
     ("GET", "/api/v1/events"),
     ("GET", "/api/v1/openapi.json"),
     ("GET", "/metrics"),
+    ("GET", "/api/v1/sources"),
+    ("POST", "/api/v1/sources/z2m/check"),
+    ("POST", "/api/v1/sources/fetch"),
 ]
 
 
