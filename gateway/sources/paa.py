@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from gateway.sources.http import HttpFetcher
 from gateway.sources.model import SourceError
 
-__all__ = ["PAA_FETCH_COMMAND", "PaaResult", "fetch_paa_certificates", "paa_dir"]
+__all__ = ["PAA_FETCH_COMMAND", "PaaResult", "attestation_hint", "fetch_paa_certificates", "paa_dir"]
 
 PAA_FETCH_COMMAND = "otagw sources check paa"
 
@@ -99,3 +99,15 @@ async def fetch_paa_certificates(
         _write_atomic(path, der)
         result.written += 1
     return result
+
+
+def attestation_hint(trust_store: Path | None) -> str:
+    """What to do when commissioning fails device attestation (the error names this config key and command)."""
+    where = f"it is {trust_store}" if trust_store is not None else "it is unset (no PAA is trusted)"
+    return (
+        f"the device's attestation chain ends at a PAA the gateway does not trust: set matter.paa_trust_store "
+        f"to a directory of production PAA certificates (DER; {where}). To fetch them from the CSA DCL, enable "
+        f"the `paa` source in the config and run `{PAA_FETCH_COMMAND}`, then set matter.paa_trust_store to "
+        f"<data_dir>/paa-certificates. Offline: copy the DER files of connectedhomeip's "
+        f"credentials/production/paa-root-certs into that directory"
+    )
