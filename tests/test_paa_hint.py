@@ -12,7 +12,9 @@ from adapters.matter.fabric.controller import ControllerError
 from gateway.config import MatterConfig
 
 
-async def test_failed_attestation_error_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_failed_attestation_error_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     admin = FabricAdmin(tmp_path, MatterConfig())
 
     async def call(op: str, _timeout: float | None = None, **args: Any) -> Any:
