@@ -30,7 +30,9 @@ ROW = "return " + ROW_EXPR
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[tuple[TestServer, UpdateCore, ImageStore, ManualClock]]:
-    cfg = parse_config({"data_dir": str(tmp_path / "data"), "api": {"token": TOKEN}})
+    cfg = parse_config(
+        {"data_dir": str(tmp_path / "data"), "api": {"token": TOKEN}, "policy": {"auto_approve": True}}
+    )
     clock = ManualClock()
     store = ImageStore(cfg.data_dir, clock=clock)
     await store.open()
