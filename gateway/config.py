@@ -426,6 +426,21 @@ class SourceConfig(Section):
         description="dcl: extra VID:PID pairs to follow (hex, e.g. 131B:0002) beyond the fleet",
     )
 
+    @field_validator("models")
+    @classmethod
+    def _vid_pid(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if not re.fullmatch(r"[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}", item):
+                raise ValueError(f"expected VID:PID in hex like 131B:0002, got {item!r}")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"https?://[^/\s]+", v):
+            raise ValueError(f"expected an http(s) URL, got {v!r}")
+        return v
+
 
 def _default_sources() -> list[SourceConfig]:
     """The well-known sources, all disabled: enabling one is one line (`enabled: true`)."""

@@ -662,3 +662,16 @@ def test_cli_sources_list_check_fetch(tmp_path: Path) -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+def test_source_config_errors_name_the_key(tmp_path: Path) -> None:
+    from gateway.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.models: .*got .nope."):
+        parse_config({"sources": [{"name": "d", "type": "dcl", "models": ["nope"]}]})
+    with pytest.raises(ConfigError, match="expected an http"):
+        parse_config({"sources": [{"name": "d", "type": "dcl", "url": "ftp://x"}]})
+    with pytest.raises(ConfigError, match="is used by an earlier source"):
+        parse_config({"sources": [{"name": "d", "type": "dcl"}, {"name": "d", "type": "z2m"}]})
+    with pytest.raises(ConfigError, match="'nope' is not the name of a source"):
+        parse_config({"policy": {"auto_approve_sources": ["nope"]}})
