@@ -59,6 +59,7 @@ class Snapshot:
     device_failures: dict[str, int] = field(default_factory=dict)
     sse_clients: int = 0
     adapters: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, dict[str, float]] = field(default_factory=dict)  # SourceManager.metrics()
 
 
 class SnapshotCollector(Collector):
@@ -115,6 +116,23 @@ class SnapshotCollector(Collector):
         for name, state in sorted(snap.adapters.items()):
             up.add_metric([name, state], 1.0 if state == "running" else 0.0)
         yield up
+        for key, doc in SOURCE_METRICS.items():
+            fam = GaugeMetricFamily(f"otagw_source_{key}", doc, labels=["source"])
+            for src_name, figures in sorted(snap.sources.items()):
+                fam.add_metric([src_name], float(figures.get(key, 0.0)))
+            yield fam
+
+
+SOURCE_METRICS = {
+    "enabled": "1 when the firmware source is enabled",
+    "last_check": "Unix time of the last index check (0: never)",
+    "last_success": "Unix time of the last successful index check (0: never)",
+    "entries": "Entries in the source's last index",
+    "checks": "Index checks",
+    "errors": "Failed index checks and downloads",
+    "rejected": "Downloads refused by verification (size, checksum, header)",
+    "downloads": "Files downloaded and imported",
+}
 
 
 def _snake(name: str) -> str:

@@ -79,6 +79,9 @@ async def metrics(request: web.Request) -> web.Response:
     snap = take_snapshot(
         svc.core, [r.model_dump() for r in all_rollouts(svc.core)], request.app[HUB_KEY].clients, adapters
     )
+    sources = svc.extra.get("sources")
+    if sources is not None:
+        snap.sources = sources.metrics()
     resp = web.Response(body=render(snap))
     resp.headers["Content-Type"] = CONTENT_TYPE
     return resp

@@ -66,7 +66,7 @@ from gateway.core.interface import (
     Wait,
 )
 from gateway.core.plan import PlanItem
-from gateway.core.policy import BudgetTracker, EffectivePolicy, Policy, version_permitted
+from gateway.core.policy import BudgetTracker, EffectivePolicy, Policy, selector_matches, version_permitted
 from gateway.core.records import DeviceRecord, HistoryEntry, StateDB
 from gateway.core.rollouts import (
     COVERING,
@@ -94,6 +94,7 @@ from gateway.core.states import (
     DeviceState,
     check_transition,
 )
+from gateway.store.approval import not_approved_reason, offerable
 from gateway.store.errors import StoreError
 from gateway.store.model import CatalogEntry, DeviceDescriptor
 from gateway.store.selection import SelectionIndex, explain_selection, rejection
@@ -490,12 +491,18 @@ class UpdateCore:
             reason = f"{tag} wave {wave + 1}: {entry.version_string} ({entry.numeric_version})"
             rollout_id = r.rollout_id
         else:
-            if not eff.auto_approve and eff.pin_version is None:
+            # Approval (gateway/store/approval.py): only approved entries are candidates; a pin is an approval.
+            every = self._index.candidates(desc)
+            cands = [
+                e
+                for e in every
+                if eff.pin_version is not None
+                or offerable(e, lambda sel: selector_matches(sel, rec), auto_approve=eff.auto_approve)
+            ]
+            if not cands:
                 return Decision(
-                    "not_available",
-                    f"auto-approve is off ({eff.source()}); updates come only through rollouts",
+                    "not_available", not_approved_reason(every, desc, eff.auto_approve, eff.source())
                 )
-            cands = self._index.candidates(desc)
             permitted: list[CatalogEntry] = []
             refused: list[str] = []
             for e in cands:

@@ -139,7 +139,8 @@ def zigbee_dev(
 
 
 def config(tmp: Path, **policy: Any) -> Config:
-    return parse_config({"data_dir": str(tmp), "policy": policy})
+    # These tests exercise policy, not approval: images are offered as soon as they are in the catalog.
+    return parse_config({"data_dir": str(tmp), "policy": {"auto_approve": True, **policy}})
 
 
 CoreFactory = Callable[..., Awaitable[UpdateCore]]

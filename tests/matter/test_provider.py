@@ -84,7 +84,13 @@ async def make_env(
     policy: dict[str, Any] | None = None,
     images: dict[int, bytes] | None = None,
 ) -> Env:
-    cfg = parse_config({"data_dir": str(tmp_path), "matter": matter or {}, "policy": policy or {}})
+    cfg = parse_config(
+        {
+            "data_dir": str(tmp_path),
+            "matter": matter or {},
+            "policy": {"auto_approve": True, **(policy or {})},
+        }
+    )
     store = ImageStore(tmp_path)
     await store.open()
     imgs = images if images is not None else {2: image(2)}
