@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -37,6 +38,8 @@ from gateway.store.errors import (
     StoreError,
 )
 from gateway.store.model import CatalogEntry, ProtocolName
+
+log = logging.getLogger(__name__)
 
 __all__ = ["EXTRA_KEYS", "ImageCheck", "ImageStore", "ImportResult", "apply_extra", "entry_from_image"]
 
@@ -403,6 +406,14 @@ class ImageStore:
             if await self.catalog.sha_refs(entry.sha256) == 0:
                 await asyncio.to_thread(self.blobs.remove, entry.sha256)
         return entry
+
+    async def mark_invalid(self, image_id: str, reason: str) -> None:
+        """Never offer the entry again: its blob no longer matches its digest (`reason` says how it was found).
+
+        The entry stays listed (marked invalid) so an operator sees it and removes it; selection refuses it."""
+        async with self._lock:
+            if not await self.catalog.mark_invalid(image_id):
+                log.info("mark_invalid: image %s is no longer in the catalog (%s)", image_id, reason)
 
     async def entries_for(
         self, protocol: ProtocolName, vendor_id: int, product_id: int
