@@ -16,7 +16,7 @@ from typing import Any
 from gateway.clock import Clock
 from gateway.config import PolicyConfig
 from gateway.core.events import CoreEvent, Counters, EventBus
-from gateway.core.interface import DeviceInfo
+from gateway.core.interface import DeviceInfo, ReportedStatus, StatusReport
 from gateway.core.ledger import TransferLedger
 from gateway.core.records import DeviceRecord, HistoryEntry
 from gateway.core.repository import RecordsRepository
@@ -24,6 +24,7 @@ from gateway.core.states import (
     APPLY_STATES,
     TERMINAL_STATES,
     TRANSFER_STATES,
+    TRANSITIONS,
     DeviceState,
     check_transition,
 )
@@ -227,6 +228,94 @@ class RecordBook:
                 hist,
                 now,
             )
+
+    def on_status(
+        self, rec: DeviceRecord, report: StatusReport, now: float, hist: list[HistoryEntry]
+    ) -> None:
+        """What a device says about itself (reference 003 status, Matter NotifyUpdateApplied) moves its episode."""
+        st = rec.state
+        rs = ReportedStatus
+        if (
+            report.status == rs.NOTIFIED
+            and st in (S.IDLE, S.UPDATE_AVAILABLE, S.WAITING_FOR_WINDOW)
+            and rec.target_version
+        ):
+            self.transition(rec, S.NOTIFIED, "device reports it was notified", hist, now)
+        elif report.status == rs.DOWNLOADING and st == S.QUERYING:
+            self.transition(rec, S.DOWNLOADING, "device reports downloading", hist, now)
+        elif report.status == rs.UPDATING and st in (S.DOWNLOADED, S.WAITING_TO_APPLY):
+            self.transition(rec, S.APPLYING, "device reports installing", hist, now)
+            rec.verify_deadline = rec.verify_deadline or now + self.policy.verify_deadline_s
+        elif report.status == rs.SUCCESSFULLY_UPDATED:
+            if st in (S.DOWNLOADED, S.WAITING_TO_APPLY):
+                self.transition(rec, S.APPLYING, "device reports installing", hist, now)
+                rec.verify_deadline = rec.verify_deadline or now + self.policy.verify_deadline_s
+            if rec.state == S.APPLYING:
+                self.transition(
+                    rec,
+                    S.VERIFYING,
+                    "device reports success; waiting for it to report the version",
+                    hist,
+                    now,
+                )
+        elif report.status == rs.FAILED_TO_UPDATE:
+            why = f"device reports failure: {report.error or 'no error text'}"
+            if S.FAILED in TRANSITIONS[st]:
+                self.transition(rec, S.FAILED, why, hist, now)
+            else:  # nothing of ours in flight: keep the word, change no state
+                rec.last_error = why
+
+    def fire_timers(
+        self, now: float, window_open: Callable[[DeviceRecord, float], bool]
+    ) -> tuple[list[DeviceRecord], list[HistoryEntry]]:
+        """Every due timer of the live records: stale transfers, apply times, verification deadlines, download
+        windows opening, notified devices that never asked. Returns the changed records and their history."""
+        pol = self.policy
+        changed: list[DeviceRecord] = []
+        hist: list[HistoryEntry] = []
+        for rec in self.live_records():
+            n = len(hist)
+            st = rec.state
+            if st in (S.QUERYING, S.DOWNLOADING, S.DOWNLOADED):
+                since = rec.last_progress_at or rec.state_since
+                if now - since >= pol.stale_transfer_s:
+                    what = (
+                        "no apply request"
+                        if st == S.DOWNLOADED
+                        else f"no block (acknowledged {rec.acked_offset}"
+                    )
+                    what += "" if st == S.DOWNLOADED else f" of {rec.target_size} bytes)"
+                    self.transition(
+                        rec, S.FAILED, f"transfer expired: {what} for {now - since:.0f} s", hist, now
+                    )
+            elif st == S.WAITING_TO_APPLY:
+                if rec.apply_at is not None and now >= rec.apply_at:
+                    self.transition(rec, S.APPLYING, "apply time reached", hist, now)
+                elif rec.apply_at is None and now - max(rec.state_since, rec.last_progress_at or 0.0) >= (
+                    pol.max_apply_delay_s + pol.stale_transfer_s
+                ):
+                    self.transition(rec, S.FAILED, "device never asked again to apply", hist, now)
+            elif st in APPLY_STATES:
+                deadline = rec.verify_deadline or rec.state_since + pol.verify_deadline_s
+                if now >= deadline:
+                    self.transition(
+                        rec,
+                        S.FAILED,
+                        f"not verified: device did not report version {rec.target_version_string} "
+                        f"({rec.target_version}) within {pol.verify_deadline_s} s of the apply time",
+                        hist,
+                        now,
+                    )
+            elif st == S.WAITING_FOR_WINDOW:
+                if window_open(rec, now):
+                    self.transition(rec, S.UPDATE_AVAILABLE, "download window open", hist, now)
+            elif st == S.NOTIFIED and now - rec.state_since >= pol.stale_transfer_s:
+                self.transition(
+                    rec, S.UPDATE_AVAILABLE, "notified device did not ask; notify again", hist, now
+                )
+            if len(hist) > n:
+                changed.append(rec)
+        return changed, hist
 
     # -------------------------------------------------------------------------------------- persistence
     async def save(self, recs: Sequence[DeviceRecord], hist: list[HistoryEntry]) -> None:

@@ -87,7 +87,6 @@ from gateway.core.states import (
     APPLY_STATES,
     PAUSABLE_STATES,
     TERMINAL_STATES,
-    TRANSITIONS,
     DeviceState,
 )
 from gateway.store.errors import CorruptBlobError, StoreError
@@ -706,37 +705,7 @@ class UpdateCore:
         if report.percent is not None:
             rec.reported_percent = max(0, min(100, report.percent))
         hist: list[HistoryEntry] = []
-        st = rec.state
-        rs = ReportedStatus
-        if (
-            report.status == rs.NOTIFIED
-            and st in (S.IDLE, S.UPDATE_AVAILABLE, S.WAITING_FOR_WINDOW)
-            and rec.target_version
-        ):
-            self._book.transition(rec, S.NOTIFIED, "device reports it was notified", hist, now)
-        elif report.status == rs.DOWNLOADING and st == S.QUERYING:
-            self._book.transition(rec, S.DOWNLOADING, "device reports downloading", hist, now)
-        elif report.status == rs.UPDATING and st in (S.DOWNLOADED, S.WAITING_TO_APPLY):
-            self._book.transition(rec, S.APPLYING, "device reports installing", hist, now)
-            rec.verify_deadline = rec.verify_deadline or now + self.config.policy.verify_deadline_s
-        elif report.status == rs.SUCCESSFULLY_UPDATED:
-            if st in (S.DOWNLOADED, S.WAITING_TO_APPLY):
-                self._book.transition(rec, S.APPLYING, "device reports installing", hist, now)
-                rec.verify_deadline = rec.verify_deadline or now + self.config.policy.verify_deadline_s
-            if rec.state == S.APPLYING:
-                self._book.transition(
-                    rec,
-                    S.VERIFYING,
-                    "device reports success; waiting for it to report the version",
-                    hist,
-                    now,
-                )
-        elif report.status == rs.FAILED_TO_UPDATE:
-            why = f"device reports failure: {report.error or 'no error text'}"
-            if S.FAILED in TRANSITIONS[st]:
-                self._book.transition(rec, S.FAILED, why, hist, now)
-            else:  # nothing of ours in flight: keep the word, change no state
-                rec.last_error = why
+        self._book.on_status(rec, report, now, hist)
         if report.percent is not None:
             self._book.publish(
                 "progress", device_id=rec.device_id, data={"percent": rec.reported_percent, "reported": True}
@@ -776,52 +745,7 @@ class UpdateCore:
         if self.role != "gateway":
             return
         now = self.clock.now()
-        pol = self.config.policy
-        changed: list[DeviceRecord] = []
-        hist: list[HistoryEntry] = []
-        for rec in self._book.live_records():
-            n = len(hist)
-            st = rec.state
-            if st in (S.QUERYING, S.DOWNLOADING, S.DOWNLOADED):
-                since = rec.last_progress_at or rec.state_since
-                if now - since >= pol.stale_transfer_s:
-                    what = (
-                        "no apply request"
-                        if st == S.DOWNLOADED
-                        else f"no block (acknowledged {rec.acked_offset}"
-                    )
-                    what += "" if st == S.DOWNLOADED else f" of {rec.target_size} bytes)"
-                    self._book.transition(
-                        rec, S.FAILED, f"transfer expired: {what} for {now - since:.0f} s", hist, now
-                    )
-            elif st == S.WAITING_TO_APPLY:
-                if rec.apply_at is not None and now >= rec.apply_at:
-                    self._book.transition(rec, S.APPLYING, "apply time reached", hist, now)
-                elif rec.apply_at is None and now - max(rec.state_since, rec.last_progress_at or 0.0) >= (
-                    pol.max_apply_delay_s + pol.stale_transfer_s
-                ):
-                    self._book.transition(rec, S.FAILED, "device never asked again to apply", hist, now)
-            elif st in APPLY_STATES:
-                deadline = rec.verify_deadline or rec.state_since + pol.verify_deadline_s
-                if now >= deadline:
-                    self._book.transition(
-                        rec,
-                        S.FAILED,
-                        f"not verified: device did not report version {rec.target_version_string} "
-                        f"({rec.target_version}) within {pol.verify_deadline_s} s of the apply time",
-                        hist,
-                        now,
-                    )
-            elif st == S.WAITING_FOR_WINDOW:
-                win = self._policy.window(self._policy.effective(rec).download_window)
-                if win is None or win.is_open(now):
-                    self._book.transition(rec, S.UPDATE_AVAILABLE, "download window open", hist, now)
-            elif st == S.NOTIFIED and now - rec.state_since >= pol.stale_transfer_s:
-                self._book.transition(
-                    rec, S.UPDATE_AVAILABLE, "notified device did not ask; notify again", hist, now
-                )
-            if len(hist) > n:
-                changed.append(rec)
+        changed, hist = self._book.fire_timers(now, self._download_window_open)
         if changed:
             await self._book.save(changed, hist)
         await self._engine.advance_all(now)
@@ -833,6 +757,10 @@ class UpdateCore:
         if mono - self._pruned_at >= 86400:
             self._pruned_at = mono
             await self._repo.prune_history(now - HISTORY_KEEP_S)
+
+    def _download_window_open(self, rec: DeviceRecord, now: float) -> bool:
+        win = self._policy.window(self._policy.effective(rec).download_window)
+        return win is None or win.is_open(now)
 
     def _close_idle_readers(self) -> None:
         entries = self._catalog.entries
