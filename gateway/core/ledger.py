@@ -98,7 +98,7 @@ class TransferLedger:
         self.budget.release(device_id)
 
     def holds(self, device_id: str) -> bool:
-        return self.budget.holds(device_id)
+        return device_id in self.budget.holders
 
     def has_room(self, protocol: str, network: str) -> bool:
         return all(used < limit for _, limit, used in self.budget.limits(protocol, network))

@@ -523,8 +523,9 @@ class UpdateCore:
         if rec.state == S.PAUSED:
             return Wait(pol.busy_retry_s, f"paused: {rec.state_reason}")
         hist: list[HistoryEntry] = []
-        if rec.state in (S.QUERYING, S.DOWNLOADING):
-            ok, why = self._ledger.try_acquire(rec, now)
+        ledger = self._ledger
+        if rec.state in (S.QUERYING, S.DOWNLOADING) and not ledger.holds(rec.device_id):  # holders: fast path
+            ok, why = ledger.try_acquire(rec, now)
             if not ok:
                 return Wait(pol.busy_retry_s * (2 if rec.sleepy else 1), why)
         size = rec.target_size or 0
