@@ -13,7 +13,7 @@ How a request proves it:
 - `?token=<token>` on the event stream only (`/api/v1/events`), for EventSource clients that can neither set
   headers nor hold a cookie.
 
-Exempt: `/healthz`, the dashboard's static assets (the same files that ship in the package) and the login page.
+Exempt: `/healthz`, `/livez`, the dashboard's static assets (the same files that ship in the package) and the login page.
 Comparisons are constant-time (`hmac.compare_digest`).
 """
 
@@ -36,7 +36,7 @@ TOKEN_FILE = "api-token"
 COOKIE = "otagw_session"
 CSRF_HEADER = "X-OTAGW-CSRF"
 QUERY_TOKEN_PATHS = frozenset({"/api/v1/events"})
-PUBLIC_PATHS = frozenset({"/healthz", "/login", "/favicon.ico"})
+PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/login", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
