@@ -18,7 +18,8 @@ import click
 from gateway.cli import CliContext, UserError, image
 from gateway.config import Config
 from gateway.core.policy import selector_matches
-from gateway.core.records import StateDB, StateDBError
+from gateway.core.records import StateDBError
+from gateway.core.repository import StateDB
 from gateway.store.approval import APPROVED, approval_selector, describe_approval, is_upstream, reach
 from gateway.store.errors import StoreError
 from gateway.store.importers import (

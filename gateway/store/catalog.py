@@ -320,6 +320,20 @@ class Catalog:
             raise
         return deleted
 
+    async def mark_invalid(self, image_id: str) -> bool:
+        """Set the entry's `valid` flag to false (its blob is corrupt); False when there is no such entry."""
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = await db.execute("UPDATE images SET valid = 0 WHERE image_id = ?", (image_id,))
+            changed = cur.rowcount > 0
+            await cur.close()
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+        return changed
+
     # ---------------------------------------------------------------------------------------- reads
     async def _query(self, sql: str, params: Iterable[Any] = ()) -> list[CatalogEntry]:
         async with self.db.execute(sql, tuple(params)) as cur:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -39,6 +40,8 @@ from gateway.store.errors import (
     StoreError,
 )
 from gateway.store.model import CatalogEntry, ProtocolName
+
+log = logging.getLogger(__name__)
 
 __all__ = ["EXTRA_KEYS", "ImageCheck", "ImageStore", "ImportResult", "apply_extra", "entry_from_image"]
 
@@ -465,6 +468,13 @@ class ImageStore:
                 image_id, AVAILABLE, approved_by=by, approved_at=self._clock.now()
             )
         return True
+    async def mark_invalid(self, image_id: str, reason: str) -> None:
+        """Never offer the entry again: its blob no longer matches its digest (`reason` says how it was found).
+
+        The entry stays listed (marked invalid) so an operator sees it and removes it; selection refuses it."""
+        async with self._lock:
+            if not await self.catalog.mark_invalid(image_id):
+                log.info("mark_invalid: image %s is no longer in the catalog (%s)", image_id, reason)
 
     async def entries_for(
         self, protocol: ProtocolName, vendor_id: int, product_id: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,10 @@ class FakeStore:
     def open_reader(self, entry: CatalogEntry) -> MemReader:
         self.opened += 1
         return MemReader(entry.size)
+
+    async def mark_invalid(self, image_id: str, reason: str) -> None:
+        if image_id in self.entries:
+            self.entries[image_id] = replace(self.entries[image_id], valid=False)
 
 
 def matter_dev(
