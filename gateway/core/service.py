@@ -276,6 +276,17 @@ class UpdateCore:
         self._data_version = dv
         for r, old in await self._engine.reload():
             await self._engine.external_change(r, old)
+        await self._merge_external_overrides()
+
+    async def _merge_external_overrides(self) -> None:
+        """Owner overrides another process wrote (`otagw devices rename` etc.) replace the in-memory ones."""
+        for device_id, values in (await self._repo.load_overrides()).items():
+            rec = self._book.devices.get(device_id)
+            if rec is None or all(getattr(rec, k) == v for k, v in values.items()):
+                continue
+            for k, v in values.items():
+                setattr(rec, k, v)
+            self._book.publish("device", device_id=device_id, reason="owner overrides changed", data=values)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -733,6 +744,47 @@ class UpdateCore:
         hist: list[HistoryEntry] = []
         self._book.transition(rec, S.NOTIFIED, reason, hist, self.clock.now())
         await self._book.save([rec], hist)
+
+    async def set_overrides(self, device_id: str, **values: Any) -> DeviceRecord:
+        """Set the owner's per-device overrides (name, pinned_version, excluded); the policy applies them at once.
+
+        Raises KeyError for an unknown device, ValueError for an unknown override.
+        """
+        rec = self._book.devices.get(device_id)
+        if rec is None:
+            raise KeyError(device_id)
+        if not await self._repo.set_overrides(device_id, values):
+            raise KeyError(device_id)
+        for k, v in values.items():
+            setattr(rec, k, v)
+        if self.role == "gateway":
+            await self._book.save([rec], [])
+            # a newly excluded or pinned device may have an offer pending that policy now refuses
+            self._book.mark_dirty(rec)
+        self._book.publish("device", device_id=device_id, reason="owner overrides changed", data=dict(values))
+        return dataclasses.replace(rec)
+
+    async def retry_now(self, device_id: str, reason: str = "retry requested by the owner") -> DeviceRecord:
+        """A failed device is offered its target again now (the back-off timer is cleared).
+
+        Raises KeyError for an unknown device, RolloutError (with the reason) when there is nothing to retry.
+        """
+        rec = self._book.devices.get(device_id)
+        if rec is None:
+            raise KeyError(device_id)
+        if rec.state != S.FAILED:
+            raise RolloutError(f"device {device_id} is {rec.state.value}, not failed: nothing to retry")
+        if rec.target_image_id is None or rec.target_image_id not in self._catalog.entries:
+            raise RolloutError(f"device {device_id} has no target image left to retry")
+        entry = self._catalog.entries[rec.target_image_id]
+        ok, why = version_permitted(self._policy.effective(rec), entry)
+        if not ok:
+            raise RolloutError(f"policy refuses: {why}")
+        hist: list[HistoryEntry] = []
+        rec.next_retry_at = None
+        self._book.transition(rec, S.UPDATE_AVAILABLE, reason, hist, self.clock.now())
+        await self._book.save([rec], hist)
+        return dataclasses.replace(rec)
 
     def devices_to_notify(self) -> list[DeviceKey]:
         """(additive) Devices with an update due that have not been offered it (state update_available)."""
