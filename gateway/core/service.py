@@ -55,7 +55,7 @@ from typing import Any, Literal, Protocol
 
 from gateway.clock import Clock
 from gateway.config import Config, PolicySelector
-from gateway.core.decide import CatalogView, Decision, decide
+from gateway.core.decide import CatalogView, Decision, decide, descriptor
 from gateway.core.events import CoreEvent, Counters, EventBus
 from gateway.core.interface import (
     ApplyAction,
@@ -91,7 +91,7 @@ from gateway.core.states import (
 )
 from gateway.store.errors import CorruptBlobError, StoreError
 from gateway.store.model import CatalogEntry
-from gateway.store.selection import SelectionIndex
+from gateway.store.selection import SelectionIndex, rejection
 
 __all__ = ["CHANGE_POLL_S", "Decision", "ImageSource", "UpdateCore"]
 
@@ -763,6 +763,56 @@ class UpdateCore:
             self._book.mark_dirty(rec)
         self._book.publish("device", device_id=device_id, reason="owner overrides changed", data=dict(values))
         return dataclasses.replace(rec)
+
+    async def single_device_target(self, device_id: str, image: str | None = None) -> CatalogEntry:
+        """The image an "update this device now" rollout would send, checked against the policy.
+
+        `image` None: the newest valid catalog image that applies to the device and that policy permits.
+        Raises KeyError for an unknown device, RolloutError naming why not (busy, excluded, pinned, blocked,
+        not applicable, nothing newer).
+        """
+        rec = self._book.devices.get(device_id)
+        if rec is None:
+            raise KeyError(device_id)
+        if rec.state in LIVE_STATES and rec.state not in (
+            S.UPDATE_AVAILABLE,
+            S.NOTIFIED,
+            S.WAITING_FOR_WINDOW,
+        ):
+            raise RolloutError(f"device is busy ({rec.state.value}); wait until the current episode ends")
+        if not rec.present:
+            raise RolloutError("device left the network")
+        desc = descriptor(rec)
+        if desc is None:
+            raise RolloutError(
+                "device has not told its vendor, product and version yet; wait for it to report"
+            )
+        eff = self._policy.effective(rec)
+        await self._refresh_catalog()
+        if image is not None:
+            try:
+                candidates = [await self.store.get(image)]
+            except StoreError as exc:
+                raise RolloutError(str(exc)) from None
+        else:
+            candidates = sorted(
+                (e for e in self._catalog.entries.values() if e.valid and e.protocol == rec.protocol),
+                key=lambda e: e.numeric_version,
+                reverse=True,
+            )
+        why = "no image in the catalog for this device's vendor and product"
+        for entry in candidates:
+            refused = rejection(entry, desc, allow_downgrade=eff.allow_downgrade)
+            if refused is not None:
+                if image is not None or not refused.startswith("is "):  # "is for ...": another product's
+                    why = f"image {entry.image_id} ({entry.version_string}): {refused}"
+                continue
+            ok, reason = version_permitted(eff, entry)
+            if not ok:
+                why = f"policy refuses ({eff.source()}): {reason}"
+                continue
+            return entry
+        raise RolloutError(why)
 
     async def retry_now(self, device_id: str, reason: str = "retry requested by the owner") -> DeviceRecord:
         """A failed device is offered its target again now (the back-off timer is cleared).
