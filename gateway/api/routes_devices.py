@@ -153,8 +153,8 @@ def _device_id(request: web.Request) -> str:
 async def patch_device(request: web.Request) -> web.Response:
     """Rename the device, pin it to a version or exclude it from updates (the owner's overrides)."""
     core = services(request).core
+    body = await parse_body(request, DeviceOverrides)  # a malformed body is 400/422 whatever the device
     device_id = _device_id(request)
-    body = await parse_body(request, DeviceOverrides)
     values: dict[str, Any] = {}
     for key in body.model_fields_set:
         value = getattr(body, key)
@@ -178,8 +178,8 @@ async def update_now(request: web.Request) -> web.Response:
     """
     svc = services(request)
     core = svc.core
-    device_id = _device_id(request)
     body = await parse_body(request, UpdateNow)
+    device_id = _device_id(request)
     rec = core.get_device(device_id)
     assert rec is not None
     try:
