@@ -29,11 +29,17 @@ PATH = "/api/v1/devices/" + DEV
 async def setup(h: ApiHarness, version: int = 0x200) -> dict:
     img = (
         await h.call(
-            "POST", "/api/v1/images?file_name=fw.zigbee", 201, data=zigbee_image(version=version), headers=OCTET
+            "POST",
+            "/api/v1/images?file_name=fw.zigbee",
+            201,
+            data=zigbee_image(version=version),
+            headers=OCTET,
         )
     )["image"]
     # 0x1135: dresden elektronik in the shipped manufacturer table; the device reports no ManufacturerName
-    await h.core.observe(DeviceInfo(KEY, vendor_id=0x1135, product_id=1, current_version=0x100, model="FLS-PP3"))
+    await h.core.observe(
+        DeviceInfo(KEY, vendor_id=0x1135, product_id=1, current_version=0x100, model="FLS-PP3")
+    )
     return img
 
 
@@ -115,7 +121,11 @@ async def test_retry_failed_device(harness: ApiHarness) -> None:
     assert isinstance(answer, Available)
     await h.core.download_failed(answer.token, "radio lost the device")
     d = await h.call("GET", PATH, 200)
-    assert d["state"] == "failed" and d["last_error"] == "download failed: radio lost the device" and d["next_retry_at"] is not None
+    assert (
+        d["state"] == "failed"
+        and d["last_error"] == "download failed: radio lost the device"
+        and d["next_retry_at"] is not None
+    )
     d = await h.call("POST", PATH + "/retry", 200)
     assert d["state"] == "update_available" and d["next_retry_at"] is None
     answer = await h.core.query(DeviceInfo(KEY, vendor_id=0x1135, product_id=1, current_version=0x100))
@@ -143,13 +153,17 @@ async def test_cli_rename_reaches_running_core(harness: ApiHarness, tmp_path: Pa
     await setup(h)
     cfg = tmp_path / "otagw.yaml"
     cfg.write_text(f"data_dir: {h.config.data_dir}\napi:\n  token: {TOKEN}\n")
-    out = await asyncio.to_thread(CliRunner().invoke, main, ["--config", str(cfg), "devices", "rename", "66:01", "Hall light"])
+    out = await asyncio.to_thread(
+        CliRunner().invoke, main, ["--config", str(cfg), "devices", "rename", "66:01", "Hall light"]
+    )
     assert out.exit_code == 0, out.output
     assert "named 'Hall light'" in out.output
     await h.core.sweep()  # the running gateway merges what another process committed
     d = await h.call("GET", PATH, 200)
     assert d["name"] == "Hall light" and d["display_name"] == "Hall light"
-    out = await asyncio.to_thread(CliRunner().invoke, main, ["--config", str(cfg), "devices", "rename", "nope", "x"])
+    out = await asyncio.to_thread(
+        CliRunner().invoke, main, ["--config", str(cfg), "devices", "rename", "nope", "x"]
+    )
     assert out.exit_code != 0 and "no device matching" in out.output
 
 

@@ -189,7 +189,7 @@ function applyProgress(ev) {
   if (offset !== undefined) {
     d.acked_offset = offset;
     const s = state.samples.get(d.device_id) || [];
-    s.push([Date.now() / 1000, offset]);
+    s.push([ev.at ?? Date.now() / 1000, offset]);  // the gateway's clock: the rate is the device's, not the page's
     while (s.length > 30) s.shift();
     state.samples.set(d.device_id, s);
   }
@@ -221,12 +221,17 @@ function currentDevice() {
   return m ? decodeURIComponent(m[1]) : null;
 }
 function rateAndEta(d) {
+  if (!d.target_size) return null;
   const s = state.samples.get(d.device_id);
-  if (!s || s.length < 2 || !d.target_size) return null;
-  const [t0, o0] = s[0], [t1, o1] = s[s.length - 1];
-  if (t1 <= t0 || o1 <= o0) return null;
-  const rate = (o1 - o0) / (t1 - t0);
-  return { rate, eta: (d.target_size - o1) / rate };
+  let rate = null, at = d.acked_offset;
+  if (s && s.length >= 2) {  // recent progress events
+    const [t0, o0] = s[0], [t1, o1] = s[s.length - 1];
+    if (t1 > t0 && o1 > o0) { rate = (o1 - o0) / (t1 - t0); at = o1; }
+  }
+  if (rate === null && d.state === "downloading" && d.last_progress_at > d.state_since && d.acked_offset > 0) {
+    rate = d.acked_offset / (d.last_progress_at - d.state_since);  // the record: bytes since the download began
+  }
+  return rate ? { rate, eta: (d.target_size - at) / rate } : null;
 }
 function renderTransfer(d) {
   const box = $("#dv-transfer");
