@@ -125,8 +125,14 @@ async def no_sideways_scroll(b: Browser, what: str) -> None:
 
 
 async def shot(b: Browser, name: str) -> None:
+    """The whole page (the window grows to the page's height for the picture, then returns)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
+    width, height, full = await b.js(
+        "return [window.outerWidth, window.outerHeight, document.scrollingElement.scrollHeight]"
+    )
+    await b.size(width, min(full + (height - 700), 5000))
     await b.screenshot(SHOTS / f"{name}.png")
+    await b.size(width, height)
 
 
 async def test_rename_update_now_and_failed_device(env: Env) -> None:
@@ -352,7 +358,11 @@ async def test_phone_width_and_adapter_banner(env: Env) -> None:
         "next_retry_at": env.clock.now() + 40,
     }
     await env.core.create_rollout(env.image_id, waves=["1", "100%"], soak_s=0)
-    await drive_update(env, 1, fail="device reported ABORT")
+    # the device the rollout picked for wave 1 fails
+    [first] = [
+        n for n in range(1, 4) if env.core.get_device(key(n).device_id).state == DeviceState.UPDATE_AVAILABLE
+    ]  # type: ignore[union-attr]
+    await drive_update(env, first, fail="device reported ABORT")
     async with Browser() as b:
         await login(b, env, width=1280)
         await b.wait_for("return !document.getElementById('banner').hidden", what="adapter banner")
@@ -365,7 +375,7 @@ async def test_phone_width_and_adapter_banner(env: Env) -> None:
         await shot(b, "overview-360")
         await b.js("document.getElementById('new-rollout').open = true")
         await no_sideways_scroll(b, "rollout form at 360 px")
-        await b.js(f"{ROW}.querySelector('a.dev-name').click()", key(1).device_id)
+        await b.js(f"{ROW}.querySelector('a.dev-name').click()", key(first).device_id)
         await b.wait_for("return !document.getElementById('device-view').hidden", what="device page")
         await b.wait_for("return document.querySelectorAll('#dv-history li').length >= 3", what="timeline")
         await no_sideways_scroll(b, "device page at 360 px")

@@ -118,7 +118,7 @@ function progressCell(d) {
   const pct = d.percent === null || d.percent === undefined ? null : d.percent;
   const showBar = pct !== null && d.state !== "idle";
   return el("td", { class: "progress-col", "data-label": "Progress" },
-    showBar ? progressBar(d) : el("div", { class: "bar g-rest" }, el("div", { class: "fill", "data-percent": "" })),
+    showBar ? progressBar(d) : el("div", { class: "bar g-rest empty", "aria-hidden": "true" }, el("div", { class: "fill", "data-percent": "" })),
     el("span", { class: "pct" }, showBar ? pct + "%" : ""));
 }
 function shortAddress(d) {  // enough of the address to tell identical models apart; the full id is on hover
@@ -131,7 +131,9 @@ function deviceRow(d) {
   return el("tr", { "data-device-id": d.device_id, "data-state": d.state, class: "st-" + (STATE_GROUP[d.state] || "rest") },
     el("td", { class: "dev", "data-label": "Device" },
       name, " ", el("span", { class: "badge " + d.protocol }, d.protocol),
-      el("div", { class: "muted small" }, makerModel(d), " · ", el("span", { class: "mono", title: d.device_id }, shortAddress(d)))),
+      // maker and model under the name only when the name is not already made of them
+      el("div", { class: "muted small" }, d.name || (d.extra && d.extra.node_label) ? makerModel(d) + " · " : "",
+        el("span", { class: "mono", title: d.device_id }, shortAddress(d)))),
     el("td", { "data-label": "Version" }, versionSpan(d.protocol, d.current_version, d.current_version_string),
       d.target_version !== null && d.target_version !== d.current_version && !["idle", "updated"].includes(d.state)
         ? el("span", { class: "muted" }, " → ", versionSpan(d.protocol, d.target_version, d.target_version_string)) : null),
@@ -515,7 +517,7 @@ function renderBanner() {
     const left = a.next_retry_at ? a.next_retry_at - Date.now() / 1000 : null;
     return el("p", { class: "adapter a-" + a.state, "data-adapter": name },
       el("strong", {}, `${name[0].toUpperCase() + name.slice(1)} adapter ${a.state}`), ": ", a.error || "no reason given",
-      a.next_retry_at ? ` — next retry at ${when(a.next_retry_at)} (in ${duration(left)})` : " — not retried automatically; check the configuration and restart",
+      a.next_retry_at ? ` — next retry at ${when(a.next_retry_at)}` + (left > 0 ? ` (in ${duration(left)})` : "") : " — not retried automatically; check the configuration and restart",
       a.attempts ? ` · ${a.attempts} attempt(s) so far` : "");
   }));
   clearTimeout(healthTimer);
