@@ -178,7 +178,9 @@ function upsertDevice(d) {
   const row = document.querySelector(`tr[data-device-id="${CSS.escape(d.device_id)}"]`);
   if (row && matchesFilter(d)) { row.replaceWith(deviceRow(d)); renderSummary(); } else renderDevices();
   if (currentDevice() === d.device_id) renderDevicePage();
+  if (!imagesTimer) imagesTimer = setTimeout(() => { imagesTimer = null; renderImages(); }, 300);  // "applies to" counts
 }
+let imagesTimer = null;
 function applyProgress(ev) {
   const d = state.devices.get(ev.device_id);
   if (!d) { refreshDevice(ev.device_id); return; }
