@@ -1,7 +1,7 @@
 """The Matter adapter the service starts: fabric admin + the Python OTA Provider node + the admin loop.
 
 `MatterAdapter(matter_config, core, clock, data_dir)` (its `MatterConfig` section, like the Zigbee adapter); `await start()` / `await stop()`. Start-up, in order:
-  1. preconditions: IPv6 sockets, the chip SDK controller worker (root, unshare, SDK importable); otherwise
+  1. preconditions: IPv6 sockets, the chip SDK controller worker (SDK importable, a /data per datadir.py); otherwise
      `AdapterStartError` with the reason (the gateway serves without Matter);
   2. the fabric (`FabricAdmin`, storage in `<data_dir>/matter/`, owner-only): created on first start, loaded later;
      the provider node's NOC is minted on it by the same controller (M2's identity.py) and kept in credentials/;
