@@ -203,11 +203,17 @@ class MatterAdapter:
         return matter_device_key(self.fabric.compressed_fabric_id, node_id)
 
     async def commission(
-        self, code: str, *, ip: str | None = None, node_id: int | None = None, timeout_s: float = 60.0
+        self,
+        code: str,
+        *,
+        ip: str | None = None,
+        port: int | None = None,
+        node_id: int | None = None,
+        timeout_s: float = 60.0,
     ) -> dict[str, Any]:
         """Commission a device onto our fabric and adopt it (observe, provider, subscription)."""
         assert self.admin is not None
-        entry = await self.admin.commission(code, ip=ip, node_id=node_id, timeout_s=timeout_s)
+        entry = await self.admin.commission(code, ip=ip, port=port, node_id=node_id, timeout_s=timeout_s)
         await self.adopt(entry.node_id)
         return asdict(self.admin.nodes[entry.node_id])
 
@@ -423,6 +429,7 @@ class MatterAdapter:
                 result: Any = await self.commission(
                     str(req["code"]),
                     ip=req.get("ip"),
+                    port=req.get("port"),
                     node_id=req.get("node_id"),
                     timeout_s=float(req.get("timeout_s", 60)),
                 )

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters.matter.fabric.address import parse_device_address
 from adapters.matter.fabric.controller import ControllerError, ControllerRunner
 from adapters.matter.fabric.identity import ensure_identity
 from gateway.config import MatterConfig
@@ -212,11 +213,21 @@ class FabricAdmin:
         return max([FIRST_NODE_ID - 1, *self.nodes]) + 1
 
     async def commission(
-        self, code: str, *, ip: str | None = None, node_id: int | None = None, timeout_s: float = 60.0
+        self,
+        code: str,
+        *,
+        ip: str | None = None,
+        port: int | None = None,
+        node_id: int | None = None,
+        timeout_s: float = 60.0,
     ) -> NodeEntry:
+        """Commission onto our fabric: by mDNS, or at `ip` (`ADDR`, `[v6]:PORT`, `v4:PORT`) and `port`."""
         nid = node_id or self.next_node_id()
+        where: dict[str, Any] = {}
+        if ip:
+            where["ip"], where["port"] = parse_device_address(ip, port)
         got = await self.call(
-            "commission", _timeout=timeout_s + 60, code=code, node_id=nid, ip=ip, timeout_s=timeout_s
+            "commission", _timeout=timeout_s + 60, code=code, node_id=nid, timeout_s=timeout_s, **where
         )
         nid = int(got["node_id"])
         entry = self.nodes.get(nid) or NodeEntry(nid, time.time())

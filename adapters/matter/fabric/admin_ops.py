@@ -4,8 +4,8 @@ Runs *inside* the worker process (the chip SDK is imported lazily, per op). Ever
 `WorkerState` and a JSON args dict and returns JSON-able data:
 
   parse_code      {code}                                  -> {passcode, discriminator, long_discriminator, vendor_id..}
-  commission      {code, node_id, ip?, timeout_s?}        -> {node_id}   (QR "MT:..." or manual pairing code; on the
-                                                              network by mDNS, or at `ip` directly)
+  commission      {code, node_id, ip?, port?, timeout_s?} -> {node_id}   (QR "MT:..." or manual pairing code; on the
+                                                              network by mDNS, or at `ip` [`port`, 5540] directly)
   node_info       {node_id, timeout_ms?}                  -> BasicInformation + OTA requestor attributes (by name)
   set_provider    {node_id, provider_node_id, endpoint?}  -> DefaultOTAProviders after the write (our fabric's entry
                                                               replaced, other fabrics' entries untouched)
@@ -116,7 +116,9 @@ async def _op_commission(st: WorkerState, a: dict[str, Any]) -> Any:
     info = _parse(str(a["code"]))
     timeout_ms = int(float(a.get("timeout_s", 60)) * 1000)
     if a.get("ip"):
-        got = await ctrl.CommissionIP(str(a["ip"]), info["passcode"], node_id)
+        # PASE to ip:port, then commissioning over that session (CommissionIP has no port: 5540 only)
+        await ctrl.EstablishPASESessionIP(str(a["ip"]), info["passcode"], node_id, int(a.get("port") or 5540))
+        got = await ctrl.Commission(node_id)
     else:
         ftype = (
             FilterType.LONG_DISCRIMINATOR
