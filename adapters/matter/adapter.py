@@ -50,6 +50,7 @@ ANNOUNCE_REPEAT_S = 3600.0  # re-announce the same image to a silent node after 
 RETRY_S = 60.0  # a node that could not be reached is retried after this long
 VERIFY_BACKOFF_S = (3.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)  # SoftwareVersion read-backs after an install
 VERIFY_TIMEOUT_MS = 5000
+VERIFY_PARALLEL = 16  # read-backs in flight at once (each is one CASE session + read in the worker)
 SUBSCRIBE_MAX_S = (
     10  # max interval: a rebooted node's lost subscription is noticed (and re-made) within ~this
 )
@@ -64,7 +65,27 @@ _IDLE, _QUERYING, _DELAYED_ON_QUERY, _DOWNLOADING, _APPLYING, _DELAYED_ON_APPLY,
     6,
     7,
 )
-_FAILURE = 2  # ChangeReasonEnum
+_FAILURE, _TIMEOUT = 2, 3  # ChangeReasonEnum
+_STATE_NAMES = {
+    0: "Unknown",
+    1: "Idle",
+    2: "Querying",
+    3: "DelayedOnQuery",
+    4: "Downloading",
+    5: "Applying",
+    6: "DelayedOnApply",
+    7: "RollingBack",
+    8: "DelayedOnUserConsent",
+}
+_REASON_NAMES = {0: "Unknown", 1: "Success", 2: "Failure", 3: "TimeOut", 4: "DelayByProvider"}
+
+
+def _named(names: dict[int, str], value: Any) -> str:
+    return names.get(value, str(value)) if isinstance(value, int) else str(value)
+
+
+# record states in which a requestor-reported failure ends the episode (then the policy's retry back-off)
+_IN_FLIGHT = frozenset({"querying", "downloading", "downloaded", "waiting_to_apply", "applying", "verifying"})
 
 
 class AdapterStartError(Exception):
@@ -296,6 +317,7 @@ class MatterAdapter:
         if get is None:
             return
         wall = self.clock.now()
+        due: list[tuple[int, int]] = []
         for nid in list(self._adopted):
             rec = get(self.key(nid).device_id)
             if (
@@ -306,14 +328,23 @@ class MatterAdapter:
                 self._verify_at.pop(nid, None)
                 continue
             at, attempt = self._verify_at.setdefault(nid, (now + VERIFY_BACKOFF_S[0], 0))
-            if now < at:
-                continue
-            try:
-                await self._verify(self.key(nid), timeout_ms=VERIFY_TIMEOUT_MS)
-            except ControllerError as exc:
-                log.info("matter adapter: node 0x%016X not readable yet (%s)", nid, exc)
+            if now >= at:
+                due.append((nid, attempt))
+        if not due:
+            return
+        # in parallel, bounded: a fleet rebooting together is verified within seconds, not one timeout apart
+        limit = asyncio.Semaphore(VERIFY_PARALLEL)
+
+        async def read_back(nid: int, attempt: int) -> None:
+            async with limit:
+                try:
+                    await self._verify(self.key(nid), timeout_ms=VERIFY_TIMEOUT_MS)
+                except ControllerError as exc:
+                    log.info("matter adapter: node 0x%016X not readable yet (%s)", nid, exc)
             attempt += 1
             self._verify_at[nid] = (now + VERIFY_BACKOFF_S[min(attempt, len(VERIFY_BACKOFF_S) - 1)], attempt)
+
+        await asyncio.gather(*(read_back(nid, attempt) for nid, attempt in due))
 
     async def _announce_due(self) -> None:
         assert self.fabric is not None
@@ -382,31 +413,38 @@ class MatterAdapter:
                 with contextlib.suppress(ControllerError):
                     await self._verify(key)
             elif name == "DownloadError":
-                # not an update failure: the token stays live and the requestor retries (see provider.py)
-                log.info(
-                    "matter adapter: node 0x%016X download error at %s bytes (platform code %s)",
-                    node_id,
-                    data.get("bytesDownloaded"),
-                    data.get("platformCode"),
+                why = (
+                    f"download error at {data.get('bytesDownloaded')} bytes"
+                    f" ({data.get('progressPercent')}%, platform code {data.get('platformCode')})"
                 )
-            elif name == "StateTransition" and (
-                data.get("newState") == _ROLLING_BACK
-                or (
-                    data.get("previousState") == _APPLYING
-                    and data.get("newState") == _IDLE
-                    and data.get("reason") == _FAILURE
-                )
-            ):
-                await self.core.status_report(
-                    key,
-                    StatusReport(ReportedStatus.FAILED_TO_UPDATE, error=f"requestor state transition {data}"),
-                )
+                log.info("matter adapter: node 0x%016X %s", node_id, why)
+                await self._requestor_failed(key, why)
+            elif name == "StateTransition":
+                prev, new, reason = data.get("previousState"), data.get("newState"), data.get("reason")
+                if new == _ROLLING_BACK or (
+                    new == _IDLE and reason in (_FAILURE, _TIMEOUT) and prev not in (None, _IDLE)
+                ):
+                    await self._requestor_failed(
+                        key,
+                        f"requestor went {_named(_STATE_NAMES, prev)} -> {_named(_STATE_NAMES, new)}"
+                        f" ({_named(_REASON_NAMES, reason)})",
+                    )
         elif kind == "error":
             log.info(
                 "matter adapter: subscription to node 0x%016X: error %s (the SDK resubscribes)",
                 node_id,
                 ev.get("error"),
             )
+
+    async def _requestor_failed(self, key: DeviceKey, why: str) -> None:
+        """A failure the requestor reports ends the episode (FAILED with the reason; the policy's back-off then
+        decides the retry). Once per episode: DownloadError and the StateTransition that follows name one failure,
+        and the first (the more precise) keeps its words."""
+        get = getattr(self.core, "get_device", None)
+        rec = get(key.device_id) if get is not None else None
+        if rec is not None and rec.state.value not in _IN_FLIGHT:
+            return
+        await self.core.status_report(key, StatusReport(ReportedStatus.FAILED_TO_UPDATE, error=why))
 
     # ------------------------------------------------------------------------------------------ control socket
     async def _start_control(self) -> None:

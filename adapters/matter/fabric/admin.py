@@ -30,7 +30,10 @@ from adapters.matter.fabric.controller import ControllerError, ControllerRunner
 from adapters.matter.fabric.identity import ensure_identity
 from gateway.config import MatterConfig
 
-__all__ = ["FabricAdmin", "FabricBusyError", "NodeEntry", "load_nodes", "matter_dir"]
+# worker ops that only read a node or send it a command: safe to run side by side
+CONCURRENT_OPS = frozenset({"node_info", "announce", "poll_events", "read_attribute", "fabric_info"})
+
+__all__ = ["CONCURRENT_OPS", "FabricAdmin", "FabricBusyError", "NodeEntry", "load_nodes", "matter_dir"]
 
 OPS_MODULE = "adapters.matter.fabric.admin_ops"
 FIRST_NODE_ID = 0x0000_0000_0000_1001
@@ -184,6 +187,10 @@ class FabricAdmin:
         await self.close()
 
     async def call(self, op: str, _timeout: float | None = None, **args: Any) -> Any:
+        """One worker op. Reads and announces run concurrently (the worker runs each request as its own task, so
+        ten rebooted nodes are read back at once); ops that change the controller's state go one at a time."""
+        if op in CONCURRENT_OPS:
+            return await asyncio.to_thread(self.runner.call, op, _timeout, **args)
         async with self._call_lock:
             return await asyncio.to_thread(self.runner.call, op, _timeout, **args)
 
