@@ -261,6 +261,9 @@ class MatterConfig(Section):
         None, description="directory of PAA certificates (DER) for attestation"
     )
     announce: bool = Field(True, description="send AnnounceOTAProvider when an update is due for a node")
+    announce_check_s: float = Field(
+        15.0, gt=0, le=86400, description="how often the plan is checked for nodes to announce to"
+    )
     max_transfers: int = Field(64, ge=1, description="concurrent BDX transfers the provider serves")
     bdx_block_size: int = Field(1024, ge=64, le=8192, description="max BDX block size offered")
     test_mode: MatterTestMode | None = Field(

@@ -62,6 +62,20 @@ class AdapterRuntime:
     instance: Any = None
 
 
+async def _notify_via(adapters: list[AdapterRuntime], protocol: str, device_id: str) -> str:
+    from gateway.api.routes_devices import DeviceNotReady
+
+    for rt in adapters:
+        if rt.slot.name == protocol:
+            fn = getattr(rt.instance, "notify_device", None)
+            if rt.state != "running" or fn is None:
+                raise DeviceNotReady(
+                    f"the {protocol} adapter is {rt.state}" + (f": {rt.error}" if rt.error else "")
+                )
+            return str(await fn(device_id))
+    raise DeviceNotReady(f"no {protocol} adapter in this gateway")
+
+
 class GatewayStartError(Exception):
     """A component without which the gateway cannot serve (store, core, API socket) failed to start."""
 
@@ -107,6 +121,13 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+
+    async def notify_device(self, device_id: str) -> str:
+        """Ask one device to query now through the adapter of its protocol (the API's notify action)."""
+        rec = self.core.get_device(device_id) if self.core is not None else None
+        if rec is None:
+            raise LookupError(f"no device {device_id!r}")
+        return await _notify_via(self.adapters, rec.protocol, device_id)
 
     # ------------------------------------------------------------------------------------------ health
     def health(self) -> dict[str, Any]:
@@ -224,6 +245,7 @@ class Gateway:
             clock=self.clock,
             health=self.health,
             progress_interval=self._progress_interval,
+            notify_device=self.notify_device,
         )
         app = create_app(svc)
         host, _, port = cfg.api.listen.rpartition(":")

@@ -45,11 +45,11 @@ __all__ = ["AdapterStartError", "MatterAdapter"]
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # how often subscription reports are drained from the worker
-ANNOUNCE_CHECK_S = 15.0  # how often the plan is checked for nodes to announce to
 ANNOUNCE_REPEAT_S = 3600.0  # re-announce the same image to a silent node after this long
 RETRY_S = 60.0  # a node that could not be reached is retried after this long
 VERIFY_BACKOFF_S = (3.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)  # SoftwareVersion read-backs after an install
 VERIFY_TIMEOUT_MS = 5000
+ANNOUNCE_URGENT = 2  # AnnouncementReasonEnum.UrgentUpdateAvailable: query now, not after a long random wait
 VERIFY_PARALLEL = 16  # read-backs in flight at once (each is one CASE session + read in the worker)
 SUBSCRIBE_MAX_S = (
     10  # max interval: a rebooted node's lost subscription is noticed (and re-made) within ~this
@@ -264,6 +264,26 @@ class MatterAdapter:
         self._adopted.add(node_id)
         self._retry_at.pop(node_id, None)
 
+    async def query_now(self, node_id: int) -> None:
+        """Make one node query now (`otagw matter announce`, the API's notify): AnnounceOTAProvider with
+        UrgentUpdateAvailable, whatever the plan says (the device's QueryImage then gets the policy's answer)."""
+        assert self.admin is not None
+        if node_id not in self.admin.nodes:
+            raise LookupError(f"node 0x{node_id:016X} is not commissioned on the gateway's fabric")
+        await self.announce(node_id, reason=ANNOUNCE_URGENT)
+        mark = getattr(self.core, "mark_notified", None)
+        if mark is not None:
+            await mark(self.key(node_id), "AnnounceOTAProvider (query now) sent")
+
+    async def notify_device(self, device_id: str) -> str:
+        """The gateway's protocol-neutral "query now" for one device record of ours; returns what was sent."""
+        assert self.admin is not None
+        for nid in self.admin.nodes:
+            if self.key(nid).device_id == device_id:
+                await self.query_now(nid)
+                return "AnnounceOTAProvider"
+        raise LookupError(f"device {device_id!r} is not a node on the gateway's fabric")
+
     async def announce(self, node_id: int, reason: int = 1) -> None:
         assert self.admin is not None
         await self.admin.announce(node_id, reason=reason)
@@ -301,7 +321,7 @@ class MatterAdapter:
                     await self._on_report(ev)
                 await self._verify_installs(now)
                 if self.cfg.announce and now >= next_announce:
-                    next_announce = now + ANNOUNCE_CHECK_S
+                    next_announce = now + self.cfg.announce_check_s
                     await self._announce_due()
             except asyncio.CancelledError:
                 raise
@@ -471,6 +491,9 @@ class MatterAdapter:
                     node_id=req.get("node_id"),
                     timeout_s=float(req.get("timeout_s", 60)),
                 )
+            elif op == "announce":
+                await self.query_now(int(req["node_id"]))
+                result = True
             elif op == "refresh":
                 assert self.admin is not None
                 for nid in list(self.admin.nodes):

@@ -105,9 +105,8 @@ class DemoMatterAdapter:
     def __init__(self, config: Any, core: Any, clock: Any, data_dir: Path) -> None:
         from gateway.service import load_adapter_class
 
-        adapter_module: Any = importlib.import_module("adapters.matter.adapter")
         # a demo wants to see waves move: check the plan for nodes to announce to every 2 s, not every 15 s
-        adapter_module.ANNOUNCE_CHECK_S = 2.0
+        config = config.model_copy(update={"announce_check_s": 2.0})
         MatterAdapter = load_adapter_class("adapters.matter.adapter:MatterAdapter")
         self.adapter = MatterAdapter(config, core, clock, data_dir, netns=self.pair.a.netns)
 

@@ -1,5 +1,6 @@
 """`otagw matter ...`: commission devices onto the gateway's fabric and list the nodes it administers.
 
+`announce NODE` makes one node query now (AnnounceOTAProvider, UrgentUpdateAvailable).
 `commission CODE [--ip ADDR [--port N]]` takes a QR (`MT:...`) or manual pairing code, commissions the device with the chip SDK
 controller (fabric created on first use in `<data_dir>/matter/`), reads its identity and versions, and points its
 OTA requestor at the gateway's provider node (DefaultOTAProviders). `nodes [--json] [--refresh]` lists the
@@ -215,3 +216,36 @@ def nodes_cmd(ctx: CliContext, as_json: bool, refresh: bool) -> None:
             f"0x{n.node_id:016X}  {_hex(n.vendor_id)}:{_hex(n.product_id)[2:]:<6}  {version:<20}  "
             f"{provider:<18}  {n.product_name or ''}" + (f"  [{n.last_error}]" if n.last_error else "")
         )
+
+
+async def _announce(ctx: CliContext, node_id: int) -> None:
+    from adapters.matter.fabric.admin import FabricBusyError
+    from adapters.matter.fabric.controller import ControllerError
+
+    admin = _admin(ctx)
+    try:
+        await admin.start()
+    except FabricBusyError:  # the running gateway owns the fabric (and the record): it sends the announce
+        await _via_gateway(ctx, {"op": "announce", "node_id": node_id}, 120)
+        return
+    except ControllerError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        if node_id not in admin.nodes:
+            raise UserError(f"node 0x{node_id:016X} is not commissioned on the gateway's fabric")
+        await admin.announce(node_id, reason=2)  # UrgentUpdateAvailable: query now
+    except ControllerError as exc:
+        raise UserError(f"announce failed: {exc}") from None
+    finally:
+        await admin.close()
+
+
+@matter.command("announce")
+@click.argument("node")
+@click.pass_obj
+def announce_cmd(ctx: CliContext, node: str) -> None:
+    """Make one node query for an update now (AnnounceOTAProvider, UrgentUpdateAvailable). NODE: decimal or 0x hex."""
+    node_id = _node_id(node)
+    assert node_id is not None
+    asyncio.run(_announce(ctx, node_id))
+    click.echo(f"AnnounceOTAProvider sent to node 0x{node_id:016X}")
