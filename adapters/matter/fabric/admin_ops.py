@@ -17,6 +17,7 @@ Runs *inside* the worker process (the chip SDK is imported lazily, per op). Ever
                                                               {"node_id", "kind": "attribute"|"event"|"error", ...}
   unsubscribe     {node_id}
   remove_node     {node_id}                               -> RemoveFabric on the node (decommission)
+  open_window     {node_id, timeout_s?, discriminator?}   -> {passcode, manual_code, qr_code} (enhanced window)
 
 Subscription callbacks only append to a buffer (bounded, oldest dropped); the parent drains it with poll_events.
 """
@@ -175,9 +176,13 @@ async def _op_set_provider(st: WorkerState, a: dict[str, Any]) -> Any:
     endpoint = int(a.get("endpoint", 0))
     req = Clusters.OtaSoftwareUpdateRequestor
     # fabric-filtered read: only our fabric's entries come back, and a write replaces only our fabric's entries
-    res = await ctrl.ReadAttribute(node_id, [(0, req.Attributes.DefaultOTAProviders)])
+    creds = Clusters.OperationalCredentials
+    res = await ctrl.ReadAttribute(
+        node_id, [(0, req.Attributes.DefaultOTAProviders), (0, creds.Attributes.CurrentFabricIndex)]
+    )
     current = list(res.get(0, {}).get(req, {}).get(req.Attributes.DefaultOTAProviders, []) or [])
-    fabric_index = current[0].fabricIndex if current else 1
+    # our index on this node (not 1 when another admin commissioned it first: multi-admin)
+    fabric_index = int(res.get(0, {}).get(creds, {}).get(creds.Attributes.CurrentFabricIndex, 1) or 1)
     new = [req.Structs.ProviderLocation(providerNodeID=provider, endpoint=endpoint, fabricIndex=fabric_index)]
     if not (len(current) == 1 and current[0].providerNodeID == provider and current[0].endpoint == endpoint):
         results = await ctrl.WriteAttribute(node_id, [(0, req.Attributes.DefaultOTAProviders(new))])
@@ -204,6 +209,24 @@ async def _op_announce(st: WorkerState, a: dict[str, Any]) -> Any:
     )
     await ctrl.SendCommand(int(a["node_id"]), 0, cmd, interactionTimeoutMs=int(a.get("timeout_ms", 20000)))
     return True
+
+
+async def _op_open_window(st: WorkerState, a: dict[str, Any]) -> Any:
+    """Enhanced commissioning window (new random passcode) on a node of ours: how a device is shared with
+    another admin (another controller, or otagw itself when an ecosystem opens the window)."""
+    ctrl = st.require_controller()
+    params = await ctrl.OpenCommissioningWindow(
+        nodeid=int(a["node_id"]),
+        timeout=int(a.get("timeout_s", 300)),
+        iteration=int(a.get("iteration", 1000)),
+        discriminator=int(a.get("discriminator", 3000)),
+        option=1,  # kTokenWithRandomPIN
+    )
+    return {
+        "passcode": int(params.setupPinCode),
+        "manual_code": str(params.setupManualCode),
+        "qr_code": str(params.setupQRCode),
+    }
 
 
 async def _op_subscribe(st: WorkerState, a: dict[str, Any]) -> Any:
@@ -325,4 +348,5 @@ OPS: dict[str, Any] = {
     "poll_events": _op_poll_events,
     "unsubscribe": _op_unsubscribe,
     "remove_node": _op_remove_node,
+    "open_window": _op_open_window,
 }
