@@ -1,5 +1,5 @@
 """Matter end to end with real peers in two network namespaces: devices that already belong to another controller
-(multi-admin), and "query now" (`otagw matter announce NODE`, `POST /api/devices/{id}/notify`).
+(multi-admin), and "query now" (`otagw matter announce NODE`, `POST /api/v1/devices/{id}/notify`).
 
 Multi-admin: a first controller (a second chip SDK controller on its own fabric, like Home Assistant's) commissions
 the matter.js device and writes its own DefaultOTAProviders entry, then opens an enhanced commissioning window;
@@ -195,10 +195,10 @@ async def test_query_now_by_cli_and_api(
         )
         async with TestClient(TestServer(create_app(svc))) as client:
             auth = {"Authorization": "Bearer " + "t" * 32}
-            r = await client.post(f"/api/devices/{device_id}/notify", headers=auth)
+            r = await client.post(f"/api/v1/devices/{device_id}/notify", headers=auth)
             assert r.status == 200, await r.text()
             assert json.loads(await r.text())["sent"] == "AnnounceOTAProvider"
-            r = await client.post("/api/devices/matter:nope/notify", headers=auth)
+            r = await client.post("/api/v1/devices/matter:nope/notify", headers=auth)
             assert r.status == 404
         await queried_after(t1)
     finally:
