@@ -13,7 +13,12 @@ OTA_FAST=1). Needs root, the chip SDK and Node with tests/js installed.
    from the announcements to the last device's "applied", plus the time until the core marked all updated; the
    gateway process's peak RSS during the transfers (VmHWM, reset before them) and the controller worker's.
 
-Usage: python bench/bench_matter_ota.py [--size BYTES] [--devices 10] [--skip-matterjs]
+Thread-like link (`--loss PERCENT --idle-interval-ms N`): both namespaces drop PERCENT % of incoming packets
+(nftables numgen; this machine's kernel has no sch_netem, so no added delay/jitter) and the requestors advertise a
+sleepy MRP idle interval of N ms; part 1 then compares both providers over that link.
+
+Usage: python bench/bench_matter_ota.py [--size BYTES] [--devices 10] [--skip-matterjs] [--loss 3]
+       [--idle-interval-ms 5000]
 """
 
 from __future__ import annotations
@@ -82,6 +87,38 @@ def _status_kb(pid: int | str, key: str) -> int:
     return 0
 
 
+DEVICE_ARGS: list[
+    str
+] = []  # extra ota_requestor_device.mjs arguments for every bench device (--idle-interval-ms)
+LOSS_PERCENT = 0
+
+
+def impair(pair: NetnsPair) -> None:
+    """Drop LOSS_PERCENT % of the packets entering each namespace (both directions lossy)."""
+    if not LOSS_PERCENT:
+        return
+    for ns in (pair.a.netns, pair.b.netns):
+        for cmd in (
+            ["add", "table", "inet", "otagw_loss"],
+            ["add", "chain", "inet", "otagw_loss", "in", "{ type filter hook input priority 0; }"],
+            [
+                "add",
+                "rule",
+                "inet",
+                "otagw_loss",
+                "in",
+                "numgen",
+                "random",
+                "mod",
+                "100",
+                "<",
+                str(LOSS_PERCENT),
+                "drop",
+            ],
+        ):
+            subprocess.run(["ip", "netns", "exec", ns, "nft", *cmd], check=True, capture_output=True)
+
+
 def transfer_seconds(dev: MatterJsDevice, applied: dict[str, Any]) -> float:
     starts = [t for t, _ in dev.marks if t <= applied["t"]]
     if not starts:
@@ -141,10 +178,12 @@ class Gateway:
 
 async def one_otagw(pair: NetnsPair, tmp: Path, image: Path) -> float:
     dev = MatterJsDevice(pair.b.netns, tmp / "dev-otagw")
+    dev.args += DEVICE_ARGS
     try:
         ready = await dev.start()
         async with Gateway(pair, tmp / "otagw1", image) as gw:
             node = await gw.commission(ready)
+            impair(pair)
             await gw.adapter._announce_due()
             applied = await dev.wait_for(lambda e: e["event"] == "applied", 300, "applied")
             assert applied["sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
@@ -156,6 +195,7 @@ async def one_otagw(pair: NetnsPair, tmp: Path, image: Path) -> float:
 
 async def one_matterjs(pair: NetnsPair, tmp: Path, image: Path) -> float:
     dev = MatterJsDevice(pair.b.netns, tmp / "dev-matterjs")
+    dev.args += DEVICE_ARGS
     provider: asyncio.subprocess.Process | None = None
     try:
         ready = await dev.start()
@@ -180,6 +220,7 @@ async def one_matterjs(pair: NetnsPair, tmp: Path, image: Path) -> float:
             start_new_session=True,
         )
         log.close()
+        impair(pair)  # from the start here: matter.js's controller commissions and serves in one process
         applied = await dev.wait_for(lambda e: e["event"] == "applied", 300, "applied (matter.js provider)")
         assert applied["sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
         return transfer_seconds(dev, applied)
@@ -244,7 +285,17 @@ async def main() -> int:
     ap.add_argument("--size", type=int, default=1 << 20, help="payload bytes of the image (default 1 MiB)")
     ap.add_argument("--devices", type=int, default=10, help="requestors at once in part 2 (0: skip part 2)")
     ap.add_argument("--skip-matterjs", action="store_true")
+    ap.add_argument("--loss", type=int, default=0, help="percent of packets dropped entering each namespace")
+    ap.add_argument("--idle-interval-ms", type=int, default=0, help="requestors' MRP idle interval (sleepy)")
     a = ap.parse_args()
+    global LOSS_PERCENT
+    LOSS_PERCENT = a.loss
+    if a.idle_interval_ms:
+        DEVICE_ARGS.extend(["--idle-interval-ms", str(a.idle_interval_ms)])
+    if a.loss or a.idle_interval_ms:
+        print(
+            f"link: {a.loss} % loss each way, requestor MRP idle interval {a.idle_interval_ms or 'default'} ms"
+        )
     for reason in (netns_unavailable_reason(), runner_unavailable_reason(), node_unavailable_reason()):
         if reason:
             print(f"skipped: {reason}")
