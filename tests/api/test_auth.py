@@ -21,6 +21,7 @@ PROTECTED = [
     ("GET", "/api/v1/images/0123456789abcdef/download"),
     ("GET", "/api/v1/devices"),
     ("GET", "/api/v1/devices/zigbee:pan:1:aa:1"),
+    ("POST", "/api/v1/devices/zigbee:pan:1:aa:1/notify"),
     ("GET", "/api/v1/plan"),
     ("GET", "/api/v1/rollouts"),
     ("POST", "/api/v1/rollouts"),
