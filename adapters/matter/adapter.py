@@ -47,7 +47,19 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0  # how often subscription reports are drained from the worker
 ANNOUNCE_REPEAT_S = 3600.0  # re-announce the same image to a silent node after this long
 RETRY_S = 60.0  # a node that could not be reached is retried after this long
-VERIFY_BACKOFF_S = (2.0, 2.0, 2.0, 3.0, 3.0, 5.0, 5.0, 10.0, 20.0, 30.0, 60.0)  # read-backs after an install: often at first (a reboot takes seconds), then rarer
+VERIFY_BACKOFF_S = (
+    2.0,
+    2.0,
+    2.0,
+    3.0,
+    3.0,
+    5.0,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+)  # read-backs after an install: often at first (a reboot takes seconds), then rarer
 VERIFY_TIMEOUT_MS = 5000
 ANNOUNCE_URGENT = 2  # AnnouncementReasonEnum.UrgentUpdateAvailable: query now, not after a long random wait
 VERIFY_PARALLEL = 16  # read-backs in flight at once (each is one CASE session + read in the worker)
@@ -289,11 +301,17 @@ class MatterAdapter:
         await self.admin.announce(node_id, reason=reason)
         log.info("matter adapter: AnnounceOTAProvider sent to node 0x%016X", node_id)
 
-    async def _verify(self, key: DeviceKey, timeout_ms: int | None = VERIFY_TIMEOUT_MS) -> None:
-        """Read SoftwareVersion back (after NotifyUpdateApplied / VersionApplied / an apply): the core's proof."""
+    async def _verify(
+        self, key: DeviceKey, timeout_ms: int | None = VERIFY_TIMEOUT_MS, *, after_reboot: bool = False
+    ) -> None:
+        """Read SoftwareVersion back (after NotifyUpdateApplied / VersionApplied / an apply): the core's proof.
+        `after_reboot`: on a new CASE session (the old one died with the device's process)."""
         assert self.admin is not None
         node_id = int(key.address, 16)
-        info = await self.admin.node_info(node_id, timeout_ms=timeout_ms)
+        if after_reboot:
+            info = await self.admin.node_info(node_id, timeout_ms=timeout_ms, fresh_session=True)
+        else:
+            info = await self.admin.node_info(node_id, timeout_ms=timeout_ms)
         b = info.get("basic", {})
         if b.get("SoftwareVersion") is not None:
             await self.core.report_version(key, int(b["SoftwareVersion"]), b.get("SoftwareVersionString"))
@@ -358,7 +376,7 @@ class MatterAdapter:
         async def read_back(nid: int, attempt: int) -> None:
             async with limit:
                 try:
-                    await self._verify(self.key(nid), timeout_ms=VERIFY_TIMEOUT_MS)
+                    await self._verify(self.key(nid), timeout_ms=VERIFY_TIMEOUT_MS, after_reboot=True)
                 except ControllerError as exc:
                     log.info("matter adapter: node 0x%016X not readable yet (%s)", nid, exc)
             attempt += 1

@@ -185,7 +185,10 @@ class _SlowReadAdmin:
         self.most = 0
         self.gate = asyncio.Event()
 
-    async def node_info(self, node_id: int, timeout_ms: int | None = None) -> dict[str, Any]:
+    async def node_info(
+        self, node_id: int, timeout_ms: int | None = None, *, fresh_session: bool = False
+    ) -> dict[str, Any]:
+        assert fresh_session  # a read-back after a reboot never reuses the dead session
         self.in_flight += 1
         self.most = max(self.most, self.in_flight)
         try:

@@ -242,8 +242,12 @@ class FabricAdmin:
         _save_nodes(self.dir, self.nodes)
         return entry
 
-    async def node_info(self, node_id: int, timeout_ms: int | None = None) -> dict[str, Any]:
-        info: dict[str, Any] = await self.call("node_info", node_id=node_id, timeout_ms=timeout_ms)
+    async def node_info(
+        self, node_id: int, timeout_ms: int | None = None, *, fresh_session: bool = False
+    ) -> dict[str, Any]:
+        info: dict[str, Any] = await self.call(
+            "node_info", node_id=node_id, timeout_ms=timeout_ms, fresh_session=fresh_session
+        )
         b = info.get("basic", {})
         e = self.nodes.get(node_id)
         if e is not None:

@@ -6,7 +6,8 @@ Runs *inside* the worker process (the chip SDK is imported lazily, per op). Ever
   parse_code      {code}                                  -> {passcode, discriminator, long_discriminator, vendor_id..}
   commission      {code, node_id, ip?, port?, timeout_s?} -> {node_id}   (QR "MT:..." or manual pairing code; on the
                                                               network by mDNS, or at `ip` [`port`, 5540] directly)
-  node_info       {node_id, timeout_ms?}                  -> BasicInformation + OTA requestor attributes (by name)
+  node_info       {node_id, timeout_ms?, fresh_session?}  -> BasicInformation + OTA requestor attributes (by name;
+                                                              fresh_session: a new CASE session, after a reboot)
   set_provider    {node_id, provider_node_id, endpoint?}  -> DefaultOTAProviders after the write (our fabric's entry
                                                               replaced, other fabrics' entries untouched)
   announce        {node_id, provider_node_id, vendor_id, reason?, endpoint?}  -> AnnounceOTAProvider sent
@@ -152,6 +153,10 @@ async def _op_node_info(st: WorkerState, a: dict[str, Any]) -> Any:
 
     ctrl = st.require_controller()
     node_id = int(a["node_id"])
+    if a.get("fresh_session"):
+        # a read-back after a reboot: the old CASE session died with the device's process, and reading on it
+        # only ends in a timeout; start from a new session instead
+        ctrl.ExpireSessions(node_id)
     if a.get("timeout_ms"):  # bound the CASE set-up (a rebooting node must not stall the worker for long)
         await ctrl.GetConnectedDevice(node_id, allowPASE=False, timeoutMs=int(a["timeout_ms"]))
     basic, req = Clusters.BasicInformation, Clusters.OtaSoftwareUpdateRequestor
