@@ -61,7 +61,7 @@ async def _notify_via(adapters: list[AdapterRuntime], protocol: str, device_id: 
     from gateway.api.routes_devices import DeviceNotReady
 
     for rt in adapters:
-        if rt.slot.name == protocol:
+        if rt.name == protocol:
             fn = getattr(rt.instance, "notify_device", None)
             if rt.state != "running" or fn is None:
                 raise DeviceNotReady(
