@@ -26,6 +26,7 @@ PROTECTED = [
     ("PATCH", "/api/v1/devices/zigbee:pan:1:aa:1"),
     ("POST", "/api/v1/devices/zigbee:pan:1:aa:1/update"),
     ("POST", "/api/v1/devices/zigbee:pan:1:aa:1/retry"),
+    ("POST", "/api/v1/devices/zigbee:pan:1:aa:1/notify"),
     ("GET", "/api/v1/plan"),
     ("GET", "/api/v1/rollouts"),
     ("POST", "/api/v1/rollouts"),

@@ -603,6 +603,13 @@ document.addEventListener("DOMContentLoaded", () => {
       return "Retry offered: the device gets its update at its next check.";
     });
   });
+  $("#dv-notify").addEventListener("click", () => {
+    const id = currentDevice();
+    deviceAction(async () => {
+      const r = await api("/devices/" + encodeURIComponent(id) + "/notify", { method: "POST", json: {} });
+      return `Sent ${r.sent}: the device asks for its update now.`;
+    });
+  });
   window.addEventListener("hashchange", route);
   route();
   connect();
