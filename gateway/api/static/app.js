@@ -117,9 +117,8 @@ function progressBar(d) {
 function progressCell(d) {
   const pct = d.percent === null || d.percent === undefined ? null : d.percent;
   const showBar = pct !== null && d.state !== "idle";
-  return el("td", { class: "progress-col", "data-label": "Progress" },
-    showBar ? progressBar(d) : el("div", { class: "bar g-rest empty", "aria-hidden": "true" }, el("div", { class: "fill", "data-percent": "" })),
-    el("span", { class: "pct" }, showBar ? pct + "%" : ""));
+  if (!showBar) return el("td", { class: "progress-col", "data-label": "Progress" });  // nothing under way: empty
+  return el("td", { class: "progress-col", "data-label": "Progress" }, progressBar(d), el("span", { class: "pct" }, pct + "%"));
 }
 function shortAddress(d) {  // enough of the address to tell identical models apart; the full id is on hover
   const tail = d.protocol === "zigbee" ? d.address.split(":").slice(-3).join(":") : d.address.slice(-6);
@@ -198,7 +197,8 @@ function applyProgress(ev) {
     state.samples.set(d.device_id, s);
   }
   const row = document.querySelector(`tr[data-device-id="${CSS.escape(d.device_id)}"]`);
-  if (row) {
+  if (row && !row.querySelector(".fill")) refreshDevice(d.device_id);  // rendered before its transfer began
+  else if (row) {
     const fill = row.querySelector(".fill");
     fill.style.width = pct + "%";
     fill.dataset.percent = String(pct);
