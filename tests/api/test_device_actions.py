@@ -205,3 +205,34 @@ async def test_core_rejects_unknown_override(harness: ApiHarness) -> None:
         assert "not an override column" in str(exc)
     else:
         raise AssertionError("an unknown override was accepted")
+
+
+async def test_matter_names_from_basic_information(harness: ApiHarness) -> None:
+    """Matter: NodeLabel (kept by the adapter in `extra`) names the device; VendorName / ProductName otherwise."""
+    h = harness
+    labelled = DeviceKey("matter", "fabric:2906c908d115d362", "000000000000ABCD", 0)
+    plain = DeviceKey("matter", "fabric:2906c908d115d362", "000000000000ABCE", 0)
+    await h.core.observe(
+        DeviceInfo(
+            labelled,
+            vendor_id=0xFFF1,
+            product_id=0x8000,
+            current_version=1,
+            current_version_string="1.0",
+            vendor_name="Acme",
+            model="Dimmer",
+            extra={"node_label": "Porch light"},
+        )
+    )
+    await h.core.observe(
+        DeviceInfo(
+            plain, vendor_id=0xFFF1, product_id=0x8000, current_version=1, vendor_name="Acme", model="Dimmer"
+        )
+    )
+    d = await h.call("GET", "/api/v1/devices/" + labelled.device_id, 200)
+    assert d["display_name"] == "Porch light" and d["manufacturer_name"] == "Acme"
+    d = await h.call("GET", "/api/v1/devices/" + plain.device_id, 200)
+    assert d["display_name"] == "Acme Dimmer"
+    # the owner's name wins over the node's label
+    d = await h.call("PATCH", "/api/v1/devices/" + labelled.device_id, 200, json={"name": "Front door"})
+    assert d["display_name"] == "Front door"
