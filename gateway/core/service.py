@@ -759,8 +759,7 @@ class UpdateCore:
             setattr(rec, k, v)
         if self.role == "gateway":
             await self._book.save([rec], [])
-            # a newly excluded or pinned device may have an offer pending that policy now refuses
-            self._book.mark_dirty(rec)
+        # an offer already made stays; the next decision (query, rollout wave) applies the new pin/exclusion
         self._book.publish("device", device_id=device_id, reason="owner overrides changed", data=dict(values))
         return dataclasses.replace(rec)
 
