@@ -6,7 +6,8 @@ adapters enabled in the config: a gateway with Zigbee disabled never imports zig
 start (no radio, no IPv6, not installed) is recorded as `failed`/`unavailable` with a one-line reason, logged,
 shown on `/healthz`, and the rest keeps serving.
 
-Start order: data dir -> store -> core -> adapters -> API (so the API never sees a half-built gateway).
+Start order: data dir -> store -> core -> adapters -> API -> integrations (MQTT: a client of the core, started
+only when `mqtt.enabled`, lazily imported like the adapters).
 Stop order is the reverse: the API stops accepting and ends its event streams, adapters stop (transfers are
 checkpointed through the core, DNS-SD records withdrawn), the core stops (records flushed), the store closes.
 SIGHUP re-reads the config file and hands the new policy to the core (`reload_policy`); other sections need a
@@ -105,6 +106,8 @@ class Gateway:
         self.api_url: str | None = None
         self._progress_interval = progress_interval
         self._runner: web.AppRunner | None = None
+        self.mqtt: Any = None  # gateway.integrations.mqtt.client.MqttIntegration when mqtt.enabled
+        self.mqtt_error: str | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -155,6 +158,8 @@ class Gateway:
 
         if cfg.api.enabled:
             await self._start_api()
+        if cfg.mqtt.enabled:
+            await self._start_mqtt()
         running = [a.slot.name for a in self.adapters if a.state == "running"]
         log.info(
             "otagw is serving",
@@ -245,6 +250,32 @@ class Gateway:
         )
         log.info("dashboard: open %s/login and paste the token from %s", self.api_url, self.token_source)
 
+    async def _start_mqtt(self) -> None:
+        """Home Assistant over MQTT: a client of the core like the API; it failing never stops the gateway."""
+        try:
+            from gateway.integrations.mqtt.client import MqttIntegration, MqttSetupError
+        except ModuleNotFoundError as exc:
+            self.mqtt_error = f"needs the Python module {exc.name!r}, which is not installed"
+            log.error("MQTT integration unavailable: %s", self.mqtt_error)
+            return
+        from gateway.api.app import gateway_version
+
+        try:
+            self.mqtt = MqttIntegration(
+                self.config.mqtt,
+                self.core,
+                self.store,
+                self.clock,
+                policy=lambda: self.config.policy,
+                health=self.health,
+                version=gateway_version(),
+                configuration_url=self.api_url,
+            )
+            await self.mqtt.start()
+        except MqttSetupError as exc:
+            self.mqtt, self.mqtt_error = None, str(exc)
+            log.error("MQTT integration not started: %s", exc)
+
     # -------------------------------------------------------------------------------------------- stop
     async def stop(self) -> None:
         """Stop everything that started, in reverse order; safe to call twice."""
@@ -256,6 +287,12 @@ class Gateway:
         self._tasks.clear()
         if self.core_state == "running":
             self.core_state = "stopping"
+        if self.mqtt is not None:
+            try:
+                await self.mqtt.stop()
+            except Exception:
+                log.exception("MQTT integration did not stop cleanly")
+            self.mqtt = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -306,7 +343,7 @@ class Gateway:
             return False
         changed = [
             name
-            for name in ("data_dir", "images", "matter", "zigbee", "api", "log")
+            for name in ("data_dir", "images", "matter", "zigbee", "api", "log", "metrics", "mqtt")
             if getattr(new, name) != getattr(self.config, name)
         ]
         self.config = self.config.model_copy(update={"policy": new.policy})
