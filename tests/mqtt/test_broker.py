@@ -20,7 +20,7 @@ from gateway.clock import ManualClock
 from gateway.config import parse_config
 from gateway.integrations.mqtt.client import MqttIntegration
 from gateway.integrations.mqtt.discovery import slug
-from tests.mqtt.conftest import Broker, Subscriber, subscriber
+from tests.mqtt.conftest import Broker, subscriber
 from tests.mqtt.ha_schema import check_discovery, check_update_state, discovery_topic
 from tests.zigbee.harness import Stack, make_stack, sim_device, synthetic
 
