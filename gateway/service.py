@@ -214,11 +214,18 @@ class Gateway:
 
     async def _start_api(self) -> None:
         from gateway.api.app import ApiServices, create_app
-        from gateway.api.auth import TokenError, resolve_token
+        from gateway.api.auth import MetricsAccess, TokenError, resolve_metrics_token, resolve_token
 
         cfg = self.config
         try:
             self.token, self.token_source = resolve_token(cfg.api.token, cfg.data_dir)
+            if cfg.metrics.auth == "open":
+                metrics_access = MetricsAccess(open=True)
+                log.warning("metrics.auth is open: anyone reaching %s may scrape /metrics", cfg.api.listen)
+            else:
+                metrics_token, metrics_source = resolve_metrics_token(cfg.data_dir)
+                metrics_access = MetricsAccess(token=metrics_token)
+                log.info("/metrics needs the metrics token", extra={"fields": {"token": metrics_source}})
         except TokenError as exc:
             raise GatewayStartError(str(exc)) from None
         svc = ApiServices(
@@ -229,6 +236,7 @@ class Gateway:
             clock=self.clock,
             health=self.health,
             progress_interval=self._progress_interval,
+            metrics_access=metrics_access,
         )
         app = create_app(svc)
         host, _, port = cfg.api.listen.rpartition(":")
