@@ -167,9 +167,13 @@ async def test_install_from_home_assistant_survives_a_broker_outage_and_a_leavin
             # the device leaves the network: its entity goes away (empty retained config)
             stack.app.handle_leave(dev.nwk, dev.ieee)
             await stack.network.settle()
-            await sub.wait_for(lambda: config_t not in sub.retained, what="entity removal")
-            assert (config_t, b"", True) in [(t, p, True) for t, p, _ in sub.messages]
-            assert state_t not in sub.retained
+            await sub.wait_for(
+                lambda: not {config_t, state_t, attrs_t} & set(sub.retained), what="entity removal"
+            )
+            assert config_t in [t for t, p, _ in sub.messages if p == b""]
+            async with subscriber(broker) as late:  # nothing of the device is left on the broker
+                await late.wait_for(lambda: "otagw/status" in late.retained, what="retained status")
+                assert not {config_t, state_t, attrs_t} & set(late.retained)
     finally:
         await mq.stop()
     async with subscriber(broker) as sub:
