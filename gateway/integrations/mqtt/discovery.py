@@ -102,6 +102,7 @@ class DeviceView:
 
     device_id: str
     protocol: str
+    network: str
     address: str
     name: str
     manufacturer: str | None
@@ -127,8 +128,8 @@ class DeviceView:
         ids = [f"otagw_{self.slug}"]
         if self.protocol == "zigbee":
             ids.append(f"zigbee_{self.address.replace(':', '').lower()}")
-        elif self.protocol == "matter":
-            ids.append(f"matter_{self.address.lower()}")
+        elif self.protocol == "matter":  # a node id is unique within its fabric only
+            ids.append(f"matter_{slug(self.network)}_{self.address.lower()}")
         return ids
 
 

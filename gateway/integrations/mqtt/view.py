@@ -110,6 +110,7 @@ def device_view(rec: DeviceRecord, catalog: Catalog, policy_cfg: PolicyConfig | 
     return DeviceView(
         device_id=rec.device_id,
         protocol=rec.protocol,
+        network=rec.network,
         address=rec.address,
         name=name,
         manufacturer=rec.vendor_name or (f"0x{rec.vendor_id:04X}" if rec.vendor_id is not None else None),
