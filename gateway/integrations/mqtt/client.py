@@ -24,6 +24,7 @@ import aiomqtt
 
 from gateway.clock import Clock
 from gateway.config import MqttConfig, PolicyConfig
+from gateway.core.policy import Policy
 from gateway.core.rollouts import RolloutStatus
 from gateway.integrations.mqtt.bridge import (
     Bridge,
@@ -40,6 +41,7 @@ from gateway.integrations.mqtt.view import Catalog, device_view
 log = logging.getLogger("otagw.mqtt")
 
 PASSWORD_ENV = "OTAGW_MQTT_PASSWORD"
+PUBLISH_WINDOW = 64
 
 
 class MqttSetupError(Exception):
@@ -117,6 +119,7 @@ class MqttIntegration:
         self._tasks: list[asyncio.Task[Any]] = []
         self._client: aiomqtt.Client | None = None
         self._installs: set[asyncio.Task[Any]] = set()
+        self._policy_cache: tuple[PolicyConfig, Policy] | None = None
 
     # ------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -151,7 +154,10 @@ class MqttIntegration:
 
     # ------------------------------------------------------------------------------------ core side
     def _view(self, rec: Any) -> Any:
-        return device_view(rec, self.catalog, self._policy())
+        cfg = self._policy()
+        if self._policy_cache is None or self._policy_cache[0] is not cfg:  # rebuilt only after a reload
+            self._policy_cache = (cfg, Policy(cfg))
+        return device_view(rec, self.catalog, self._policy_cache[1])
 
     def _gateway_status(self) -> GatewayStatus:
         adapters = {n: str(a.get("state")) for n, a in self._health().get("adapters", {}).items()}
@@ -222,9 +228,16 @@ class MqttIntegration:
             logger=logging.getLogger("otagw.mqtt.client"),
         )
 
-    async def _send(self, client: aiomqtt.Client, pubs: list[Publish], timeout: float | None = None) -> None:
-        for p in pubs:
-            await client.publish(p.topic, p.payload, qos=p.qos, retain=p.retain, timeout=timeout)
+    async def _send(self, client: aiomqtt.Client, pubs: list[Publish], timeout: float | None = 30.0) -> None:
+        # a window of publishes in flight (issued in order, acknowledged together): a reconnect republishing a
+        # large fleet is not one broker round trip per topic
+        for i in range(0, len(pubs), PUBLISH_WINDOW):
+            await asyncio.gather(
+                *(
+                    client.publish(p.topic, p.payload, qos=p.qos, retain=p.retain, timeout=timeout)
+                    for p in pubs[i : i + PUBLISH_WINDOW]
+                )
+            )
 
     async def _connection_loop(self) -> None:
         delay = self.cfg.reconnect_min_s
