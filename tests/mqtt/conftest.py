@@ -131,6 +131,10 @@ class Subscriber:
         assert self.client is not None
         await self.client.publish(topic, payload, qos=1)
 
+    async def publish_retained(self, topic: str, payload: bytes) -> None:
+        assert self.client is not None
+        await self.client.publish(topic, payload, qos=1, retain=True)
+
 
 _ids = itertools.count(1)
 

@@ -1,5 +1,6 @@
-"""The runtime starts the MQTT integration from the config (`mqtt.enabled`), and the mqtt section's errors are
-precise: bad broker URL, TLS keys without mqtts://, a password file others can read (the password never logged)."""
+"""The runtime starts the MQTT integration from the config (`mqtt.enabled`); entities of devices that left while
+otagw was down are cleared; the mqtt section's errors are precise: bad broker URL, TLS keys without mqtts://, a
+password file others can read (the password never logged)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.clock import ManualClock
 from gateway.config import ConfigError, load_config, parse_config
-from gateway.integrations.mqtt.client import MqttSetupError, read_password
+from gateway.core.service import UpdateCore
+from gateway.integrations.mqtt.client import MqttIntegration, MqttSetupError, read_password
+from gateway.integrations.mqtt.discovery import slug
 from gateway.service import Gateway
 from tests.api.conftest import TOKEN
+from tests.core.conftest import FakeStore, zigbee_dev
 from tests.mqtt.conftest import Broker, subscriber
 from tests.mqtt.ha_schema import check_discovery, discovery_topic
 
@@ -96,3 +101,28 @@ def test_mqtt_urls_paths_and_password_file(tmp_path: Path, monkeypatch: pytest.M
     pw.chmod(0o600)
     assert read_password(cfg) == "hunter2"
     assert parse_config({}).mqtt.port == 1883 and parse_config({}).mqtt.enabled is False
+
+
+async def test_a_device_that_left_while_otagw_was_down_loses_its_retained_entity(
+    tmp_path: Path, broker: Broker
+) -> None:
+    cfg = parse_config({"data_dir": str(tmp_path / "d"), "mqtt": {"enabled": True, "broker": broker.url}})
+    core = UpdateCore(cfg, FakeStore(), ManualClock(), auto_sweep=False)
+    await core.start()
+    stayed, left = zigbee_dev(1, 0x100), zigbee_dev(2, 0x100)
+    await core.observe(stayed)
+    await core.observe(left)
+    await core.device_left(left.key)
+    stale = f"homeassistant/update/otagw/{slug(left.key.device_id)}/config"
+    async with subscriber(broker) as sub:
+        await sub.publish_retained(stale, b'{"name": "from the last run"}')
+        await sub.wait_for(lambda: stale in sub.retained, what="stale config")
+        mq = MqttIntegration(cfg.mqtt, core, core.store, core.clock, policy=lambda: cfg.policy)
+        await mq.start()
+        try:
+            await sub.wait_for(lambda: stale not in sub.retained, what="stale config cleared")
+            kept = f"homeassistant/update/otagw/{slug(stayed.key.device_id)}/config"
+            await sub.wait_for(lambda: kept in sub.retained, what="present device's config")
+        finally:
+            await mq.stop()
+            await core.stop()

@@ -120,6 +120,7 @@ class MqttIntegration:
         self._client: aiomqtt.Client | None = None
         self._installs: set[asyncio.Task[Any]] = set()
         self._policy_cache: tuple[PolicyConfig, Policy] | None = None
+        self._gone: set[str] = set()  # devices that left and whose entities were cleared
 
     # ------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -182,8 +183,11 @@ class MqttIntegration:
             log.warning("MQTT: catalog not refreshed: %s", exc)
         for rec in self.core.list_devices():
             if rec.present:
+                self._gone.discard(rec.device_id)
                 self.bridge.set_device(self._view(rec), self.clock.monotonic())
-            elif rec.device_id in self.bridge.devices:
+            elif rec.device_id not in self._gone:
+                # left, possibly while otagw was down: its retained entity may still be on the broker
+                self._gone.add(rec.device_id)
                 self.bridge.remove_device(rec.device_id)
         self.bridge.set_gateway(self._gateway_status(), self.clock.monotonic())
         self._wakeup.set()
