@@ -425,6 +425,7 @@ class MqttConfig(Section):
     )
     gateway_interval_s: float = Field(30.0, gt=0, description="refresh of the gateway sensors")
     keepalive_s: int = Field(60, ge=5, le=65535)
+    connect_timeout_s: float = Field(10.0, gt=0, description="give up a connection attempt after this long")
     reconnect_min_s: float = Field(1.0, gt=0, description="first reconnect delay (doubles up to the max)")
     reconnect_max_s: float = Field(60.0, gt=0)
 

@@ -115,6 +115,8 @@ class MqttIntegration:
         self.tls = tls_context(cfg)
         self.connected = asyncio.Event()
         self.connections = 0  # successful connections so far (tests, logs)
+        self.failures = 0  # connection attempts that failed or ended in an error
+        self.attempted = asyncio.Event()  # set after each connection attempt succeeds or fails
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._client: aiomqtt.Client | None = None
@@ -228,7 +230,7 @@ class MqttIntegration:
             keepalive=self.cfg.keepalive_s,
             tls_context=self.tls,
             tls_insecure=self.cfg.tls_insecure if self.tls is not None else None,
-            timeout=10.0,
+            timeout=self.cfg.connect_timeout_s,
             logger=logging.getLogger("otagw.mqtt.client"),
         )
 
@@ -253,6 +255,7 @@ class MqttIntegration:
                     await self._send(client, self.bridge.connected_now(self.clock.monotonic()))
                     self.connections += 1
                     self.connected.set()
+                    self.attempted.set()
                     delay = self.cfg.reconnect_min_s
                     log.info(
                         "MQTT connected",
@@ -262,6 +265,8 @@ class MqttIntegration:
                         tg.create_task(self._read(client))
                         tg.create_task(self._write(client))
             except* aiomqtt.MqttError as group:
+                self.failures += 1
+                self.attempted.set()
                 log.warning(
                     "MQTT broker %s: %s; reconnecting in %.0f s",
                     self.cfg.broker,
