@@ -51,13 +51,19 @@ async def test_gateway_publishes_its_entities_and_says_goodbye(
     )
     caplog.set_level(logging.DEBUG)
     async with subscriber(broker) as sub:
-        gw = Gateway(cfg, slots=())
+        gw = Gateway(cfg)  # matter and zigbee disabled: no adapter starts
         await gw.start()
         try:
             await sub.wait_for(lambda: "site1/otagw/gateway/state" in sub.retained, what="gateway state")
             assert sub.retained["site1/otagw/status"] == b"online"
             state = sub.json("site1/otagw/gateway/state")
-            assert state == {"adapters": {}, "transfers_active": 0, "rollouts_active": 0}
+            assert state == {
+                "adapters": {"matter": "disabled", "zigbee": "disabled"},
+                "transfers_active": 0,
+                "rollouts_active": 0,
+            }
+            adapter_cfg = sub.json("homeassistant/binary_sensor/site1_otagw/adapter_zigbee/config")
+            assert check_discovery("binary_sensor", adapter_cfg) == []
             cfgs = [t for t in sub.retained if t.startswith("homeassistant/sensor/site1_otagw/")]
             assert len(cfgs) == 2
             for t in cfgs:
