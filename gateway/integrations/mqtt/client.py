@@ -41,7 +41,6 @@ from gateway.integrations.mqtt.view import Catalog, device_view
 log = logging.getLogger("otagw.mqtt")
 
 PASSWORD_ENV = "OTAGW_MQTT_PASSWORD"
-PUBLISH_WINDOW = 64
 
 
 class MqttSetupError(Exception):
@@ -235,15 +234,10 @@ class MqttIntegration:
         )
 
     async def _send(self, client: aiomqtt.Client, pubs: list[Publish], timeout: float | None = 30.0) -> None:
-        # a window of publishes in flight (issued in order, acknowledged together): a reconnect republishing a
-        # large fleet is not one broker round trip per topic
-        for i in range(0, len(pubs), PUBLISH_WINDOW):
-            await asyncio.gather(
-                *(
-                    client.publish(p.topic, p.payload, qos=p.qos, retain=p.retain, timeout=timeout)
-                    for p in pubs[i : i + PUBLISH_WINDOW]
-                )
-            )
+        # one at a time: with aiomqtt, publishes gathered in windows were slower (bench/bench_mqtt.py) and past
+        # ten pending calls it logs a warning per call
+        for p in pubs:
+            await client.publish(p.topic, p.payload, qos=p.qos, retain=p.retain, timeout=timeout)
 
     async def _connection_loop(self) -> None:
         delay = self.cfg.reconnect_min_s
