@@ -18,7 +18,7 @@ from gateway.integrations.mqtt.client import MqttIntegration, MqttSetupError, re
 from gateway.integrations.mqtt.discovery import slug
 from gateway.service import Gateway
 from tests.api.conftest import TOKEN
-from tests.core.conftest import FakeStore, zigbee_dev
+from tests.core.conftest import FakeStore, make_entry, zigbee_dev
 from tests.mqtt.conftest import Broker, subscriber
 from tests.mqtt.ha_schema import check_discovery, discovery_topic
 
@@ -129,6 +129,33 @@ async def test_a_device_that_left_while_otagw_was_down_loses_its_retained_entity
             await sub.wait_for(lambda: stale not in sub.retained, what="stale config cleared")
             kept = f"homeassistant/update/otagw/{slug(stayed.key.device_id)}/config"
             await sub.wait_for(lambda: kept in sub.retained, what="present device's config")
+        finally:
+            await mq.stop()
+            await core.stop()
+
+
+async def test_a_new_image_in_the_catalog_shows_as_an_update_within_the_refresh_interval(
+    tmp_path: Path, broker: Broker
+) -> None:
+    cfg = parse_config({"data_dir": str(tmp_path / "d"), "mqtt": {"enabled": True, "broker": broker.url}})
+    clock = ManualClock()
+    store = FakeStore()
+    core = UpdateCore(cfg, store, clock, auto_sweep=False)
+    await core.start()
+    dev = zigbee_dev(1, 0x100)
+    await core.observe(dev)
+    state_t = f"otagw/device/{slug(dev.key.device_id)}/state"
+    async with subscriber(broker) as sub:
+        mq = MqttIntegration(cfg.mqtt, core, store, clock, policy=lambda: cfg.policy)
+        await mq.start()
+        try:
+            await sub.wait_for(lambda: state_t in sub.retained, what="state")
+            assert (
+                sub.json(state_t)["latest_version"] == sub.json(state_t)["installed_version"] == "0x00000100"
+            )
+            store.add(make_entry("zigbee", 0x117C, 0x2811, 0x200))  # imported by the CLI, say
+            await clock.advance(cfg.mqtt.gateway_interval_s)
+            await sub.wait_for(lambda: sub.json(state_t)["latest_version"] == "0x00000200", what="new latest")
         finally:
             await mq.stop()
             await core.stop()

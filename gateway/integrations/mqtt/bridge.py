@@ -17,7 +17,9 @@ time they happened (`now`, from the injected clock); outputs are `Publish` recor
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from gateway.integrations.mqtt.discovery import (
@@ -110,8 +112,8 @@ class Bridge:
 
     # ---------------------------------------------------------------------------------------- inputs
     @property
-    def devices(self) -> dict[str, DeviceView]:
-        return dict(self._views)
+    def devices(self) -> Mapping[str, DeviceView]:
+        return MappingProxyType(self._views)
 
     def _want(self, topic: str, payload: bytes, order: int, now: float, limited: bool = False) -> None:
         self._clear.discard(topic)

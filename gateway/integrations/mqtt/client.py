@@ -127,9 +127,8 @@ class MqttIntegration:
     async def start(self) -> None:
         events = self._subscribe()
         first = asyncio.ensure_future(events.__anext__())
-        await asyncio.sleep(
-            0
-        )  # the subscription exists from here on: nothing between it and the snapshot is lost
+        # one loop turn: the subscription exists from here on, so nothing between it and the snapshot is lost
+        await asyncio.sleep(0)
         await self.refresh()
         self._tasks = [
             asyncio.create_task(self._follow(events, first), name="otagw-mqtt-events"),
@@ -170,19 +169,24 @@ class MqttIntegration:
     def _device_changed(self, device_id: str) -> None:
         rec = self.core.get_device(device_id)
         if rec is None or not rec.present:
-            if device_id in self.bridge.devices:
+            if device_id not in self._gone:
+                self._gone.add(device_id)
                 log.info("device %s left: removing its Home Assistant entity", device_id)
-            self.bridge.remove_device(device_id)
+                self.bridge.remove_device(device_id)
         else:
+            self._gone.discard(device_id)
             self.bridge.set_device(self._view(rec), self.clock.monotonic())
 
-    async def refresh(self) -> None:
-        """Re-read the catalog and every device (start, periodic, policy reload)."""
+    async def refresh(self, *, devices: bool = True) -> None:
+        """Re-read the catalog, and every device when asked or when the catalog changed (a new image changes
+        latest_version); the gateway sensors always."""
         try:
-            self.catalog = Catalog.of(await self.store.list())
+            catalog = Catalog.of(await self.store.list())
+            devices = devices or catalog.entries.keys() != self.catalog.entries.keys()
+            self.catalog = catalog
         except Exception as exc:  # a catalog read failing must not stop state publishing
             log.warning("MQTT: catalog not refreshed: %s", exc)
-        for rec in self.core.list_devices():
+        for rec in self.core.list_devices() if devices else ():
             if rec.present:
                 self._gone.discard(rec.device_id)
                 self.bridge.set_device(self._view(rec), self.clock.monotonic())
@@ -214,7 +218,7 @@ class MqttIntegration:
     async def _refresh_loop(self) -> None:
         while True:
             await self.clock.sleep(self.cfg.gateway_interval_s)
-            await self.refresh()
+            await self.refresh(devices=False)
 
     # ------------------------------------------------------------------------------------ broker side
     def _client_for(self) -> aiomqtt.Client:
