@@ -55,8 +55,10 @@ WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8480/tcp 5540/udp
 
+# Readiness (/healthz: 503 while an enabled adapter is not running). `otagw health` probes the address of the
+# config's api.listen (OTAGW_CONFIG), so the check follows a changed port; `otagw health --live` is liveness only.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8480/healthz', timeout=4).status != 200)"]
+    CMD ["otagw", "health", "--timeout", "4"]
 
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["otagw"]

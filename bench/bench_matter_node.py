@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.matter.bdx.messages import Block
 from adapters.matter.bdx.receiver import BdxReceiver
-from adapters.matter.bdx.sender import BdxServer
 from adapters.matter.node import ProviderNode
 from adapters.matter.secure.case_initiator import CASEInitiator
 from adapters.matter.secure.credentials import OperationalCredentials
@@ -47,6 +46,7 @@ from adapters.matter.transport.message import (
 )
 from adapters.matter.transport.session import MessageCounter, SecureSession, SessionError, SessionTable
 from adapters.matter.transport.udp import UdpTransport, open_udp
+from tests.matter.support import BdxServer
 
 MiB = 1 << 20
 NODE_ID = 0x0A11_0001

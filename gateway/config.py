@@ -364,6 +364,9 @@ class ApiConfig(Section):
     enabled: bool = True
     listen: str = Field("127.0.0.1:8480", description="HOST:PORT")
     token: str | None = Field(None, description="bearer token; generated into data_dir on first run if unset")
+    max_event_clients: int = Field(
+        32, ge=1, le=10000, description="open /api/v1/events streams at once; more get 503 with Retry-After"
+    )
 
     @field_validator("listen")
     @classmethod
@@ -569,6 +572,10 @@ def load_config(path: Path | None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text: byte offset {exc.start} (0x{exc.object[exc.start]:02x}) {exc.reason}"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

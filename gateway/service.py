@@ -1,10 +1,12 @@
 """The composition root: builds the image store, the update core, the enabled adapters and the HTTP API, runs
 them until SIGINT/SIGTERM, and shuts them down in reverse order.
 
-This is the only module that imports adapters, and it does so lazily, by import string, and only for the
-adapters enabled in the config: a gateway with Zigbee disabled never imports zigpy. An adapter that cannot
-start (no radio, no IPv6, not installed) is recorded as `failed`/`unavailable` with a one-line reason, logged,
-shown on `/healthz`, and the rest keeps serving.
+Adapters come from the plugin registry (`gateway.plugins`, entry point group `otagw.adapters`); this module imports
+no adapter, and a plugin imports its protocol stack only when it is enabled and created: a gateway with Zigbee
+disabled never imports zigpy. An adapter that cannot run on this installation (its SDK is not installed) is
+`unavailable` with one log line; one that fails to start (no radio yet, interface down) is `failed` and retried
+with exponential backoff on the injected clock, one log line per attempt. Either way `/healthz` answers 503 naming
+it, its reason and its next retry, and the rest keeps serving.
 
 Start order: data dir -> store -> core -> adapters -> API -> integrations (MQTT: a client of the core, started
 only when `mqtt.enabled`, lazily imported like the adapters).
@@ -18,11 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,58 +31,35 @@ from aiohttp import web
 
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config, ConfigError, load_config
+from gateway.plugins import AdapterPlugin, RunningAdapter, load_plugins
 
 log = logging.getLogger("otagw.service")
 
 AdapterState = Literal["disabled", "unavailable", "starting", "running", "failed", "stopping", "stopped"]
 CoreState = Literal["starting", "running", "stopping", "stopped"]
 
-
-@dataclass(frozen=True)
-class AdapterSlot:
-    """Where an adapter lives and when it is wanted. `target` is "module:Class"; the class is constructed as
-    `Class(section_config, core, clock, data_dir)` (its own config section, e.g. `ZigbeeConfig`) and has
-    `async start()` / `async stop()`; `start` raises an exception named `AdapterStartError` when it cannot run."""
-
-    name: str
-    target: str
-    enabled: Callable[[Config], bool]
-    section: str | None = None  # config section handed to the adapter (None: the whole Config)
-
-
-ADAPTER_SLOTS: tuple[AdapterSlot, ...] = (
-    AdapterSlot("matter", "adapters.matter.adapter:MatterAdapter", lambda c: c.matter.enabled, "matter"),
-    AdapterSlot("zigbee", "adapters.zigbee.adapter:ZigbeeAdapter", lambda c: c.zigbee.enabled, "zigbee"),
-)
+RETRY_INITIAL_S = 5.0  # first retry of a failed adapter; doubles per failed attempt
+RETRY_MAX_S = 300.0  # a radio plugged in later is picked up within five minutes
 
 
 @dataclass
 class AdapterRuntime:
-    slot: AdapterSlot
+    """One adapter's place in the gateway: its plugin, state, last error and retry schedule."""
+
+    plugin: AdapterPlugin
     state: AdapterState = "disabled"
     error: str | None = None
-    instance: Any = None
+    instance: RunningAdapter | None = None
+    attempts: int = 0  # failed start attempts since the last success
+    next_retry_at: float | None = None  # wall clock (epoch seconds) of the next start attempt
+
+    @property
+    def name(self) -> str:
+        return self.plugin.name
 
 
 class GatewayStartError(Exception):
     """A component without which the gateway cannot serve (store, core, API socket) failed to start."""
-
-
-def load_adapter_class(target: str) -> type[Any]:
-    """Import "module:Class". Raises LookupError with a one-line reason when the adapter is not present."""
-    module_name, _, class_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise LookupError(f"{module_name} is not part of this installation") from None
-        raise LookupError(
-            f"{module_name} needs the Python module {exc.name!r}, which is not installed"
-        ) from None
-    cls = getattr(module, class_name, None)
-    if not isinstance(cls, type):
-        raise LookupError(f"{module_name} has no class {class_name}")
-    return cls
 
 
 class Gateway:
@@ -92,31 +70,55 @@ class Gateway:
         config: Config,
         *,
         clock: Clock | None = None,
-        slots: tuple[AdapterSlot, ...] = ADAPTER_SLOTS,
+        plugins: Iterable[AdapterPlugin] | None = None,
         progress_interval: float = 0.25,
+        retry_initial_s: float = RETRY_INITIAL_S,
+        retry_max_s: float = RETRY_MAX_S,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.adapters = [AdapterRuntime(slot) for slot in slots]
+        chosen = load_plugins().values() if plugins is None else plugins
+        self.adapters = [AdapterRuntime(p) for p in chosen]
         self.core_state: CoreState = "stopped"
         self.store: Any = None
         self.core: Any = None
         self.token: str | None = None
         self.token_source: str | None = None
         self.api_url: str | None = None
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
         self._progress_interval = progress_interval
         self._runner: web.AppRunner | None = None
         self.mqtt: Any = None  # gateway.integrations.mqtt.client.MqttIntegration when mqtt.enabled
         self.mqtt_error: str | None = None
         self._stop = asyncio.Event()
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._retries: dict[str, asyncio.Task[None]] = {}
+
+    def adapter(self, name: str) -> AdapterRuntime | None:
+        return next((a for a in self.adapters if a.name == name), None)
 
     # ------------------------------------------------------------------------------------------ health
     def health(self) -> dict[str, Any]:
-        return {
-            "core": self.core_state,
-            "adapters": {a.slot.name: {"state": a.state, "error": a.error} for a in self.adapters},
-        }
+        """Core state and, per adapter: state, reason, failed attempts, next retry (epoch seconds), plus what
+        the plugin adds. `ready` is True only when the core and every enabled adapter run."""
+        adapters: dict[str, dict[str, Any]] = {}
+        for a in self.adapters:
+            entry: dict[str, Any] = {
+                "state": a.state,
+                "error": a.error,
+                "attempts": a.attempts,
+                "next_retry_at": a.next_retry_at,
+            }
+            if a.instance is not None and a.state == "running":
+                with contextlib.suppress(Exception):
+                    entry["details"] = a.plugin.health(a.instance) or None
+            adapters[a.name] = entry
+        ready = self.core_state == "running" and all(
+            a.state in ("running", "disabled") for a in self.adapters
+        )
+        return {"core": self.core_state, "ready": ready, "adapters": adapters}
 
     # ------------------------------------------------------------------------------------------- start
     async def start(self) -> None:
@@ -128,11 +130,13 @@ class Gateway:
             raise
 
     async def _start(self) -> None:
+        from gateway.core.interface import UpdateCoreInterface
         from gateway.core.service import UpdateCore
         from gateway.store.errors import StoreError
         from gateway.store.store import ImageStore
 
         cfg = self.config
+        self._stopping = False
         self.core_state = "starting"
         data_dir = cfg.data_dir
         try:
@@ -149,18 +153,21 @@ class Gateway:
             raise GatewayStartError(f"image store in {data_dir}: {exc}") from None
         await self._import_configured_images()
 
-        self.core = UpdateCore(cfg, self.store, self.clock)
+        core = UpdateCore(cfg, self.store, self.clock)
+        _adapters_view: UpdateCoreInterface = core  # mypy proves the core offers adapters the whole interface
+        self.core = core
         await self.core.start()
         self.core_state = "running"
 
         for rt in self.adapters:
-            await self._start_adapter(rt)
+            if await self._start_adapter(rt) == "failed":
+                self._schedule_retry(rt)
 
         if cfg.api.enabled:
             await self._start_api()
         if cfg.mqtt.enabled:
             await self._start_mqtt()
-        running = [a.slot.name for a in self.adapters if a.state == "running"]
+        running = [a.name for a in self.adapters if a.state == "running"]
         log.info(
             "otagw is serving",
             extra={"fields": {"adapters": ",".join(running) or "none", "api": self.api_url or "disabled"}},
@@ -179,38 +186,75 @@ class Gateway:
                 log.warning("image import failed: %s: %s", r.item, r.message)
         log.info("configured image sources imported", extra={"fields": {"result": report.summary()}})
 
-    async def _start_adapter(self, rt: AdapterRuntime) -> None:
-        name = rt.slot.name
-        if not rt.slot.enabled(self.config):
-            rt.state, rt.error = "disabled", None
-            return
-        try:
-            cls = load_adapter_class(rt.slot.target)
-        except LookupError as exc:
-            rt.state, rt.error = "unavailable", str(exc)
-            log.warning("%s adapter unavailable: %s; serving without it", name, exc)
-            return
+    def _retry_delay(self, attempts: int) -> float:
+        return min(self.retry_max_s, self.retry_initial_s * 2.0 ** max(0, attempts - 1))
+
+    async def _start_adapter(self, rt: AdapterRuntime) -> AdapterState:
+        """One start attempt, logged in one line whatever the outcome. Returns the new state."""
+        name = rt.name
+        plugin = rt.plugin
+        if not plugin.enabled(self.config):
+            rt.state, rt.error, rt.next_retry_at = "disabled", None, None
+            return rt.state
+        reason = plugin.unavailable_reason()
+        if reason:
+            rt.state, rt.error, rt.next_retry_at = "unavailable", f"{name}: {reason}", None
+            log.warning("%s adapter unavailable: %s; serving without it", name, reason)
+            return rt.state
         rt.state = "starting"
         try:
-            section = getattr(self.config, rt.slot.section) if rt.slot.section else self.config
-            rt.instance = cls(section, self.core, self.clock, self.config.data_dir)
+            rt.instance = plugin.create(
+                self.core, self.config, clock=self.clock, data_dir=self.config.data_dir
+            )
             await rt.instance.start()
+        except LookupError as exc:  # the plugin's adapter module is not installed: permanent, like above
+            rt.state, rt.error, rt.next_retry_at, rt.instance = "unavailable", str(exc), None, None
+            log.warning("%s adapter unavailable: %s; serving without it", name, exc)
+            return rt.state
         except Exception as exc:
-            rt.state, rt.error = "failed", f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+            rt.attempts += 1
+            rt.state, rt.error = "failed", str(exc) or type(exc).__name__
+            rt.next_retry_at = self.clock.now() + self._retry_delay(rt.attempts)
             expected = type(exc).__name__ == "AdapterStartError"
             log.error(
-                "%s adapter could not start: %s; serving without it",
+                "%s adapter could not start (attempt %d): %s; serving without it, next attempt in %.0f s",
                 name,
+                rt.attempts,
                 rt.error,
+                self._retry_delay(rt.attempts),
                 exc_info=None if expected else exc,
+                extra={
+                    "fields": {"adapter": name, "attempt": rt.attempts, "next_retry_at": rt.next_retry_at}
+                },
             )
             with contextlib.suppress(Exception):
                 if rt.instance is not None:
                     await rt.instance.stop()
             rt.instance = None
+            return rt.state
+        if rt.attempts:
+            log.info("%s adapter running (after %d failed attempt(s))", name, rt.attempts)
+        else:
+            log.info("%s adapter running", name)
+        rt.state, rt.error, rt.attempts, rt.next_retry_at = "running", None, 0, None
+        return rt.state
+
+    def _schedule_retry(self, rt: AdapterRuntime) -> None:
+        if self._stopping or rt.name in self._retries:
             return
-        rt.state, rt.error = "running", None
-        log.info("%s adapter running", name)
+        task = asyncio.create_task(self._retry_loop(rt), name=f"otagw-retry-{rt.name}")
+        self._retries[rt.name] = task
+
+    async def _retry_loop(self, rt: AdapterRuntime) -> None:
+        """Retry a failed adapter with exponential backoff until it runs or the gateway stops."""
+        try:
+            while not self._stopping and rt.state == "failed":
+                await self.clock.sleep(self._retry_delay(rt.attempts))
+                if self._stopping:
+                    return
+                await self._start_adapter(rt)
+        finally:
+            self._retries.pop(rt.name, None)
 
     async def _start_api(self) -> None:
         from gateway.api.app import ApiServices, create_app
@@ -287,6 +331,13 @@ class Gateway:
     # -------------------------------------------------------------------------------------------- stop
     async def stop(self) -> None:
         """Stop everything that started, in reverse order; safe to call twice."""
+        self._stopping = True
+        for t in list(self._retries.values()):
+            t.cancel()
+        for t in list(self._retries.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._retries.clear()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -311,7 +362,7 @@ class Gateway:
             try:
                 await rt.instance.stop()
             except Exception:
-                log.exception("%s adapter did not stop cleanly", rt.slot.name)
+                log.exception("%s adapter did not stop cleanly", rt.name)
             rt.instance = None
             rt.state = "stopped"
         if self.core is not None:

@@ -15,8 +15,10 @@ from click.testing import CliRunner, Result
 
 from gateway.cli import main
 from gateway.formats import build_matter_image, build_zigbee_image, parse_matter_image, parse_zigbee_image
+from tests.fixtures_gen import BY_NAME as GENERATED
 
 REPO = Path(__file__).resolve().parent.parent
+
 FIXTURE = REPO / ".." / "shared" / "fixtures" / "zigbee" / "RDL2016091_1_E11-G13_V0.0.9_20170921_release.ota"
 
 
@@ -141,12 +143,20 @@ def test_create_zigbee_then_inspect(tmp_path: Path, payload: Path) -> None:
     assert "manufacturer_code: 4151 (0x1037)" in text and "tag 0x0000 (upgrade image): 3000 bytes" in text
 
 
-def test_inspect_real_vendor_file() -> None:
-    if not FIXTURE.is_file():
-        pytest.skip("vendor fixture not present")
-    report = json.loads(run("inspect", "--json", str(FIXTURE)).stdout)
+@pytest.mark.parametrize("layer", ["generated", "real"])
+def test_inspect_real_vendor_file(layer: str, tmp_path: Path) -> None:
+    if layer == "generated":  # the same EBL quirks, on every clone (tests/fixtures_gen.py)
+        gen = GENERATED["gen-ebl.ota"]
+        path, size = tmp_path / gen.name, len(gen.build())
+        path.write_bytes(gen.build())
+    else:
+        if not FIXTURE.is_file():
+            pytest.skip("shared fixtures not present")
+        path, size = FIXTURE, 116478
+    report = json.loads(run("inspect", "--json", str(path)).stdout)
     assert (report["manufacturer_code"], report["image_type"], report["file_version"]) == (0x1160, 3, 9)
-    assert report["header_string"] == "EBL ElementClassic_E11GX3" and report["size"] == 116478
+    assert report["header_string"] == "EBL ElementClassic_E11GX3" and report["size"] == size
+    assert report["subelements"] == [{"tag": 0, "name": "upgrade image", "offset": 62, "length": size - 62}]
 
 
 def test_inspect_bad_files(tmp_path: Path) -> None:

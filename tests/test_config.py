@@ -67,3 +67,26 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_config_not_utf8_is_a_config_error_naming_file_and_byte_offset(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_bytes(b"data_dir: x\n# \xc8\xff\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not UTF-8 text: byte offset 14"):
+        load_config(f)
+    result = CliRunner().invoke(main, ["-c", str(f), "image", "list"])
+    assert result.exit_code == 2, result.output
+    assert "UnicodeDecodeError" not in result.output and "internal error" not in result.output
+    assert "bad.yaml" in result.output and "byte offset 14" in result.output
+
+
+@pytest.mark.parametrize("command", ["import-list", "import-z2m-index"])
+def test_cli_import_file_not_utf8_exits_2_naming_file_and_byte(tmp_path: Path, command: str) -> None:
+    cfg = tmp_path / "otagw.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'data'}\n")
+    bad = tmp_path / "list.json"
+    bad.write_bytes(b'{"a": "\xc8\xff"}')
+    result = CliRunner().invoke(main, ["-c", str(cfg), "image", command, str(bad)])
+    assert result.exit_code == 2, result.output
+    assert "internal error" not in result.output
+    assert "list.json" in result.output and "byte 7" in result.output

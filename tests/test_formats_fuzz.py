@@ -25,7 +25,7 @@ from gateway.formats import (
     parse_zigbee_image,
     parse_zigbee_prefix,
 )
-from gateway.formats.tlv_lite import decode_one
+from gateway.formats.tlv import decode_one
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ROUND = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

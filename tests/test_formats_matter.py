@@ -36,7 +36,7 @@ from gateway.formats import (
     parse_matter_prefix,
     parse_ota_image,
 )
-from gateway.formats.tlv_lite import MAX_DEPTH, OtherTag, TlvType, TlvWriter, decode_one
+from gateway.formats.tlv import MAX_DEPTH, ProfileTag, TlvWriter
 
 REPO = Path(__file__).resolve().parent.parent
 JS_DIR = REPO / "tests" / "js"
@@ -223,7 +223,7 @@ def test_non_minimal_widths_and_unknown_fields_are_accepted() -> None:
     )
     # Future fields: an unknown context tag, a fully qualified profile tag and a nested container.
     fields.append(lambda w: w.put_utf8(10, "future"))
-    fields.append(lambda w: w.put_uint(OtherTag(6, 0x0001_FFF1_0000), 5))
+    fields.append(lambda w: w.put_uint(ProfileTag(0x0000, 0xFFF1, 0x0001), 5))
     fields.append(lambda w: w.start_list(11).put_bool(None, True).put_null(1).end_container())
     data, _ = _raw_image(fields, payload)
     h = parse_matter_image(data).header
@@ -394,28 +394,6 @@ def test_tlv_nesting_limit() -> None:
     tlv = writer.to_bytes()
     err = _raises(TlvFormatError, _with_header_tlv(tlv), 16 + 1 + 2 * (MAX_DEPTH - 1))
     assert "nested deeper" in err.defect
-
-
-def test_tlv_lite_decodes_every_type() -> None:
-    writer = TlvWriter().start_struct()
-    writer.put_int(1, -5).put_int(2, -70000).put_uint(3, 1 << 40).put_bool(4, False).put_bool(5, True)
-    writer.put_float(6, 1.5).put_float(7, 0.25, double=False).put_null(8).put_utf8(9, "ü").put_bytes(
-        10, b"\x00"
-    )
-    writer.start_array(11).put_uint(None, 1).end_container().put_uint(OtherTag(2, 0x1234), 9)
-    top = decode_one(writer.end_container().to_bytes(), base_offset=100)
-    assert top.type is TlvType.STRUCT and top.offset == 100
-    assert isinstance(top.value, tuple)
-    values = {m.tag: m.value for m in top.value}
-    assert values[1] == -5 and values[2] == -70000 and values[3] == 1 << 40
-    assert values[4] is False and values[5] is True and values[6] == 1.5 and values[7] == 0.25
-    assert values[8] is None and values[9] == "ü" and values[10] == b"\x00"
-    assert values[OtherTag(2, 0x1234)] == 9
-    array = next(m for m in top.value if m.tag == 11)
-    assert array.type is TlvType.ARRAY and isinstance(array.value, tuple) and array.value[0].value == 1
-    with pytest.raises(TlvFormatError) as err:
-        decode_one(b"\x16\x24\x01\x18", base_offset=7)  # tagged member in an array
-    assert err.value.offset == 8
 
 
 # ------------------------------------------------------------------------------------------------ builder

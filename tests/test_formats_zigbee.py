@@ -30,9 +30,11 @@ from gateway.formats import (
     parse_zigbee_image,
     parse_zigbee_prefix,
 )
+from tests.fixtures_gen import BY_NAME as GENERATED_BY_NAME
+from tests.fixtures_gen import IMAGES as GENERATED
 
 FIXTURES = Path(__file__).resolve().parent.parent / ".." / "shared" / "fixtures" / "zigbee"
-FIXTURE_NAMES = [
+REAL_NAMES = [
     "1135-0000-201000A0-FLS-PP3_RGBW.zigbee",
     "RDL2016091_1_E11-G13_V0.0.9_20170921_release.ota",
     "ikea-mgm210l-light-cws-cv-rgbw-v268572245.ota",
@@ -40,16 +42,29 @@ FIXTURE_NAMES = [
 # Values read from the files with zigpy 2.4.0 (`zigpy.ota.image.parse_ota_image`) and cross-checked in
 # test_fixture_matches_zigpy below: (manufacturer, image type, file version, total size, header text).
 FIXTURE_FACTS = {
-    FIXTURE_NAMES[0]: (0x1135, 0x0000, 0x201000A0, 197247, None),
-    FIXTURE_NAMES[1]: (0x1160, 0x0003, 0x00000009, 116478, "EBL ElementClassic_E11GX3"),
-    FIXTURE_NAMES[2]: (0x117C, 0x2802, 268572245, 228582, "GBL Signed OTA"),
+    REAL_NAMES[0]: (0x1135, 0x0000, 0x201000A0, 197247, None),
+    REAL_NAMES[1]: (0x1160, 0x0003, 0x00000009, 116478, "EBL ElementClassic_E11GX3"),
+    REAL_NAMES[2]: (0x117C, 0x2802, 268572245, 228582, "GBL Signed OTA"),
 }
+# Generated equivalents (tests/fixtures_gen.py) with the same quirks run on every clone; the real files are an
+# extra layer where ../shared is present.
+for _g in GENERATED:
+    FIXTURE_FACTS[_g.name] = (
+        _g.manufacturer,
+        _g.image_type,
+        _g.file_version,
+        len(_g.build()),
+        _g.header_text,
+    )
+FIXTURE_NAMES = [g.name for g in GENERATED] + REAL_NAMES
 
 
 def _fixture(name: str) -> bytes:
+    if name in GENERATED_BY_NAME:
+        return GENERATED_BY_NAME[name].build()
     path = FIXTURES / name
     if not path.is_file():
-        pytest.skip(f"vendor fixture {name} not present")
+        pytest.skip("shared fixtures not present")
     return path.read_bytes()
 
 

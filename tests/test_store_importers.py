@@ -7,6 +7,7 @@ import json
 import shutil
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,32 @@ from gateway.store.importers import (
 from gateway.store.model import DeviceDescriptor
 from gateway.store.selection import select_image
 from gateway.store.store import ImageStore
+from tests.fixtures_gen import IMAGES as GENERATED_IMAGES
+from tests.fixtures_gen import INDEX_REMOTE_ENTRIES, write_fixtures
 
 REAL_INDEX = FIXTURES / "z2m_index.json"
-needs_fixtures = pytest.mark.skipif(not REAL_INDEX.exists(), reason="shared Zigbee fixtures not present")
+REAL_INDEX_ENTRIES = 353
+
+
+@dataclass(frozen=True)
+class FixtureLayer:
+    """Where the vendor-like Zigbee files are: generated (every clone) or the real ones in ../shared."""
+
+    directory: Path
+    index_entries: int
+    names: dict[str, str]  # real vendor file name -> the name in this layer
+
+
+@pytest.fixture(params=["generated", "real"])
+def vendor_layer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> FixtureLayer:
+    if request.param == "generated":
+        directory = write_fixtures(tmp_path_factory.mktemp("generated-fixtures"))
+        return FixtureLayer(
+            directory, INDEX_REMOTE_ENTRIES + 1, {g.real_name: g.name for g in GENERATED_IMAGES}
+        )
+    if not REAL_INDEX.exists():
+        pytest.skip("shared fixtures not present")
+    return FixtureLayer(FIXTURES, REAL_INDEX_ENTRIES, {n: n for n in REAL_FILES})
 
 
 @pytest.fixture
@@ -302,24 +326,23 @@ async def test_malformed_index(store: ImageStore, tmp_path: Path) -> None:
         await import_z2m_index(store, tmp_path / "i.json")
 
 
-@needs_fixtures
 async def test_real_index_alone_is_all_skipped_and_nothing_fetched(
-    store: ImageStore, tmp_path: Path, no_network: None
+    store: ImageStore, tmp_path: Path, no_network: None, vendor_layer: FixtureLayer
 ) -> None:
     index = tmp_path / "z2m_index.json"
-    shutil.copyfile(REAL_INDEX, index)
+    source = vendor_layer.directory / "z2m_index.json"
+    shutil.copyfile(source, index)
     report = await import_z2m_index(store, index)
-    assert len(report.results) == len(json.loads(REAL_INDEX.read_text())) == 353
+    assert len(report.results) == len(json.loads(source.read_text())) == vendor_layer.index_entries
     assert {r.status for r in report.results} == {"skipped"}
     assert all((r.message or "").startswith("URL-only entry, not fetched: https://") for r in report.results)
     assert await store.list() == []
 
 
-@needs_fixtures
 async def test_real_index_in_place_finds_the_vendor_file_by_url_basename(
-    store: ImageStore, no_network: None
+    store: ImageStore, no_network: None, vendor_layer: FixtureLayer
 ) -> None:
-    report = await import_z2m_index(store, REAL_INDEX)
+    report = await import_z2m_index(store, vendor_layer.directory / "z2m_index.json")
     created = [r for r in report.results if r.status == "created"]
     assert report.ok
     assert len(created) == 1  # the Sengled RDL2016091 file sits next to the index; its sha512 matches
@@ -329,7 +352,7 @@ async def test_real_index_in_place_finds_the_vendor_file_by_url_basename(
         4448,
         3,
         9,
-        "RDL2016091_1_E11-G13_V0.0.9_20170921_release.ota",
+        vendor_layer.names["RDL2016091_1_E11-G13_V0.0.9_20170921_release.ota"],
     )
 
 
@@ -341,15 +364,15 @@ REAL_FILES = {
 }
 
 
-@needs_fixtures
 async def test_real_vendor_files_via_copied_index(
-    store: ImageStore, tmp_path: Path, no_network: None
+    store: ImageStore, tmp_path: Path, no_network: None, vendor_layer: FixtureLayer
 ) -> None:
     images = tmp_path / "images"
     images.mkdir()
     index = []
-    for name, (mfr, itype, version, model) in REAL_FILES.items():
-        shutil.copyfile(FIXTURES / name, images / name)
+    for real_name, (mfr, itype, version, model) in REAL_FILES.items():
+        name = vendor_layer.names[real_name]
+        shutil.copyfile(vendor_layer.directory / name, images / name)
         fields: dict[str, Any] = {"manufacturerCode": mfr, "imageType": itype, "fileVersion": version}
         if model:
             fields["modelId"] = model
@@ -358,7 +381,7 @@ async def test_real_vendor_files_via_copied_index(
     report = await import_z2m_index(store, tmp_path / "index.json")
     assert [r.status for r in report.results] == ["created"] * 3, report.results
     entries = {e.file_name: e for e in await store.list()}
-    ikea = entries["ikea-mgm210l-light-cws-cv-rgbw-v268572245.ota"]
+    ikea = entries[vendor_layer.names["ikea-mgm210l-light-cws-cv-rgbw-v268572245.ota"]]
     assert (ikea.vendor_id, ikea.product_id, ikea.version_string, ikea.description) == (
         4476,
         10242,
@@ -366,10 +389,11 @@ async def test_real_vendor_files_via_copied_index(
         "GBL Signed OTA",
     )
     assert ikea.model_ids == ("TRADFRI bulb E27 CWS 806lm",)
-    assert entries["1135-0000-201000A0-FLS-PP3_RGBW.zigbee"].description is None  # binary header string
+    binary = entries[vendor_layer.names["1135-0000-201000A0-FLS-PP3_RGBW.zigbee"]]
+    assert binary.description is None  # binary header string
     for name, e in entries.items():
         with store.open_reader(e) as reader:
-            assert reader.read(0, reader.size) == (FIXTURES / name).read_bytes()
+            assert reader.read(0, reader.size) == (vendor_layer.directory / name).read_bytes()
     # An IKEA bulb on an older firmware gets the file; another model does not.
     bulb = DeviceDescriptor("zigbee", 4476, 10242, 0x10010000, model="TRADFRI bulb E27 CWS 806lm")
     assert select_image(await store.entries_for("zigbee", 4476, 10242), bulb) == ikea

@@ -94,8 +94,10 @@ class MatterAdapter:
         *,
         netns: str | None = None,
         control_socket: bool = True,
+        busy_retry_s: int = 120,
     ) -> None:
         self.cfg = config
+        self.busy_retry_s = busy_retry_s
         self.core = core
         self.clock = clock
         self.dir = matter_dir(data_dir)
@@ -137,7 +139,12 @@ class MatterAdapter:
             raise AdapterStartError(f"matter: provider identity: {exc}") from None
         self.fabric = ProviderFabric.from_credentials(creds)
         self.provider = MatterOtaProvider(
-            self.core, [self.fabric], clock=self.clock, config=self.cfg, verify=self._verify
+            self.core,
+            [self.fabric],
+            clock=self.clock,
+            config=self.cfg,
+            verify=self._verify,
+            busy_retry_s=self.busy_retry_s,
         )
         acl = AccessControl.default([creds.fabric_index], {creds.fabric_index: [self.cfg.controller_node_id]})
         registry, _ = build_provider_node(
@@ -146,8 +153,8 @@ class MatterAdapter:
                 product_name="otagw OTA provider",
                 unique_id=f"otagw-{creds.node_id:016X}",
             ),
-            self.provider,
-            acl,
+            delegate=self.provider,
+            acl=acl,
         )
         self.node = ProviderNode(
             [creds],
@@ -286,15 +293,12 @@ class MatterAdapter:
         """Nodes told to install: read SoftwareVersion back (backing off) until the core settles the episode.
         Subscriptions notice a rebooted node only after their liveness timeout, and NotifyUpdateApplied is
         optional, so this read is what verifies an update in time."""
-        get = getattr(self.core, "get_device", None)
-        if get is None:
-            return
         wall = self.clock.now()
         for nid in list(self._adopted):
-            rec = get(self.key(nid).device_id)
+            rec = self.core.get_device(self.key(nid).device_id)
             if (
                 rec is None
-                or rec.state.value not in ("applying", "verifying")
+                or rec.state not in ("applying", "verifying")
                 or (rec.apply_at is not None and wall < rec.apply_at)
             ):
                 self._verify_at.pop(nid, None)
@@ -313,12 +317,10 @@ class MatterAdapter:
         assert self.fabric is not None
         mine = {self.key(n).device_id: n for n in self._adopted}
         due: dict[str, str | None] = {}
-        notify = getattr(self.core, "devices_to_notify", None)
-        for key in notify() if notify else []:
+        for key in self.core.devices_to_notify():
             if key.device_id in mine:
                 due[key.device_id] = "rollout"
-        plan = getattr(self.core, "plan", None)
-        for item in plan() if plan else []:
+        for item in self.core.plan():
             if item.device_id in mine and item.outcome == "update":
                 due.setdefault(item.device_id, item.image_id)
         now = self.clock.monotonic()
@@ -332,9 +334,7 @@ class MatterAdapter:
                 log.info("matter adapter: announce to %s failed: %s", dev, exc)
                 continue
             self._announced[dev] = (image, now)
-            mark = getattr(self.core, "mark_notified", None)
-            if mark is not None:
-                await mark(self.key(mine[dev]), "AnnounceOTAProvider sent")
+            await self.core.mark_notified(self.key(mine[dev]), "AnnounceOTAProvider sent")
 
     async def _on_report(self, ev: dict[str, Any]) -> None:
         node_id = int(ev["node_id"])

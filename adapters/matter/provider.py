@@ -165,8 +165,12 @@ class MatterOtaProvider:
         config: MatterConfig | None = None,
         verify: Callable[[DeviceKey], Awaitable[None]] | None = None,
         ignore_hold_s: float = IGNORE_HOLD_S,
+        busy_retry_s: int = 120,
     ) -> None:
         self.core = core
+        self.busy_retry_s = (
+            busy_retry_s  # policy.busy_retry_s, handed over by the plugin (not read from the core)
+        )
         self.clock = clock
         self.config = config or MatterConfig()
         self.fabrics: dict[int, ProviderFabric] = {f.fabric_index: f for f in fabrics}
@@ -336,8 +340,7 @@ class MatterOtaProvider:
         )
 
     def core_busy_retry(self) -> int:
-        policy = getattr(getattr(self.core, "config", None), "policy", None)
-        return int(getattr(policy, "busy_retry_s", 120))
+        return self.busy_retry_s
 
     @staticmethod
     def _forced_query(knobs: MatterTestMode) -> tuple[OtaStatus, str] | None:
@@ -470,11 +473,10 @@ class MatterOtaProvider:
         requestor whose token derives to that designator."""
         fab = self.fabrics.get(getattr(session, "fabric_index", -1))
         node_id = getattr(session, "peer_node_id", None)
-        active_transfer = getattr(self.core, "active_transfer", None)
-        if fab is None or node_id is None or active_transfer is None:
+        if fab is None or node_id is None:
             return None
         key = matter_device_key(fab.compressed_fabric_id, int(node_id))
-        info = active_transfer(key)
+        info = self.core.active_transfer(key)
         if info is None or designator_for(info.token) != designator:
             return None
         log.info("matter provider: %s resumes transfer %s after a restart", key.device_id, designator)

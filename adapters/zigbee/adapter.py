@@ -9,13 +9,17 @@ each request into calls on the neutral core (gateway/core/interface.py):
     Image Block / Image Page              -> core.progress per block -> block from the store by offset, or
                                               WAIT_FOR_DATA (request time + MinimumBlockPeriod)
     Upgrade End SUCCESS                   -> core.download_complete + core.apply_request -> Upgrade End Response
-                                              (now / at a time / 0xFFFFFFFF then a later triggering response)
+                                              (now / at a time / 0xFFFFFFFF then a later triggering response);
+                                              policy refuses -> Default Response ABORT (the device discards it)
     Upgrade End INVALID_IMAGE / ...       -> core.download_failed with the reason
     after the upgrade time + reboot wait  -> read current_file_version back -> core.report_version
 
-Joins, interviews and leaves keep the core's device records current (`observe`, `device_left`). Block sizing,
-learned caps, resume and stall detection live in ota_server.py (sans-I/O); budgets and policy live in the
-core — this module only asks. All waiting goes through the injected clock.
+Joins, interviews and leaves keep the core's device records current (`observe`, `device_left`); after an
+interview a device is notified only when the core's plan would update it (zigpy's own notify is suppressed).
+Every decision above (resume, the apply mapping, page streaming, notify scheduling, version read-back, stalls)
+is made by the sans-I/O server in protocol/server.py, block sizing and learned caps in ota_server.py; budgets
+and policy live in the core. This module only does I/O: it turns zigpy's decoded requests into server events and performs the
+actions the server answers with (frames, core calls, clock timers). All waiting goes through the injected clock.
 """
 
 from __future__ import annotations
@@ -39,32 +43,35 @@ from adapters.zigbee.ota_server import (
     UPGRADE_TIME_WAIT,
     OtaDevice,
     OtaServerState,
-    TransferStatus,
     encode_image_block_response,
-    zcl_utc,
 )
+from adapters.zigbee.protocol import events as ev
+from adapters.zigbee.protocol.events import (
+    ApplyRecheckDue,
+    DeviceInterviewed,
+    Event,
+    ImageBlockRequest,
+    ImagePageRequest,
+    QueryNextImage,
+    QuerySpecificFile,
+    SetTimer,
+    StallCheckDue,
+    TimerEvent,
+    UpgradeEndRequest,
+)
+from adapters.zigbee.protocol.server import Flow, OtaServer
 from adapters.zigbee.radio import AdapterStartError, start_controller
 from gateway.clock import Clock
 from gateway.config import ZigbeeConfig
-from gateway.core.interface import (
-    ApplyAction,
-    ApplyDecision,
-    Available,
-    Busy,
-    DeviceInfo,
-    DeviceKey,
-    UnknownToken,
-    UpdateCoreInterface,
-    Wait,
-)
+from gateway.core.interface import DeviceInfo, DeviceKey, UnknownToken, UpdateCoreInterface
 
 LOGGER = logging.getLogger(__name__)
 
 S = foundation.Status
 LEARNED_CAPS_FILE = "zigbee-learned-block-caps.json"
-UPGRADE_END_FAILURES = {S.INVALID_IMAGE, S.REQUIRE_MORE_IMAGE, S.ABORT}
 OTA_CLUSTER = t.ClusterId(Ota.cluster_id)
 IBR_COMMAND = t.uint8_t(IMAGE_BLOCK_RESPONSE_ID)
+IMAGE_NOTIFY_ID = Ota.ClientCommandDefs.image_notify.id
 
 __all__ = ["AdapterStartError", "ZigbeeAdapter"]
 
@@ -104,24 +111,48 @@ class ZigbeeAdapter:
         self._app_cls = app_cls
         self.app: ControllerApplication | None = None
         self._owns_app = False
-        self.state = OtaServerState(config)
+        self.server = OtaServer(config)
         self._takeover: OtaTakeover | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._locks: dict[DeviceKey, asyncio.Lock] = {}
-        self._observed: dict[DeviceKey, DeviceInfo] = {}
-        self._known_version: dict[DeviceKey, int] = {}
-        self._verify_pending: set[DeviceKey] = set()
-        self._notify_scheduled: set[DeviceKey] = set()
         self._page_tasks: dict[DeviceKey, asyncio.Task[Any]] = {}
-        self._apply_tasks: dict[DeviceKey, asyncio.Task[Any]] = {}
+        self._timers: dict[TimerEvent, asyncio.Task[Any]] = {}
         self._inflight = 0
         self.malformed: list[str] = []  # recent malformed-frame descriptions (for the API / tests)
-        self._handlers: dict[int, Callable[[Ota, foundation.ZCLHeader, Any], Awaitable[None]]] = {
-            Ota.ServerCommandDefs.query_next_image.id: self._query_next_image,
-            Ota.ServerCommandDefs.image_block.id: self._image_block,
-            Ota.ServerCommandDefs.image_page.id: self._image_page,
-            Ota.ServerCommandDefs.upgrade_end.id: self._upgrade_end,
-            Ota.ServerCommandDefs.query_specific_file.id: self._query_specific_file,
+        self._event_builders: dict[int, Callable[[Ota, foundation.ZCLHeader, Any], Event]] = {
+            Ota.ServerCommandDefs.query_next_image.id: self._query_next_image_event,
+            Ota.ServerCommandDefs.image_block.id: self._image_block_event,
+            Ota.ServerCommandDefs.image_page.id: self._image_page_event,
+            Ota.ServerCommandDefs.upgrade_end.id: self._upgrade_end_event,
+            Ota.ServerCommandDefs.query_specific_file.id: self._query_specific_file_event,
+        }
+        # how each server action is performed; every performer takes (action, cluster, request header)
+        self._perform: dict[type, Callable[[Any, Ota | None, Any], Awaitable[Any]]] = {
+            ev.SendQueryResponse: self._do_send_query_response,
+            ev.SendBlock: self._do_send_block,
+            ev.SendWaitForData: self._do_send_wait_for_data,
+            ev.SendBlockStatus: self._do_send_block_status,
+            ev.SendUpgradeEndResponse: self._do_send_upgrade_end_response,
+            ev.SendDefaultResponse: self._do_send_default_response,
+            ev.SendImageNotify: self._do_send_image_notify,
+            ev.DescribeDevice: self._do_describe_device,
+            ev.ReadVersion: self._do_read_version,
+            ev.CoreObserve: self._do_core_observe,
+            ev.CoreReportVersion: self._do_core_report_version,
+            ev.CoreStatusReport: self._do_core_status_report,
+            ev.CoreQuery: self._do_core_query,
+            ev.CoreActiveTransfer: self._do_core_active_transfer,
+            ev.CorePlanOutcome: self._do_core_plan_outcome,
+            ev.CoreOpenImage: self._do_core_open_image,
+            ev.CoreProgress: self._do_core_progress,
+            ev.CoreDownloadComplete: self._do_core_download_complete,
+            ev.CoreDownloadFailed: self._do_core_download_failed,
+            ev.CoreApplyRequest: self._do_core_apply_request,
+            ev.SetTimer: self._do_set_timer,
+            ev.Sleep: self._do_sleep,
+            ev.StartPageStream: self._do_start_page_stream,
+            ev.CancelPageStream: self._do_cancel_page_stream,
+            ev.SaveLearnedCaps: self._do_save_learned_caps,
         }
 
     # ================================================================== lifecycle
@@ -147,7 +178,8 @@ class ZigbeeAdapter:
         for device in list(app.devices.values()):
             for cluster in self._takeover.ensure(device):
                 await self._observe(self._info(cluster))
-        self._spawn(self._stall_watchdog(), "stall watchdog")
+        for action in self.server.start():
+            await self._perform[type(action)](action, None, None)
         self._spawn(self._notify_loop(), "notify due devices")
 
     async def stop(self) -> None:
@@ -157,6 +189,8 @@ class ZigbeeAdapter:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        self._timers.clear()
+        self._page_tasks.clear()
         if self._takeover is not None:
             self._takeover.remove()
             self._takeover = None
@@ -169,8 +203,13 @@ class ZigbeeAdapter:
         return self._inflight == 0
 
     @property
+    def state(self) -> OtaServerState:
+        """The server's transfer records and learned caps (read-only use: tests, API)."""
+        return self.server.state
+
+    @property
     def transfers(self) -> dict[DeviceKey, OtaDevice]:
-        return self.state.transfers
+        return self.server.transfers
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=f"otagw-zigbee {name}")
@@ -259,27 +298,10 @@ class ZigbeeAdapter:
         )
 
     async def _observe(self, info: DeviceInfo) -> None:
-        if self._observed.get(info.key) == info:
-            return
-        self._observed[info.key] = info
-        if info.current_version is not None:
-            self._known_version.setdefault(info.key, info.current_version)
-        try:
-            await self.core.observe(info)
-        except Exception:  # a record we could not store must not break OTA serving
-            LOGGER.exception("core.observe failed for %s", info.key.device_id)
+        await self._drive(self.server.observe(info), None)
 
-    async def _report_version(self, key: DeviceKey, version: int, *, force: bool = False) -> None:
-        changed = self._known_version.get(key) not in (None, version)
-        self._known_version[key] = version
-        if not (force or changed or key in self._verify_pending):
-            return
-        self._verify_pending.discard(key)
-        LOGGER.info("%s runs file version 0x%08x", key.device_id, version)
-        try:
-            await self.core.report_version(key, version, f"0x{version:08x}")
-        except Exception:
-            LOGGER.exception("core.report_version failed for %s", key.device_id)
+    async def _report_version(self, key: DeviceKey, version: int) -> None:
+        await self._drive(self.server.report_version(key, version), None)
 
     def _on_device_initialized(self, device: Any) -> None:
         self._spawn(self._refresh_device(device), f"refresh {device.ieee}")
@@ -307,19 +329,12 @@ class ZigbeeAdapter:
                 await self._observe(info)
                 if info.current_version is not None:
                     await self._report_version(info.key, info.current_version)
+                await self._drive(self.server.handle(DeviceInterviewed(info.key)), cluster)
 
     def _on_device_left(self, device: Any) -> None:
         if self.app is None:
             return
-        pan = self._pan()
-        keys = [
-            k
-            for k in {*self._observed, *self.state.transfers}
-            if k.address == str(device.ieee) and k.network == pan
-        ]
-        for key in keys:
-            self.state.transfers.pop(key, None)
-            self._observed.pop(key, None)
+        for key in self.server.forget_device(self._pan(), str(device.ieee)):
             self._spawn(self.core.device_left(key), f"left {key.device_id}")
 
     def _on_malformed(self, device: Any, endpoint: int, frame: bytes, problem: str) -> None:
@@ -329,13 +344,13 @@ class ZigbeeAdapter:
         LOGGER.warning("%s", text)
         self.malformed = [*self.malformed[-49:], text]
 
-    # ================================================================== request dispatch
+    # ================================================================== requests -> events
     def _on_request(self, cluster: Ota, hdr: foundation.ZCLHeader, args: Any) -> None:
         """Called synchronously by zigpy for each OTA cluster command from a device."""
         if hdr.direction != foundation.Direction.Client_to_Server:
             return  # server->client frames from a device (another OTA server?) are not for us
-        handler = self._handlers.get(hdr.command_id)
-        if handler is None or isinstance(args, bytes | bytearray):
+        make_event = self._event_builders.get(hdr.command_id)
+        if make_event is None or isinstance(args, bytes | bytearray):
             LOGGER.warning(
                 "unsupported OTA command 0x%02x from %s: %r",
                 hdr.command_id,
@@ -345,11 +360,11 @@ class ZigbeeAdapter:
             cluster.send_default_rsp(hdr, S.UNSUP_CLUSTER_COMMAND)
             return
         self._inflight += 1  # counted from now so the harness sees the request as in progress
-        self._spawn(self._run_handler(handler, cluster, hdr, args), f"OTA 0x{hdr.command_id:02x}")
+        self._spawn(self._run_request(make_event, cluster, hdr, args), f"OTA 0x{hdr.command_id:02x}")
 
-    async def _run_handler(
+    async def _run_request(
         self,
-        handler: Callable[[Ota, foundation.ZCLHeader, Any], Awaitable[None]],
+        make_event: Callable[[Ota, foundation.ZCLHeader, Any], Event],
         cluster: Ota,
         hdr: foundation.ZCLHeader,
         args: Any,
@@ -360,7 +375,8 @@ class ZigbeeAdapter:
             if lock is None:
                 lock = self._locks[key] = asyncio.Lock()
             async with lock:
-                await handler(cluster, hdr, args)
+                event = make_event(cluster, hdr, args)
+                await self._drive(self.server.handle(event), cluster, hdr)
         except Exception:  # one bad exchange never takes the adapter down
             LOGGER.exception(
                 "OTA command 0x%02x from %s failed", hdr.command_id, cluster.endpoint.device.ieee
@@ -368,236 +384,299 @@ class ZigbeeAdapter:
         finally:
             self._inflight -= 1
 
-    async def _send(self, what: str, cluster: Ota, coro: Awaitable[Any]) -> bool:
+    def _query_next_image_event(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> Event:
+        return QueryNextImage(self._key(cluster), hdr.tsn, self._info(cluster, qni=cmd))
+
+    def _query_specific_file_event(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> Event:
+        base = self._info(cluster)
+        info = DeviceInfo(
+            key=base.key,
+            vendor_id=int(cmd.manufacturer_code),
+            product_id=int(cmd.image_type),
+            vendor_name=base.vendor_name,
+            model=base.model,
+            hardware_version=base.hardware_version,
+            current_version=base.current_version,
+            current_version_string=base.current_version_string,
+            sleepy=base.sleepy,
+            extra={**base.extra, "query_specific_file": int(cmd.file_version)},
+        )
+        return QuerySpecificFile(base.key, hdr.tsn, info, int(cmd.file_version))
+
+    def _image_block_event(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> Event:
+        mbp = getattr(cmd, "minimum_block_period", None)
+        return ImageBlockRequest(
+            self._key(cluster),
+            hdr.tsn,
+            int(cmd.manufacturer_code),
+            int(cmd.image_type),
+            int(cmd.file_version),
+            int(cmd.file_offset),
+            int(cmd.maximum_data_size),
+            None if mbp is None else int(mbp),
+        )
+
+    def _image_page_event(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> Event:
+        return ImagePageRequest(
+            self._key(cluster),
+            hdr.tsn,
+            int(cmd.manufacturer_code),
+            int(cmd.image_type),
+            int(cmd.file_version),
+            int(cmd.file_offset),
+            int(cmd.maximum_data_size),
+            int(cmd.page_size),
+            int(cmd.response_spacing),
+        )
+
+    def _upgrade_end_event(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> Event:
+        return UpgradeEndRequest(
+            self._key(cluster),
+            hdr.tsn,
+            int(cmd.status),
+            int(cmd.manufacturer_code),
+            int(cmd.image_type),
+            int(cmd.file_version),
+            bool(hdr.frame_control.disable_default_response),
+        )
+
+    # ================================================================== actions -> I/O
+    async def _drive(
+        self, flow: Flow[Any], cluster: Ota | None, hdr: foundation.ZCLHeader | None = None
+    ) -> None:
+        """Run one server flow to its end: perform each action it yields and send the answer back in.
+
+        `cluster` is the device's OTA cluster the frames go to (None when the device is not known any more: sends
+        then fail as undelivered); `hdr` the request that started the flow, for Default Responses."""
+        server, clock, perform = self.server, self.clock, self._perform
+        answer: Any = None
+        while True:
+            action = server.step(flow, answer, clock.now(), clock.monotonic())
+            if action is None:
+                return
+            answer = await perform[type(action)](action, cluster, hdr)
+
+    async def _send(self, what: str, cluster: Ota | None, send: Callable[[Ota], Awaitable[Any]]) -> bool:
         """Await one zigpy send; delivery failures are logged, never raised."""
+        if cluster is None:
+            return False
         try:
-            await coro
+            await send(cluster)
             return True
         except (zigpy.exceptions.ZigbeeException, TimeoutError, OSError) as exc:
             LOGGER.info("%s to %s not delivered: %s", what, cluster.endpoint.device.ieee, exc)
             return False
 
-    async def _block_status(self, cluster: Ota, status: Any, tsn: int) -> None:
-        """Answer an Image Block/Page Request with a bare status (ABORT, MALFORMED_COMMAND)."""
-        await self._send(status.name, cluster, cluster.image_block_response(status=status, tsn=tsn))
-
-    async def _reject_out_of_range(
-        self, cluster: Ota, tr: OtaDevice, what: str, offset: int, limit: str, tsn: int
-    ) -> None:
-        LOGGER.warning(
-            "%s: %s at offset %d (size %d, %s) is out of range",
-            tr.key.device_id,
-            what,
-            offset,
-            tr.size,
-            limit,
-        )
-        await self._block_status(cluster, S.MALFORMED_COMMAND, tsn)
-
-    # ------------------------------------------------------------------ Query Next Image
-    async def _query_next_image(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> None:
-        info = self._info(cluster, qni=cmd)
-        key = info.key
-        await self._observe(info)
-        await self._report_version(key, int(cmd.current_file_version))
-        result = await self.core.query(info)
-        if isinstance(result, Available):
-            try:
-                tr = self._new_transfer(cluster, result)
-            except UnknownToken as exc:
-                LOGGER.warning("%s: core offered an image it cannot open: %s", key.device_id, exc)
-                await self._send(
-                    "Query Next Image Response",
-                    cluster,
-                    cluster.query_next_image_response(status=S.NO_IMAGE_AVAILABLE, tsn=hdr.tsn),
-                )
-                return
-            await self._send(
-                "Query Next Image Response",
-                cluster,
-                cluster.query_next_image_response(
-                    status=S.SUCCESS,
-                    manufacturer_code=tr.manufacturer_code,
-                    image_type=tr.image_type,
-                    file_version=tr.file_version,
-                    image_size=tr.size,
-                    tsn=hdr.tsn,
-                ),
+    async def _do_send_query_response(self, a: Any, cluster: Ota | None, hdr: Any) -> bool:
+        what = "Query Specific File Response" if a.specific else "Query Next Image Response"
+        fields: dict[str, Any] = {"status": foundation.Status(a.status), "tsn": a.tsn}
+        if a.status == S.SUCCESS:
+            fields.update(
+                manufacturer_code=a.manufacturer_code,
+                image_type=a.image_type,
+                file_version=a.file_version,
+                image_size=a.image_size,
             )
-            LOGGER.info("%s: offered %s (%d bytes)", key.device_id, result.image.image_id, tr.size)
-            return
-        await self._send(
-            "Query Next Image Response",
-            cluster,
-            cluster.query_next_image_response(status=S.NO_IMAGE_AVAILABLE, tsn=hdr.tsn),
-        )
-        if isinstance(result, Busy) and info.sleepy is False:
-            # mains-powered devices get an Image Notify when the core expects room; sleepy ones ask again
-            self._schedule_notify(cluster, result.retry_after_s)
 
-    def _new_transfer(self, cluster: Ota, result: Available) -> OtaDevice:
-        key = self._key(cluster)
-        reader = self.core.open_image(result.token)
-        now_m = self.clock.monotonic()
-        mbp = cluster.get(Ota.AttributeDefs.minimum_block_req_delay.name)
-        tr = OtaDevice(
-            key=key,
-            token=result.token,
-            image=result.image,
-            reader=reader,
-            started_mono=now_m,
-            manufacturer_code=result.image.vendor_id,
-            image_type=result.image.product_id,
-            file_version=result.image.numeric_version,
-            model=cluster.endpoint.device.model,
-            last_activity_mono=now_m + result.delay_s,
-            not_before_wall=self.clock.now() + result.delay_s,
-            device_min_block_period_ms=int(mbp or 0),
-        )
-        old = self.state.transfers.get(key)
-        if old is not None and old.token == tr.token:
-            # same transfer offered again (device re-queried mid-download): keep its counters
-            tr.bytes_downloaded, tr.highest_offset, tr.paced = (
-                old.bytes_downloaded,
-                old.highest_offset,
-                old.paced,
-            )
-        self.state.transfers[key] = tr
-        return tr
+        def send(c: Ota) -> Awaitable[Any]:
+            if a.specific:
+                return c.query_specific_file_response(**fields)
+            return c.query_next_image_response(**fields)
 
-    async def _resume(
-        self, cluster: Ota, manufacturer_code: int, image_type: int, file_version: int
-    ) -> OtaDevice | None:
-        """A device asks for blocks of an image we hold no transfer for (gateway restart, stall expiry): ask the
-        core again on its behalf and continue if it still offers that very image."""
-        key = self._key(cluster)
-        known = self._observed.get(key)
-        base = self._info(cluster)
-        info = DeviceInfo(
-            key=key,
-            vendor_id=manufacturer_code,
-            product_id=image_type,
-            vendor_name=base.vendor_name,
-            model=base.model,
-            hardware_version=base.hardware_version,
-            current_version=(known.current_version if known else None)
-            if known and known.current_version is not None
-            else base.current_version,
-            current_version_string=base.current_version_string,
-            sleepy=base.sleepy,
-            extra=base.extra,
-        )
-        active = getattr(self.core, "active_transfer", None)
-        ti = active(key) if callable(active) else None
-        if (
-            ti is not None
-            and ti.image.numeric_version == file_version
-            and ti.state in ("querying", "downloading", "downloaded", "waiting_to_apply")
-        ):
-            result: Any = Available(
-                ti.token,
-                ti.image,
-                0,
-                resume_offset=ti.acked_offset,
-                reason="re-attached to the live transfer",
-            )
-        else:
-            result = await self.core.query(info)
-        if not isinstance(result, Available):
-            LOGGER.info(
-                "%s asks for blocks of 0x%08x but the core has nothing for it (%s)",
-                key.device_id,
-                file_version,
-                type(result).__name__,
-            )
-            return None
+        return await self._send(what, cluster, send)
+
+    async def _do_send_block(self, a: Any, cluster: Ota | None, hdr: Any) -> bool:
+        if cluster is None:
+            return False
+        tr: OtaDevice = a.transfer
+        data = tr.read(a.offset, a.length)
         try:
-            tr = self._new_transfer(cluster, result)
-        except UnknownToken:
-            return None
-        if not tr.matches(manufacturer_code, image_type, file_version):
-            LOGGER.info(
-                "%s asks for 0x%08x but the core now offers 0x%08x",
-                key.device_id,
-                file_version,
-                tr.file_version,
-            )
-            self.state.transfers.pop(key, None)
-            with contextlib.suppress(Exception):
-                await self.core.download_failed(
-                    tr.token, f"device asked for file version 0x{file_version:08x}"
-                )
-            return None
-        tr.resumed = True
-        tr.last_activity_mono = self.clock.monotonic()
-        tr.not_before_wall = 0.0
-        LOGGER.info("%s: resuming transfer of %s", key.device_id, tr.image.image_id)
-        return tr
+            await self._image_block_response(cluster, tr, a.offset, data, a.tsn)
+            return True
+        except (zigpy.exceptions.ZigbeeException, TimeoutError, OSError) as exc:
+            LOGGER.info("Image Block Response to %s not delivered: %s", cluster.endpoint.device.ieee, exc)
+            return False
 
-    async def _transfer_for(self, cluster: Ota, cmd: Any) -> OtaDevice | None:
-        key = self._key(cluster)
-        tr = self.state.transfers.get(key)
-        if (
-            tr is not None
-            and tr.matches(cmd.manufacturer_code, cmd.image_type, cmd.file_version)
-            and tr.status is TransferStatus.DOWNLOADING
-        ):
-            return tr
-        return await self._resume(cluster, cmd.manufacturer_code, cmd.image_type, cmd.file_version)
-
-    # ------------------------------------------------------------------ blocks
-    async def _wait_for_data(
-        self, cluster: Ota, tr: OtaDevice, tsn: int | None, retry_after_s: float
-    ) -> None:
-        now = self.clock.now()
-        # the device stays silent meanwhile: that is not a stall
-        tr.last_activity_mono = max(tr.last_activity_mono, self.clock.monotonic() + retry_after_s)
-        await self._send(
+    async def _do_send_wait_for_data(self, a: Any, cluster: Ota | None, hdr: Any) -> bool:
+        return await self._send(
             "WAIT_FOR_DATA",
             cluster,
-            cluster.image_block_response(
+            lambda c: c.image_block_response(
                 status=S.WAIT_FOR_DATA,
-                current_time=zcl_utc(now),
-                request_time=zcl_utc(now + retry_after_s),
-                minimum_block_period=self.state.pacing_period_ms(tr),
-                tsn=tsn,
+                current_time=a.current_time,
+                request_time=a.request_time,
+                minimum_block_period=a.minimum_block_period,
+                tsn=a.tsn,
             ),
         )
 
-    async def _pre_block_checks(self, cluster: Ota, tr: OtaDevice, tsn: int | None) -> bool:
-        """WAIT_FOR_DATA for a delayed start or to push the configured pacing; True when the block may go."""
-        now = self.clock.now()
-        if now < tr.not_before_wall:
-            await self._wait_for_data(cluster, tr, tsn, tr.not_before_wall - now)
-            return False
-        if self.state.needs_pacing_push(tr):
-            tr.paced = True
-            await self._wait_for_data(cluster, tr, tsn, 0)
-            return False
-        return True
-
-    async def _serve_block(
-        self,
-        cluster: Ota,
-        tr: OtaDevice,
-        offset: int,
-        requested: int,
-        tsn: int | None,
-        manufacturer_code: int,
-    ) -> bool:
-        """Ask the core, then send one block (or WAIT_FOR_DATA). True when a block went out."""
-        n = min(self.state.block_size(manufacturer_code, tr.model, requested), tr.size - offset)
-        decision = await self.core.progress(tr.token, offset, n)
-        if isinstance(decision, Wait):
-            await self._wait_for_data(cluster, tr, tsn, decision.retry_after_s)
-            return False
-        data = tr.read(offset, n)
-        ok = await self._send(
-            "Image Block Response", cluster, self._image_block_response(cluster, tr, offset, data, tsn)
+    async def _do_send_block_status(self, a: Any, cluster: Ota | None, hdr: Any) -> bool:
+        status = foundation.Status(a.status)
+        return await self._send(
+            status.name,
+            cluster,
+            lambda c: c.image_block_response(status=status, tsn=a.tsn),
         )
-        if ok:
-            self.state.record_block(tr, offset, len(data), self.clock.monotonic())
-        return ok
+
+    async def _do_send_upgrade_end_response(self, a: Any, cluster: Ota | None, hdr: Any) -> bool:
+        wait = a.upgrade_time == UPGRADE_TIME_WAIT
+        return await self._send(
+            "Upgrade End Response (wait)" if wait else "Upgrade End Response",
+            cluster,
+            lambda c: c.upgrade_end_response(
+                manufacturer_code=a.manufacturer_code,
+                image_type=a.image_type,
+                file_version=a.file_version,
+                current_time=a.current_time,
+                upgrade_time=a.upgrade_time,
+                tsn=a.tsn,
+            ),
+        )
+
+    async def _do_send_default_response(self, a: Any, cluster: Ota | None, hdr: Any) -> None:
+        if cluster is not None and hdr is not None:
+            cluster.send_default_rsp(hdr, foundation.Status(a.status))
+
+    async def _do_send_image_notify(self, a: Any, cluster: Ota | None, hdr: Any) -> bool:
+        results = await self.notify([a.key])
+        return results.get(a.key, False)
+
+    async def _do_describe_device(self, a: Any, cluster: Ota | None, hdr: Any) -> DeviceInfo:
+        assert cluster is not None  # only request flows describe their device
+        return self._info(cluster)
+
+    async def _do_read_version(self, a: Any, cluster: Ota | None, hdr: Any) -> int | None:
+        if cluster is None:
+            return None
+        try:
+            ok, _failed = await cluster.read_attributes(
+                [Ota.AttributeDefs.current_file_version.name], allow_cache=False
+            )
+        except (zigpy.exceptions.ZigbeeException, TimeoutError) as exc:
+            LOGGER.info("%s: version read failed: %s", a.key.device_id, exc)
+            return None
+        version = ok.get(Ota.AttributeDefs.current_file_version.name)
+        return None if version is None else int(version)
+
+    async def _do_core_observe(self, a: Any, cluster: Ota | None, hdr: Any) -> None:
+        try:
+            await self.core.observe(a.info)
+        except Exception:  # a record we could not store must not break OTA serving
+            LOGGER.exception("core.observe failed for %s", a.info.key.device_id)
+
+    async def _do_core_report_version(self, a: Any, cluster: Ota | None, hdr: Any) -> None:
+        try:
+            await self.core.report_version(a.key, a.version, f"0x{a.version:08x}")
+        except Exception:
+            LOGGER.exception("core.report_version failed for %s", a.key.device_id)
+
+    async def _do_core_status_report(self, a: Any, cluster: Ota | None, hdr: Any) -> None:
+        try:
+            await self.core.status_report(a.key, a.report)
+        except Exception:
+            LOGGER.exception("core.status_report failed for %s", a.key.device_id)
+
+    async def _do_core_query(self, a: Any, cluster: Ota | None, hdr: Any) -> Any:
+        return await self.core.query(a.info)
+
+    async def _do_core_active_transfer(self, a: Any, cluster: Ota | None, hdr: Any) -> Any:
+        return self.core.active_transfer(a.key)
+
+    async def _do_core_plan_outcome(self, a: Any, cluster: Ota | None, hdr: Any) -> str | None:
+        for item in self.core.plan():
+            if item.device_id == a.key.device_id:
+                return str(item.outcome)
+        return None
+
+    async def _do_core_open_image(self, a: Any, cluster: Ota | None, hdr: Any) -> Any:
+        try:
+            return self.core.open_image(a.token)
+        except UnknownToken as exc:
+            return exc
+
+    async def _do_core_progress(self, a: Any, cluster: Ota | None, hdr: Any) -> Any:
+        try:
+            return await self.core.progress(a.token, a.offset, a.nbytes)
+        except UnknownToken as exc:
+            return exc
+
+    async def _do_core_download_complete(self, a: Any, cluster: Ota | None, hdr: Any) -> None:
+        await self.core.download_complete(a.token)
+
+    async def _do_core_download_failed(self, a: Any, cluster: Ota | None, hdr: Any) -> None:
+        try:
+            await self.core.download_failed(a.token, a.reason)
+        except Exception:
+            LOGGER.exception("core.download_failed failed")
+
+    async def _do_core_apply_request(self, a: Any, cluster: Ota | None, hdr: Any) -> Any:
+        return await self.core.apply_request(a.token, a.new_version)
+
+    async def _do_set_timer(self, a: Any, cluster: Ota | None, hdr: Any) -> None:
+        event: TimerEvent = a.event
+        old = self._timers.pop(event, None)
+        if old is not None and old is not asyncio.current_task():
+            old.cancel()
+        name = type(event).__name__ + (f" {event.key.device_id}" if hasattr(event, "key") else "")
+        self._timers[event] = self._spawn(self._timer(event, a.delay_s), name)
+
+    async def _timer(self, event: TimerEvent, delay_s: float) -> None:
+        try:
+            await self.clock.sleep(delay_s)
+        finally:
+            if self._timers.get(event) is asyncio.current_task():
+                del self._timers[event]
+        key = getattr(event, "key", None)
+        cluster = self._find_cluster(key) if key is not None else None
+        async with self._busy():
+            try:
+                if isinstance(event, ApplyRecheckDue):
+                    async with self._locks.setdefault(event.key, asyncio.Lock()):
+                        await self._drive(self.server.handle(event), cluster)
+                else:
+                    await self._drive(self.server.handle(event), cluster)
+            except Exception:  # a failed timer round must not end the adapter (the stall timer re-arms)
+                LOGGER.exception("zigbee timer %s failed", type(event).__name__)
+                if isinstance(event, StallCheckDue):
+                    await self._do_set_timer(SetTimer(event, self.server.stall_check_interval()), None, None)
+
+    async def _do_sleep(self, a: Any, cluster: Ota | None, hdr: Any) -> None:
+        await self._sleep(a.seconds)
+
+    async def _do_start_page_stream(self, a: Any, cluster: Ota | None, hdr: Any) -> None:
+        key = a.request.key
+        old = self._page_tasks.pop(key, None)
+        if old is not None:
+            old.cancel()
+        self._inflight += 1
+        self._page_tasks[key] = self._spawn(
+            self._stream_page(self.server.stream_page(a.request, a.transfer), cluster, key),
+            f"page {key.device_id}",
+        )
+
+    async def _stream_page(self, flow: Flow[None], cluster: Ota | None, key: DeviceKey) -> None:
+        try:
+            await self._drive(flow, cluster)
+        finally:
+            self._inflight -= 1
+            if self._page_tasks.get(key) is asyncio.current_task():
+                self._page_tasks.pop(key, None)
+
+    async def _do_cancel_page_stream(self, a: Any, cluster: Ota | None, hdr: Any) -> None:
+        page = self._page_tasks.pop(a.key, None)
+        if page is not None:
+            page.cancel()
+
+    async def _do_save_learned_caps(self, a: Any, cluster: Ota | None, hdr: Any) -> None:
+        if self.data_dir is None:
+            return
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.data_dir / (LEARNED_CAPS_FILE + ".tmp")
+            tmp.write_text(a.text, encoding="utf-8")
+            tmp.replace(self.data_dir / LEARNED_CAPS_FILE)
+        except OSError as exc:
+            LOGGER.warning("cannot save learned block caps: %s", exc)
 
     def _image_block_response(
         self, cluster: Ota, tr: OtaDevice, offset: int, data: bytes, tsn: int | None
@@ -617,7 +696,7 @@ class ZigbeeAdapter:
                 priority=t.PacketPriority.LOW,
                 aps_encryption=cluster.aps_encryption,
             )
-        return cluster.image_block_response(  # type: ignore[no-any-return]
+        return cluster.image_block_response(
             status=S.SUCCESS,
             manufacturer_code=tr.manufacturer_code,
             image_type=tr.image_type,
@@ -627,325 +706,6 @@ class ZigbeeAdapter:
             tsn=tsn,
             priority=t.PacketPriority.LOW,
         )
-
-    async def _image_block(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> None:
-        tr = await self._transfer_for(cluster, cmd)
-        if tr is None:
-            await self._block_status(cluster, S.ABORT, hdr.tsn)
-            return
-        if getattr(cmd, "minimum_block_period", None) is not None:
-            tr.device_min_block_period_ms = int(cmd.minimum_block_period)
-        offset = int(cmd.file_offset)
-        if offset >= tr.size or cmd.maximum_data_size == 0:
-            limit = f"max {cmd.maximum_data_size}"
-            await self._reject_out_of_range(cluster, tr, "Image Block Request", offset, limit, hdr.tsn)
-            return
-        tr.last_activity_mono = max(tr.last_activity_mono, self.clock.monotonic())
-        if not await self._pre_block_checks(cluster, tr, hdr.tsn):
-            return
-        try:
-            await self._serve_block(
-                cluster, tr, offset, int(cmd.maximum_data_size), hdr.tsn, int(cmd.manufacturer_code)
-            )
-        except UnknownToken as exc:
-            # the core ended this episode (expired, cancelled, superseded): one fresh attempt, else ABORT
-            LOGGER.info("%s: %s", tr.key.device_id, exc)
-            self.state.transfers.pop(tr.key, None)
-            tr2 = await self._resume(cluster, cmd.manufacturer_code, cmd.image_type, cmd.file_version)
-            if tr2 is None or not await self._pre_block_checks(cluster, tr2, hdr.tsn):
-                if tr2 is None:
-                    await self._block_status(cluster, S.ABORT, hdr.tsn)
-                return
-            await self._serve_block(
-                cluster, tr2, offset, int(cmd.maximum_data_size), hdr.tsn, int(cmd.manufacturer_code)
-            )
-
-    async def _image_page(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> None:
-        tr = await self._transfer_for(cluster, cmd)
-        if tr is None:
-            await self._block_status(cluster, S.ABORT, hdr.tsn)
-            return
-        offset = int(cmd.file_offset)
-        if offset >= tr.size or cmd.maximum_data_size == 0 or cmd.page_size == 0:
-            limit = f"page {cmd.page_size}"
-            await self._reject_out_of_range(cluster, tr, "Image Page Request", offset, limit, hdr.tsn)
-            return
-        tr.last_activity_mono = max(tr.last_activity_mono, self.clock.monotonic())
-        if not await self._pre_block_checks(cluster, tr, hdr.tsn):
-            return
-        # a new page request supersedes a page still being streamed (the device timed out on it)
-        old = self._page_tasks.pop(tr.key, None)
-        if old is not None:
-            old.cancel()
-        self._inflight += 1
-        self._page_tasks[tr.key] = self._spawn(
-            self._stream_page(cluster, tr, hdr, cmd), f"page {tr.key.device_id}"
-        )
-
-    async def _stream_page(self, cluster: Ota, tr: OtaDevice, hdr: foundation.ZCLHeader, cmd: Any) -> None:
-        """Send a page as consecutive Image Block Responses, `response_spacing` ms apart (clock)."""
-        try:
-            offset = int(cmd.file_offset)
-            end = min(tr.size, offset + int(cmd.page_size))
-            spacing_ms = max(int(cmd.response_spacing), self.config.page_response_spacing_min_ms)
-            tsn: int | None = hdr.tsn  # first response answers the request; the rest carry fresh numbers
-            while (
-                offset < end
-                and self.state.transfers.get(tr.key) is tr
-                and tr.status is TransferStatus.DOWNLOADING
-            ):
-                n = min(
-                    self.state.block_size(int(cmd.manufacturer_code), tr.model, int(cmd.maximum_data_size)),
-                    end - offset,
-                )
-                try:
-                    if not await self._serve_block(cluster, tr, offset, n, tsn, int(cmd.manufacturer_code)):
-                        return
-                except UnknownToken as exc:
-                    LOGGER.info("%s: %s", tr.key.device_id, exc)
-                    self.state.transfers.pop(tr.key, None)
-                    await self._block_status(cluster, S.ABORT, tsn)
-                    return
-                offset += n
-                tsn = None
-                if offset < end and spacing_ms:
-                    await self._sleep(spacing_ms / 1000)
-        finally:
-            self._inflight -= 1
-            if self._page_tasks.get(tr.key) is asyncio.current_task():
-                self._page_tasks.pop(tr.key, None)
-
-    # ------------------------------------------------------------------ Upgrade End
-    async def _upgrade_end(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> None:
-        key = self._key(cluster)
-        status = S(cmd.status)
-        tr = self.state.transfers.get(key)
-        if (
-            tr is None
-            or not tr.matches(cmd.manufacturer_code, cmd.image_type, cmd.file_version)
-            or tr.status is TransferStatus.FAILED
-        ):
-            tr = (
-                await self._resume(cluster, cmd.manufacturer_code, cmd.image_type, cmd.file_version)
-                if status == S.SUCCESS
-                else None
-            )
-        if tr is None:
-            LOGGER.info(
-                "%s: Upgrade End (%s) for 0x%08x, which it was not offered",
-                key.device_id,
-                status.name,
-                cmd.file_version,
-            )
-            if not hdr.frame_control.disable_default_response or status == S.SUCCESS:
-                cluster.send_default_rsp(hdr, S.SUCCESS if status != S.SUCCESS else S.ABORT)
-            return
-        page = self._page_tasks.pop(key, None)
-        if page is not None:
-            page.cancel()
-        if status == S.SUCCESS:
-            if tr.status is TransferStatus.DOWNLOADING:
-                tr.status = TransferStatus.COMPLETE
-                await self.core.download_complete(tr.token)
-            decision = await self.core.apply_request(tr.token, tr.file_version)
-            await self._answer_apply(cluster, tr, decision, hdr.tsn)
-            return
-        reason = (
-            f"device reported {status.name} in Upgrade End Request after {tr.bytes_downloaded} bytes sent "
-            f"(highest offset {tr.highest_offset} of {tr.size})"
-        )
-        if status == S.ABORT:
-            self._learn(tr)
-        if status not in UPGRADE_END_FAILURES:
-            reason = f"device ended the download with status 0x{int(status):02x}: " + reason
-        tr.status, tr.failure = TransferStatus.FAILED, reason
-        LOGGER.warning("%s: %s", key.device_id, reason)
-        await self.core.download_failed(tr.token, reason)
-        if not hdr.frame_control.disable_default_response:
-            cluster.send_default_rsp(hdr, S.SUCCESS)
-
-    async def _answer_apply(
-        self, cluster: Ota, tr: OtaDevice, decision: ApplyDecision, tsn: int | None
-    ) -> None:
-        now = self.clock.now()
-        if decision.action == ApplyAction.PROCEED:
-            at = decision.apply_at if decision.apply_at is not None else now + decision.delay_s
-            at = max(at, now)
-            sent = await self._send(
-                "Upgrade End Response",
-                cluster,
-                cluster.upgrade_end_response(
-                    manufacturer_code=tr.manufacturer_code,
-                    image_type=tr.image_type,
-                    file_version=tr.file_version,
-                    current_time=zcl_utc(now),
-                    upgrade_time=zcl_utc(at),
-                    tsn=tsn,
-                ),
-            )
-            if not sent and tsn is None:
-                # an unsolicited trigger that did not arrive (sleepy device): try again later
-                tr.status = TransferStatus.AWAITING_APPLY
-                self._schedule_apply_recheck(cluster, tr, self.config.apply_recheck_s)
-                return
-            tr.status = TransferStatus.APPLY_SCHEDULED
-            self._verify_pending.add(tr.key)
-            LOGGER.info(
-                "%s: apply %s at %s",
-                tr.key.device_id,
-                tr.image.image_id,
-                "once" if at <= now else f"+{at - now:.0f}s",
-            )
-            self._spawn(self._read_back(cluster, tr, at - now), f"read back {tr.key.device_id}")
-            return
-        # AWAIT_NEXT_ACTION (and DISCONTINUE): "wait" — 0xFFFFFFFF; a later Upgrade End Response triggers it
-        await self._send(
-            "Upgrade End Response (wait)",
-            cluster,
-            cluster.upgrade_end_response(
-                manufacturer_code=tr.manufacturer_code,
-                image_type=tr.image_type,
-                file_version=tr.file_version,
-                current_time=zcl_utc(now),
-                upgrade_time=UPGRADE_TIME_WAIT,
-                tsn=tsn,
-            ),
-        )
-        if decision.action == ApplyAction.DISCONTINUE:
-            tr.status, tr.failure = (
-                TransferStatus.FAILED,
-                f"policy discontinued the update: {decision.reason}",
-            )
-            LOGGER.info("%s: %s", tr.key.device_id, tr.failure)
-            return
-        tr.status = TransferStatus.AWAITING_APPLY
-        self._schedule_apply_recheck(cluster, tr, decision.delay_s or self.config.apply_recheck_s)
-
-    def _schedule_apply_recheck(self, cluster: Ota, tr: OtaDevice, delay_s: float) -> None:
-        old = self._apply_tasks.pop(tr.key, None)
-        if old is not None and old is not asyncio.current_task():
-            old.cancel()
-        self._apply_tasks[tr.key] = self._spawn(
-            self._apply_recheck(cluster, tr, delay_s), f"apply {tr.key.device_id}"
-        )
-
-    async def _apply_recheck(self, cluster: Ota, tr: OtaDevice, delay_s: float) -> None:
-        await self.clock.sleep(max(1.0, delay_s))
-        if self.state.transfers.get(tr.key) is not tr or tr.status is not TransferStatus.AWAITING_APPLY:
-            return
-        async with self._busy(), self._locks.setdefault(tr.key, asyncio.Lock()):
-            decision = await self.core.apply_request(tr.token, tr.file_version)
-            if decision.action == ApplyAction.PROCEED:
-                await self._answer_apply(cluster, tr, decision, None)  # unsolicited: the trigger
-            elif decision.action == ApplyAction.AWAIT_NEXT_ACTION:
-                self._schedule_apply_recheck(cluster, tr, decision.delay_s or self.config.apply_recheck_s)
-            else:
-                tr.status, tr.failure = (
-                    TransferStatus.FAILED,
-                    f"policy discontinued the update: {decision.reason}",
-                )
-
-    async def _read_back(self, cluster: Ota, tr: OtaDevice, apply_in_s: float) -> None:
-        """After the upgrade time and the device's reboot, read current_file_version and tell the core."""
-        await self.clock.sleep(max(0.0, apply_in_s) + self.config.reboot_wait_s)
-        for attempt in range(self.config.readback_attempts):
-            if tr.key not in self._verify_pending:
-                return  # the device already told us (its Query Next Image after rebooting)
-            try:
-                async with self._busy():
-                    ok, _failed = await cluster.read_attributes(
-                        [Ota.AttributeDefs.current_file_version.name], allow_cache=False
-                    )
-                version = ok.get(Ota.AttributeDefs.current_file_version.name)
-                if version is not None:
-                    async with self._busy():
-                        await self._report_version(tr.key, int(version), force=True)
-                    return
-            except (zigpy.exceptions.ZigbeeException, TimeoutError) as exc:
-                LOGGER.info("%s: version read-back %d failed: %s", tr.key.device_id, attempt + 1, exc)
-            await self.clock.sleep(max(1.0, self.config.reboot_wait_s))
-        LOGGER.info("%s: version not read back; its next query will report it", tr.key.device_id)
-
-    # ------------------------------------------------------------------ Query Specific File
-    async def _query_specific_file(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> None:
-        base = self._info(cluster)
-        info = DeviceInfo(
-            key=base.key,
-            vendor_id=int(cmd.manufacturer_code),
-            product_id=int(cmd.image_type),
-            vendor_name=base.vendor_name,
-            model=base.model,
-            hardware_version=base.hardware_version,
-            current_version=base.current_version,
-            current_version_string=base.current_version_string,
-            sleepy=base.sleepy,
-            extra={**base.extra, "query_specific_file": int(cmd.file_version)},
-        )
-        result = await self.core.query(info)
-        if isinstance(result, Available) and result.image.numeric_version == int(cmd.file_version):
-            tr = self._new_transfer(cluster, result)
-            await self._send(
-                "Query Specific File Response",
-                cluster,
-                cluster.query_specific_file_response(
-                    status=S.SUCCESS,
-                    manufacturer_code=tr.manufacturer_code,
-                    image_type=tr.image_type,
-                    file_version=tr.file_version,
-                    image_size=tr.size,
-                    tsn=hdr.tsn,
-                ),
-            )
-            return
-        # Not the file it asked for. The offer the core just made stays open (no failure is recorded): the
-        # device's next Query Next Image gets it, or the core expires it.
-        await self._send(
-            "Query Specific File Response",
-            cluster,
-            cluster.query_specific_file_response(status=S.NO_IMAGE_AVAILABLE, tsn=hdr.tsn),
-        )
-
-    # ================================================================== stalls and learned caps
-    async def _stall_watchdog(self) -> None:
-        interval = max(1.0, self.state.min_stall_timeout() / 4)
-        while True:
-            await self.clock.sleep(interval)
-            for tr in self.state.stalled(self.clock.monotonic()):
-                silent = self.clock.monotonic() - tr.last_activity_mono
-                reason = (
-                    f"stalled: no block request for {silent:.0f} s (limit "
-                    f"{self.state.stall_timeout(tr.manufacturer_code):g} s) after {tr.bytes_downloaded} bytes sent, "
-                    f"highest offset {tr.highest_offset} of {tr.size}"
-                )
-                tr.status, tr.failure = TransferStatus.FAILED, reason
-                LOGGER.warning("%s: %s", tr.key.device_id, reason)
-                if tr.bytes_downloaded:
-                    self._learn(tr)
-                async with self._busy():
-                    try:
-                        await self.core.download_failed(tr.token, reason)
-                    except Exception:
-                        LOGGER.exception("core.download_failed failed for %s", tr.key.device_id)
-
-    def _learn(self, tr: OtaDevice) -> None:
-        cap = self.state.learn_failure(tr.manufacturer_code, tr.model, tr.last_block_size)
-        if cap is None:
-            return
-        LOGGER.warning(
-            "learned block size cap %d for manufacturer 0x%04x model %r (failed at %d-byte blocks)",
-            cap,
-            tr.manufacturer_code,
-            tr.model,
-            tr.last_block_size,
-        )
-        if self.data_dir is not None:
-            try:
-                self.data_dir.mkdir(parents=True, exist_ok=True)
-                tmp = self.data_dir / (LEARNED_CAPS_FILE + ".tmp")
-                tmp.write_text(self.state.caps_to_json(), encoding="utf-8")
-                tmp.replace(self.data_dir / LEARNED_CAPS_FILE)
-            except OSError as exc:
-                LOGGER.warning("cannot save learned block caps: %s", exc)
 
     def _load_learned_caps(self) -> None:
         if self.data_dir is None:
@@ -965,22 +725,6 @@ class ZigbeeAdapter:
             if cluster.endpoint.endpoint_id == key.endpoint:
                 return cluster
         return None
-
-    def _schedule_notify(self, cluster: Ota, delay_s: float) -> None:
-        key = self._key(cluster)
-        if key in self._notify_scheduled:
-            return
-        self._notify_scheduled.add(key)
-
-        async def later() -> None:
-            try:
-                await self.clock.sleep(max(1.0, delay_s))
-            finally:
-                self._notify_scheduled.discard(key)
-            async with self._busy():
-                await self.notify([key])
-
-        self._spawn(later(), f"notify {key.device_id}")
 
     async def notify(self, keys: list[DeviceKey] | None = None, image: Any = None) -> dict[DeviceKey, bool]:
         """Image Notify: unicast to `keys`, or one broadcast (with query jitter) for None / many keys.
@@ -1012,26 +756,25 @@ class ZigbeeAdapter:
                 continue
             # unicast: jitter 100 so the device always answers
             results[key] = await self._send(
-                "Image Notify", cluster, cluster.image_notify(query_jitter=100, retries=0, **fields)
+                "Image Notify",
+                cluster,
+                lambda c: c.client_command(IMAGE_NOTIFY_ID, query_jitter=100, retries=0, **fields),
             )
         return results
 
     async def notify_due(self) -> int:
         """Image Notify the devices of this PAN the core says have an update due and were not offered it yet
-        (`core.devices_to_notify()`, when the core offers it): unicast a few, broadcast for many."""
-        due = getattr(self.core, "devices_to_notify", None)
-        if self.app is None or not callable(due):
+        (`core.devices_to_notify()`): unicast a few, broadcast for many."""
+        if self.app is None:
             return 0
         pan = self._pan()
-        keys = [k for k in due() if k.protocol == "zigbee" and k.network == pan]
+        keys = [k for k in self.core.devices_to_notify() if k.protocol == "zigbee" and k.network == pan]
         if not keys:
             return 0
         results = await self.notify(keys)
-        mark = getattr(self.core, "mark_notified", None)
-        if callable(mark):
-            for key in keys:
-                if results.get(key, not results):  # broadcast ({}): all count as notified
-                    await mark(key, "Image Notify sent" + (" (broadcast)" if not results else ""))
+        for key in keys:
+            if results.get(key, not results):  # broadcast ({}): all count as notified
+                await self.core.mark_notified(key, "Image Notify sent" + (" (broadcast)" if not results else ""))
         return len(keys)
 
     async def _notify_loop(self) -> None:
@@ -1054,13 +797,13 @@ class ZigbeeAdapter:
         )
         try:
             await self.app.broadcast(
-                profile=0x0104,
+                profile=t.uint16_t(0x0104),  # Home Automation
                 cluster=Ota.cluster_id,
-                src_ep=1,
-                dst_ep=0xFF,
-                grpid=0,
+                src_ep=t.uint8_t(1),
+                dst_ep=t.uint8_t(0xFF),
+                grpid=t.uint16_t(0),
                 radius=0,
-                sequence=tsn,
+                sequence=t.uint8_t(tsn),
                 data=hdr.serialize() + payload.serialize(),
                 broadcast_address=t.BroadcastAddress.RX_ON_WHEN_IDLE,
             )

@@ -16,6 +16,13 @@ only if it never reached a cluster handler — exactly the frames zigpy dropped 
 
 When `device.ota_in_progress` is set (someone runs zigpy's own `device.update_firmware()`), requests go to
 zigpy's handler instead, so the two servers never answer the same frame.
+
+zigpy 2.4 ends every interview (`Device._initialize`) with an unconditional unicast Image Notify (jitter 100)
+through `ota.image_notify(...)`, which makes every joining device query at once; otagw's core decides who is
+notified and when (budgets, rollouts, windows). A hooked cluster therefore gets an instance-level
+`image_notify` that sends nothing; otagw itself sends Image Notify through `client_command`. The cluster is
+hooked before that call: the interview's preceding read of `current_file_version` is answered through
+`handle_message`, which hooks the device.
 """
 
 from __future__ import annotations
@@ -65,6 +72,12 @@ def _takeover_handle_cluster_request(
         Ota.handle_cluster_request(self, hdr, args, dst_addressing=dst_addressing)
         return
     handler(self, hdr, args)
+
+
+async def _suppressed_image_notify(self: Ota, *args: Any, **kwargs: Any) -> None:
+    """Installed as `image_notify` of a hooked cluster: zigpy's own Image Notify (after an interview, after its
+    own update) is not sent; the core decides which devices are notified."""
+    LOGGER.debug("zigpy's Image Notify to %s suppressed (otagw notifies)", self.endpoint.device.ieee)
 
 
 def describe_malformed(cluster: Ota, data: bytes) -> tuple[foundation.ZCLHeader | None, str | None]:
@@ -124,6 +137,7 @@ class OtaTakeover:
         for cluster in self._hooked:
             cluster.__dict__.pop("handle_cluster_request", None)
             cluster.__dict__.pop("_otagw_handler", None)
+            cluster.__dict__.pop("image_notify", None)
             cluster.__dict__.pop("_otagw_takeover", None)
             cluster.__dict__.pop("_otagw_key", None)  # the adapter's caches
             cluster.__dict__.pop("_otagw_plain_ibr", None)
@@ -142,6 +156,7 @@ class OtaTakeover:
                 cluster._otagw_handler = self._on_request
                 cluster._otagw_takeover = self
                 cluster.handle_cluster_request = types.MethodType(_takeover_handle_cluster_request, cluster)
+                cluster.image_notify = types.MethodType(_suppressed_image_notify, cluster)
                 self._hooked.append(cluster)
             found.append(cluster)
         return found

@@ -1,8 +1,8 @@
 """Sans-I/O decisions of the Zigbee OTA server: per-device transfer records, block sizing, learned caps, stalls.
 
-Nothing here sends a frame, sleeps or touches the core: the adapter (adapters/zigbee/adapter.py) feeds events in
-with timestamps from an injected clock and turns the answers into ZCL responses and core calls. Keeping this
-pure makes block sizing, resume and stall detection testable with plain numbers.
+Nothing here sends a frame, sleeps or touches the core: the sans-I/O server (protocol/server.py) keeps its
+transfers here and asks it for block sizes, pacing, learned caps and stalls, with clock readings passed in. Keeping
+this pure makes block sizing and stall detection testable with plain numbers.
 
 Terms follow reference 004: an `OtaDevice` is the OTA_Device record (address, endpoint, status, bytes
 downloaded, which over-counts duplicate and overlapping requests) plus the highest offset acknowledged.
@@ -73,6 +73,7 @@ class TransferStatus(enum.Enum):
     COMPLETE = "complete"  # Upgrade End SUCCESS received
     AWAITING_APPLY = "awaiting_apply"  # told "wait" (0xFFFFFFFF); a later Upgrade End Response triggers it
     APPLY_SCHEDULED = "apply_scheduled"
+    APPLIED = "applied"  # the device runs the new version (reported or read back after the apply)
     FAILED = "failed"
 
 
@@ -98,6 +99,7 @@ class OtaDevice:
     paced: bool = False  # configured MinimumBlockPeriod already pushed to the device
     device_min_block_period_ms: int = 0
     resumed: bool = False
+    refused: bool = False  # policy discontinued it at Upgrade End: the device gets ABORT if it asks again
     failure: str | None = None
     _cache_offset: int = -1
     _cache: bytes = b""

@@ -17,7 +17,15 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api.auth import METRICS_ACCESS_KEY, TOKEN_KEY, MetricsAccess, auth_middleware
+from gateway.api.auth import (
+    CREDENTIALS_KEY,
+    METRICS_ACCESS_KEY,
+    SCOPES_KEY,
+    TOKEN_KEY,
+    MetricsAccess,
+    auth_middleware,
+)
+from gateway.api.credentials import CredentialStore
 from gateway.api.errors import error_middleware
 from gateway.api.metrics import RECORDER_KEY, Recorder, http_metrics_middleware, start_recorder
 from gateway.api.openapi import RouteTable, build_document
@@ -52,6 +60,9 @@ class ApiServices:
     hub: EventHub | None = None  # built by create_app when None
     progress_interval: float = 0.25
     extra: dict[str, Any] = field(default_factory=dict)
+    credentials: CredentialStore | None = (
+        None  # scoped device/integration tokens; built by create_app when None
+    )
     metrics_access: MetricsAccess = field(default_factory=MetricsAccess)  # /metrics without the admin token
 
 
@@ -67,10 +78,24 @@ def services(request: web.Request) -> ApiServices:
 
 def route_table() -> RouteTable:
     """Every API operation, from the route modules (imported here so the table is built once per call)."""
-    from gateway.api import routes_devices, routes_images, routes_query, routes_rollouts, routes_system
+    from gateway.api import (
+        routes_devices,
+        routes_images,
+        routes_query,
+        routes_rollouts,
+        routes_system,
+        routes_tokens,
+    )
 
     table = RouteTable()
-    for module in (routes_system, routes_images, routes_devices, routes_rollouts, routes_query):
+    for module in (
+        routes_system,
+        routes_images,
+        routes_devices,
+        routes_rollouts,
+        routes_query,
+        routes_tokens,
+    ):
         module.declare(table)
     return table
 
@@ -86,12 +111,20 @@ def create_app(svc: ApiServices) -> web.Application:
     start_recorder(app, svc.core)
     app[TOKEN_KEY] = svc.token
     app[METRICS_ACCESS_KEY] = svc.metrics_access
-    hub = svc.hub or EventHub(svc.core.subscribe, progress_interval=svc.progress_interval)
+    if svc.credentials is None:
+        svc.credentials = CredentialStore(svc.config.data_dir)
+    app[CREDENTIALS_KEY] = svc.credentials
+    hub = svc.hub or EventHub(
+        svc.core.subscribe,
+        progress_interval=svc.progress_interval,
+        max_clients=svc.config.api.max_event_clients,
+    )
     svc.hub = hub
     app[HUB_KEY] = hub
     table = route_table()
     table.register(app)
     app[TABLE_KEY] = table
+    app[SCOPES_KEY] = {o.operation_id: o.scope for o in table.ops}
     app[DOC_KEY] = build_document(table.ops, title="otagw", version=gateway_version())
     app.router.add_static("/static/", STATIC_DIR, name="static", append_version=False)
 

@@ -13,12 +13,18 @@ How a request proves it:
 - `?token=<token>` on the event stream only (`/api/v1/events`), for EventSource clients that can neither set
   headers nor hold a cookie.
 
-Exempt: `/healthz`, the dashboard's static assets (the same files that ship in the package) and the login page.
+Scoped credentials (gateway/api/credentials.py): devices and integrations present their own token as
+`Authorization: Bearer <token>`. It opens only the operations whose scope it holds (403 otherwise), never the
+cookie or `?token=`; the handlers then restrict a device-bound token to its own device (`principal(request)`).
+
+Exempt: `/healthz`, `/livez`, the dashboard's static assets (the same files that ship in the package) and the login page.
 
 `/metrics` has its own credential so Prometheus never holds the admin token (config `metrics.auth`):
 - `token` (default): `Authorization: Bearer <metrics token>`, the token from env `OTAGW_METRICS_TOKEN` or the file
   `<data_dir>/metrics-token` (generated 0600 on first run, like the API token). The admin token works too.
 - `open`: anyone who can reach `api.listen` may scrape; chosen by the user, logged at start.
+A scoped token with the `metrics` scope (`otagw token create prometheus --scope metrics`) works too.
+
 Comparisons are constant-time (`hmac.compare_digest`).
 """
 
@@ -30,9 +36,11 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+from gateway.api.credentials import CredentialError, CredentialStore
 from gateway.api.errors import ApiError, Handler
 
 log = logging.getLogger(__name__)
@@ -45,11 +53,50 @@ METRICS_PATH = "/metrics"
 COOKIE = "otagw_session"
 CSRF_HEADER = "X-OTAGW-CSRF"
 QUERY_TOKEN_PATHS = frozenset({"/api/v1/events"})
-PUBLIC_PATHS = frozenset({"/healthz", "/login", "/favicon.ico"})
+PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/login", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 TOKEN_KEY: web.AppKey[str] = web.AppKey("otagw_api_token", str)
+CREDENTIALS_KEY: web.AppKey[CredentialStore] = web.AppKey("otagw_credentials", CredentialStore)
+# route name (operationId) -> the scope a scoped credential needs for it; absent/None = admin token only
+SCOPES_KEY: web.AppKey[dict[str, str | None]] = web.AppKey("otagw_route_scopes", dict)
+# where the middleware leaves the request's Principal (a typed RequestKey on aiohttp >= 3.13, else a string)
+PRINCIPAL: Any = (
+    web.RequestKey("otagw_principal", object) if hasattr(web, "RequestKey") else "otagw_principal"
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who made a request: the admin (every operation) or a scoped credential."""
+
+    name: str
+    scopes: frozenset[str] | None = None  # None: the admin token, every scope
+    device: str | None = None  # a device-bound credential acts for this device id only
+
+    @property
+    def admin(self) -> bool:
+        return self.scopes is None
+
+    def check_device(self, device_id: str, field: str = "device") -> None:
+        """403 unless this principal may act for `device_id`."""
+        if self.device is not None and device_id != self.device:
+            raise ApiError(
+                403,
+                "forbidden",
+                f"credential {self.name!r} is bound to device {self.device}, not {device_id}",
+                field=field,
+            )
+
+
+ADMIN = Principal("admin")
+
+
+def principal(request: web.Request) -> Principal:
+    """The principal the auth middleware authenticated (the admin for requests it did not see)."""
+    found = request.get(PRINCIPAL)
+    return found if isinstance(found, Principal) else ADMIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,12 +211,44 @@ def metrics_allowed(request: web.Request) -> bool:
     return access.open or (access.token is not None and token_matches(access.token, _bearer(request)))
 
 
+def _scoped(request: web.Request) -> Principal | None:
+    """The scoped credential presented as the bearer token, checked against the route's scope (403)."""
+    store = request.app.get(CREDENTIALS_KEY)
+    given = _bearer(request)
+    if store is None or given is None:
+        return None
+    try:
+        cred = store.resolve(given)
+    except CredentialError as exc:
+        log.error("scoped credentials unusable: %s", exc)
+        raise ApiError(
+            500, "credentials_unusable", "scoped credentials unusable; see the gateway log"
+        ) from None
+    if cred is None:
+        return None
+    route = request.match_info.route.name
+    need = request.app.get(SCOPES_KEY, {}).get(route or "")
+    if need is None or need not in cred.scopes:
+        what = f"scope {need!r}" if need else "the admin token"
+        raise ApiError(
+            403,
+            "forbidden",
+            f"credential {cred.name!r} (scopes: {', '.join(cred.scopes)}) may not {request.method} "
+            f"{request.path}: needs {what}",
+            field="Authorization",
+        )
+    return Principal(cred.name, frozenset(cred.scopes), cred.device)
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if is_public(request.path) or metrics_allowed(request):
         return await handler(request)
     token = request.app[TOKEN_KEY]
     how = authenticate(request, token)
+    if how is None and (scoped := _scoped(request)) is not None:
+        request[PRINCIPAL] = scoped
+        return await handler(request)
     if how is None:
         if request.path == "/" and request.method in SAFE_METHODS:
             # the dashboard without a session: show the login page instead of a JSON 401

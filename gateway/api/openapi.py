@@ -26,6 +26,9 @@ M = TypeVar("M", bound=BaseModel)
 
 API_PREFIX = "/api/v1"
 MAX_JSON_BODY = 1 << 20
+# far deeper than any request model here (rollouts nest ~5). json.loads recurses once per level, so a body
+# nested thousands deep raises RecursionError inside the parser; that and anything deeper than this is a 400.
+MAX_JSON_DEPTH = 64
 
 
 class Model(BaseModel):
@@ -82,6 +85,7 @@ class Operation:
     raw_body: str | None = None  # content type of a streamed (non-JSON) request body
     auth: bool = True
     description: str = ""
+    scope: str | None = None  # the scoped-credential scope that opens it (None: admin token only)
 
 
 @dataclass
@@ -101,6 +105,7 @@ class RouteTable:
         raw_body: str | None = None,
         auth: bool = True,
         operation_id: str | None = None,
+        scope: str | None = None,
     ) -> Any:
         def deco(handler: Handler) -> Handler:
             self.ops.append(
@@ -117,6 +122,7 @@ class RouteTable:
                     raw_body=raw_body,
                     auth=auth,
                     description=(handler.__doc__ or "").strip(),
+                    scope=scope,
                 )
             )
             return handler
@@ -129,17 +135,48 @@ class RouteTable:
 
 
 # ------------------------------------------------------------------------------------ request/response helpers
+def _too_deep(limit: int) -> ApiError:
+    return ApiError(400, "too_deep", f"JSON body nested deeper than {limit} arrays/objects", field="body")
+
+
+def json_depth(data: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """Nesting depth of parsed JSON, walked level by level (no recursion); stops once past `limit`."""
+    depth, level = 0, [data] if isinstance(data, dict | list) else []
+    while level and depth <= limit:
+        depth += 1
+        level = [
+            child
+            for node in level
+            for child in (node.values() if type(node) is dict else node)
+            if type(child) is dict or type(child) is list
+        ]
+    return depth
+
+
+def load_json_body(raw: bytes, limit: int = MAX_JSON_DEPTH) -> Any:
+    """Parse a request body; 400 naming the problem for invalid JSON or nesting deeper than `limit`."""
+    try:
+        data = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}", field="body") from None
+    except RecursionError:
+        raise _too_deep(limit) from None
+    # fewer brackets than the limit cannot nest past it: skip the walk for every ordinary body
+    many_brackets = raw.count(b"[") + raw.count(b"{") > limit
+    if many_brackets and json_depth(data, limit) > limit:
+        raise _too_deep(limit)
+    return data
+
+
 async def parse_body(request: web.Request, model: type[M]) -> M:
-    """The JSON body validated by `model`; 400 for unparsable JSON, 422 naming the field for invalid values."""
+    """The JSON body validated by `model`; 400 for unparsable or too deeply nested JSON, 422 naming the field
+    for invalid values."""
     if request.content_length is not None and request.content_length > MAX_JSON_BODY:
         raise ApiError(413, "too_large", f"JSON body larger than {MAX_JSON_BODY} bytes", field="body")
     raw = await request.content.read(MAX_JSON_BODY + 1)
     if len(raw) > MAX_JSON_BODY:
         raise ApiError(413, "too_large", f"JSON body larger than {MAX_JSON_BODY} bytes", field="body")
-    try:
-        data = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}", field="body") from None
+    data = load_json_body(raw)
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "body must be a JSON object", field="body")
     try:
@@ -208,6 +245,10 @@ def build_document(ops: Sequence[Operation], *, title: str, version: str) -> dic
         }
         if o.description:
             item["description"] = o.description
+        if o.auth:
+            item["x-otagw-scope"] = o.scope
+            who = f"or a scoped token with scope `{o.scope}`" if o.scope else "only (scoped tokens get 403)"
+            item["description"] = (item.get("description", "") + f"\n\nAuth: the admin token {who}.").strip()
         params: list[dict[str, Any]] = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in _PARAM.findall(o.path)
@@ -248,7 +289,9 @@ def build_document(ops: Sequence[Operation], *, title: str, version: str) -> dic
         errors = {400, 401, 422} if (o.body or o.query) else {401}
         if o.body or o.raw_body:
             errors.add(413)
-        if not o.auth:
+        if o.auth:
+            errors.add(403)
+        else:
             errors.discard(401)
         for status in sorted(errors):
             item["responses"].setdefault(
@@ -270,7 +313,15 @@ def build_document(ops: Sequence[Operation], *, title: str, version: str) -> dic
             "description": (
                 "otagw gateway API. Authenticate with `Authorization: Bearer <token>` (the token is in "
                 "`<data_dir>/api-token` unless set by `api.token` or `OTAGW_API_TOKEN`). The event stream also "
-                "accepts `?token=`; the dashboard uses a session cookie set by `/login`."
+                "accepts `?token=`; the dashboard uses a session cookie set by `/login`.\n\n"
+                "Devices and integrations never hold the admin token: give each a scoped token "
+                "(`otagw token create NAME --scope query,status,download [--device DEVICE_ID]` or "
+                "`POST /api/v1/tokens`), sent the same way as a bearer token. It opens only the operations whose "
+                "`x-otagw-scope` it holds (403 otherwise); one bound to a device may query, report and download "
+                "for that device only. Flow: `POST /api/v1/query` answers an offer with `token` and a complete "
+                "`download_url` (carrying `?transfer=<token>`); `GET` that URL as given (Range to resume), which "
+                "counts as the device's transfer (progress, budget, completion); then `POST /api/v1/status` with "
+                "the same `token` (a report for another device's offer is 403)."
             ),
         },
         "servers": [{"url": "/"}],

@@ -18,6 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from gateway.api.app import services
+from gateway.api.auth import principal
 from gateway.api.errors import ApiError
 from gateway.api.openapi import API_PREFIX, Model, Resp, RouteTable, err, parse_query, reply
 from gateway.core.interface import ImageReader, UnknownToken, Wait
@@ -247,6 +248,14 @@ async def download_image(request: web.Request) -> web.StreamResponse:
     entry = await lookup(request)
     start, end, partial = _parse_range(request.headers.get("Range"), entry.size)
     token = bytes.fromhex(q.transfer) if q.transfer else None
+    who = principal(request)
+    if who.device is not None and token is None:
+        raise ApiError(
+            403,
+            "forbidden",
+            f"credential {who.name!r} is bound to a device: download with the transfer token of its offer",
+            field="transfer",
+        )
     reader: ImageReader
     if token is not None:
         try:
@@ -260,6 +269,7 @@ async def download_image(request: web.Request) -> web.StreamResponse:
             raise ApiError(
                 409, "unknown_transfer", f"the transfer is not for image {entry.image_id}", field="transfer"
             )
+        who.check_device(info.device_id, field="transfer")
         decision = await svc.core.progress(token, start, 0)
         if isinstance(decision, Wait):
             retry = max(1, math.ceil(decision.retry_after_s))
@@ -354,4 +364,5 @@ def declare(t: RouteTable) -> None:
             416: err("bad range"),
             503: err("transfer held back (Retry-After)"),
         },
+        scope="download",
     )(download_image)

@@ -3,8 +3,9 @@
 `POST /api/v1/query` is "Query Software Packages": the device says who it is and which package ids it has
 installed; the answer is the packages available to it (the full 003 manifest, at most one: the image the core
 selected under policy and rollouts) and a callback interval (when to ask again). When a package is offered the
-answer also carries a transfer `token` and a `download_url`; the device downloads with its bearer token and
-reports progress with `POST /api/v1/status` ("OTA Status Report": Notified, Downloading, Updating, Successfully
+answer also carries a transfer `token` and a complete `download_url` (with `?transfer=<token>`, so fetching it as
+given counts as the device's transfer: progress, budget, completion); the device downloads with its bearer token
+(a scoped one: gateway/api/credentials.py) and reports status with `POST /api/v1/status` ("OTA Status Report": Notified, Downloading, Updating, Successfully
 Updated, Failed to Update, with percent and error). Both go through the same `UpdateCoreInterface` calls as
 the Matter and Zigbee adapters, so policy, budgets and rollouts apply alike.
 """
@@ -17,8 +18,9 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from gateway.api.app import services
+from gateway.api.auth import principal
 from gateway.api.errors import ApiError
-from gateway.api.openapi import API_PREFIX, Model, Resp, RouteTable, parse_body, reply
+from gateway.api.openapi import API_PREFIX, Model, Resp, RouteTable, err, parse_body, reply
 from gateway.api.routes_images import PackageManifest, manifest
 from gateway.core.interface import (
     Available,
@@ -92,6 +94,12 @@ class StatusIn(Model):
     status: ReportedStatus
     percent: int | None = Field(None, ge=0, le=100)
     error: str | None = Field(None, max_length=1024)
+    token: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F]{16,128}$",
+        description="the offer's transfer token from /api/v1/query: binds the report to that offer "
+        "(403 if the offer belongs to another device, 409 if it is no longer live)",
+    )
 
 
 class StatusOut(BaseModel):
@@ -103,6 +111,7 @@ async def query(request: web.Request) -> web.Response:
     svc = services(request)
     body = await parse_body(request, QueryIn)
     info = body.device.info()
+    principal(request).check_device(info.key.device_id, field="device")
     await svc.core.observe(info)
     result = await svc.core.query(info, body.installed)
     cfg = svc.config.policy
@@ -114,7 +123,8 @@ async def query(request: web.Request) -> web.Response:
             reason=result.reason,
             token=result.token.hex(),
             delay_s=result.delay_s,
-            download_url=f"{API_PREFIX}/images/{result.image.image_id}/download",
+            # complete: the transfer token makes the download report progress and completion (and free the slot)
+            download_url=f"{API_PREFIX}/images/{result.image.image_id}/download?transfer={result.token.hex()}",
             consent_needed=result.consent_needed,
         )
     elif isinstance(result, NotAvailable):
@@ -137,6 +147,17 @@ async def status(request: web.Request) -> web.Response:
     """003 OTA Status Report: Notified, Downloading, Updating, Successfully Updated, Failed to Update."""
     svc = services(request)
     body = await parse_body(request, StatusIn)
+    key = body.device.key()
+    principal(request).check_device(key.device_id, field="device")
+    if body.token is not None:
+        token = bytes.fromhex(body.token)
+        owner = next((d.device_id for d in svc.core.list_devices() if d.token == token), None)
+        if owner is None:
+            raise ApiError(409, "unknown_transfer", f"token {body.token} is not a live offer", field="token")
+        if owner != key.device_id:
+            raise ApiError(
+                403, "forbidden", f"the offer {body.token} belongs to another device", field="token"
+            )
     await svc.core.status_report(body.device.key(), StatusReport(body.status, body.percent, body.error))
     return reply(StatusOut(accepted=True))
 
@@ -149,6 +170,7 @@ def declare(t: RouteTable) -> None:
         tag="devices",
         body=QueryIn,
         responses={200: Resp("available packages and callback interval", QueryOut)},
+        scope="query",
     )(query)
     t.op(
         "POST",
@@ -156,5 +178,6 @@ def declare(t: RouteTable) -> None:
         summary="OTA status report (reference 003)",
         tag="devices",
         body=StatusIn,
-        responses={200: Resp("recorded", StatusOut)},
+        responses={200: Resp("recorded", StatusOut), 409: err("token is not a live offer")},
+        scope="status",
     )(status)

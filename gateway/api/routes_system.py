@@ -1,13 +1,15 @@
 """System routes: health, metrics, the OpenAPI document, the event stream, and the dashboard + its login.
 
-`/healthz` is the one route without authentication (load balancers, Docker HEALTHCHECK). The dashboard page
+`/healthz` (readiness: 200 only when the core and every enabled adapter run, else 503 naming each adapter, its
+state, reason and next retry) and `/livez` (liveness: the process answers) need no authentication (load balancers,
+Docker HEALTHCHECK). The dashboard page
 needs a session (cookie from `/login`); its static assets under `/static/` are public package files.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -15,37 +17,57 @@ from pydantic import BaseModel, Field
 from gateway.api.app import DOC_KEY, HUB_KEY, STATIC_DIR, gateway_version, services
 from gateway.api.auth import COOKIE, session_value, token_matches
 from gateway.api.metrics import CONTENT_TYPE, RECORDER_KEY, render, take_snapshot
-from gateway.api.openapi import API_PREFIX, Resp, RouteTable, reply
+from gateway.api.openapi import API_PREFIX, Resp, RouteTable, err, reply
 from gateway.api.sse import stream
 
 
 class AdapterHealth(BaseModel):
     state: Literal["disabled", "unavailable", "starting", "running", "failed", "stopping", "stopped"]
     error: str | None = Field(None, description="why the adapter is not running, in one line")
+    attempts: int = Field(0, description="failed start attempts since it last ran")
+    next_retry_at: float | None = Field(
+        None, description="when the gateway tries to start it again (Unix time); null: no retry planned"
+    )
+    details: dict[str, Any] | None = Field(None, description="adapter-specific health (its plugin's)")
 
 
 class Health(BaseModel):
     status: Literal["ok", "degraded", "starting", "stopping"] = Field(
-        description="ok: core and every enabled adapter run; degraded: an enabled adapter could not start"
+        description="ok: core and every enabled adapter run (200); degraded: an enabled adapter is not running "
+        "(503, see its error and next_retry_at)"
     )
     version: str
     core: Literal["starting", "running", "stopping", "stopped"]
     adapters: dict[str, AdapterHealth]
 
 
+class Liveness(BaseModel):
+    status: Literal["alive"]
+    version: str
+
+
+_SERVING = ("running", "disabled")
+
+
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness and component states; no authentication. 503 while the core is not running."""
+    """Readiness: 200 only when the core and every enabled adapter run; otherwise 503 with each adapter's state,
+    reason and next retry. No authentication."""
     info = services(request).health()
     adapters = info.get("adapters", {})
     core = info.get("core", "running")
     if core != "running":
         status = "stopping" if core in ("stopping", "stopped") else "starting"
-    elif any(a.get("state") in ("failed", "unavailable") for a in adapters.values()):
+    elif any(a.get("state") not in _SERVING for a in adapters.values()):
         status = "degraded"
     else:
         status = "ok"
     body = Health(status=status, version=gateway_version(), core=core, adapters=adapters)
-    return reply(body, status=200 if core == "running" else 503)
+    return reply(body, status=200 if status == "ok" else 503)
+
+
+async def livez(request: web.Request) -> web.Response:
+    """Liveness: the process answers HTTP (nothing about adapters). No authentication."""
+    return reply(Liveness(status="alive", version=gateway_version()))
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -129,16 +151,28 @@ def declare(t: RouteTable) -> None:
     t.op(
         "GET",
         "/healthz",
-        summary="Health and adapter states",
+        summary="Readiness: core and every enabled adapter running",
         tag="system",
         auth=False,
-        responses={200: Resp("serving", Health), 503: Resp("not serving", Health)},
+        responses={
+            200: Resp("everything enabled runs", Health),
+            503: Resp("an enabled adapter or the core is not running", Health),
+        },
     )(healthz)
+    t.op(
+        "GET",
+        "/livez",
+        summary="Liveness: the process answers",
+        tag="system",
+        auth=False,
+        responses={200: Resp("alive", Liveness)},
+    )(livez)
     t.op(
         "GET",
         "/metrics",
         summary="Prometheus metrics",
         tag="system",
+        scope="metrics",
         responses={200: Resp("text exposition format", content_type="text/plain")},
     )(metrics)
     t.op(
@@ -153,7 +187,10 @@ def declare(t: RouteTable) -> None:
         f"{API_PREFIX}/events",
         summary="Live event stream (SSE)",
         tag="system",
-        responses={200: Resp("text/event-stream", content_type="text/event-stream")},
+        responses={
+            200: Resp("text/event-stream", content_type="text/event-stream"),
+            503: err("api.max_event_clients streams already open (Retry-After)"),
+        },
     )(events)
     t.op(
         "GET",

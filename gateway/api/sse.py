@@ -25,6 +25,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.api.errors import ApiError
+
 log = logging.getLogger(__name__)
 
 EventSource = Callable[[], AsyncIterator[Any]]
@@ -75,6 +77,10 @@ def is_progress(kind: str) -> bool:
     return "progress" in kind
 
 
+class TooManyClients(Exception):
+    """The hub already serves `max_clients` streams."""
+
+
 class Subscriber:
     def __init__(self, size: int) -> None:
         self.queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=size)
@@ -91,11 +97,14 @@ class EventHub:
         progress_interval: float = 0.25,
         queue_size: int = 2000,
         heartbeat_s: float = 15.0,
+        max_clients: int | None = None,
     ) -> None:
         self._source = source
         self._progress_interval = progress_interval
         self._queue_size = queue_size
         self.heartbeat_s = heartbeat_s
+        # each stream holds a queue of up to `queue_size` events and a connection: bound them (None = no cap)
+        self.max_clients = max_clients
         self._subs: set[Subscriber] = set()
         self._pending: dict[str, tuple[str, dict[str, Any]]] = {}
         self._seq = 0
@@ -128,6 +137,9 @@ class EventHub:
             self._force(sub, _CLOSE)
 
     def subscribe(self) -> Subscriber:
+        """A new client's queue; raises TooManyClients at the cap (in-process listeners count too)."""
+        if self.max_clients is not None and len(self._subs) >= self.max_clients:
+            raise TooManyClients(f"{len(self._subs)} event streams open, the maximum (api.max_event_clients)")
         sub = Subscriber(self._queue_size)
         self._subs.add(sub)
         return sub
@@ -198,7 +210,16 @@ def encode(seq: int, kind: str, data: dict[str, Any]) -> bytes:
 
 
 async def stream(request: web.Request, hub: EventHub, hello: dict[str, Any]) -> web.StreamResponse:
-    """Serve one SSE client until it disconnects or the hub closes."""
+    """Serve one SSE client until it disconnects or the hub closes; 503 when the hub is at its client cap."""
+    try:
+        sub = hub.subscribe()
+    except TooManyClients as exc:
+        raise ApiError(
+            503,
+            "too_many_streams",
+            f"too many event streams: {exc}; retry later or raise api.max_event_clients",
+            headers={"Retry-After": "30"},
+        ) from None
     resp = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -206,9 +227,8 @@ async def stream(request: web.Request, hub: EventHub, hello: dict[str, Any]) -> 
             "X-Accel-Buffering": "no",
         }
     )
-    await resp.prepare(request)
-    sub = hub.subscribe()
     try:
+        await resp.prepare(request)
         await resp.write(b"retry: 2000\n" + encode(hub.seq, "hello", hello))
         while True:
             try:

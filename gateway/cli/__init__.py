@@ -1,8 +1,8 @@
 """The `otagw` command: a click group with the global options; command groups live in sibling modules.
 
-Each sibling module attaches its commands to one of the groups defined here (`image`, `devices`,
-`rollout`, `matter`, `zigbee`) or to `main` directly. Errors meant for users are raised as `UserError`
-and printed as one line with exit code 2, never as a traceback.
+Each sibling module attaches its commands to one of the groups defined here (`image`, `devices`, `rollout`) or
+to `main` directly; adapter plugins bring their own groups (`otagw matter ...`) through `gateway.plugins`. Errors
+meant for users are raised as `UserError` and printed as one line with exit code 2, never as a traceback.
 """
 
 from __future__ import annotations
@@ -13,22 +13,15 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import click
 
 from gateway.config import Config, ConfigError, load_config
+from gateway.plugins import UserError, load_plugins
+
+__all__ = ["CliContext", "UserError", "main", "run_cli"]
 
 CONFIG_ENV = "OTAGW_CONFIG"
-
-
-class UserError(click.ClickException):
-    """An error caused by the user's input: printed as one line, exit code 2."""
-
-    exit_code = 2
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
 
 
 @dataclass
@@ -87,33 +80,32 @@ def rollout() -> None:
     """Staged rollouts."""
 
 
-@main.group()
-def matter() -> None:
-    """Matter fabric administration."""
-
-
-@main.group()
-def zigbee() -> None:
-    """Zigbee network."""
-
-
-# Command modules attach themselves to the groups above. A module that is not written yet is skipped so the
-# CLI keeps working while the product grows.
+# Command modules attach themselves to the groups above (every one of them exists; a missing one is a bug).
 _COMMAND_MODULES = (
     "gateway.cli.run",
     "gateway.cli.image_codec",
     "gateway.cli.image_catalog",
     "gateway.cli.core_cmds",
-    "gateway.cli.matter_cmds",
-    "gateway.cli.zigbee_cmds",
+    "gateway.cli.token_cmds",
     "gateway.cli.demo",
 )
 for _name in _COMMAND_MODULES:
-    try:
-        importlib.import_module(_name)
-    except ModuleNotFoundError as _exc:
-        if _exc.name != _name:
-            raise
+    importlib.import_module(_name)
+
+
+def _add_plugin_groups() -> None:
+    """Each installed adapter plugin may bring its own command group (`otagw matter ...`)."""
+    for _plugin in load_plugins().values():
+        try:
+            group = _plugin.cli_group()
+        except LookupError as exc:  # its module needs something not installed: the rest of the CLI works
+            logging.getLogger("otagw.cli").debug("no %s commands: %s", _plugin.name, exc)
+            continue
+        if group is not None and _plugin.name not in main.commands:
+            main.add_command(group, _plugin.name)
+
+
+_add_plugin_groups()
 
 
 def run_cli() -> None:

@@ -1,15 +1,15 @@
 """`otagw demo`: the whole gateway on simulated hardware, for a newcomer: dashboard, devices, a rollout in waves.
 
-It runs the real composition root (`gateway.service.Gateway`: store, core, API, dashboard) with one adapter
-slot filled by the real Zigbee adapter on the hardware-free harness (`adapters.zigbee.sim`: a fake-radio zigpy
+It runs the real composition root (`gateway.service.Gateway`: store, core, API, dashboard) with the real Zigbee
+adapter, taken from its plugin (`gateway.plugins`), on the plugin's hardware-free harness (a fake-radio zigpy
 application and simulated OTA client devices running zigpy's real ZCL codec). It builds a firmware image for the
 simulated lights, starts a rollout in three waves (1 device, 25 %, everyone) and prints a login link for the
 dashboard. Some devices are sleepy, some use Image Page requests, one always fails to install, so the waves show
 successes and a failure.
 
-Where it can (root, for network namespaces; Node + matter.js in the source tree's tests/js; the chip SDK), it also
-runs the real Matter adapter (`adapters.matter.adapter.MatterAdapter`) and 2-3 matter.js OTA requestor devices
-(`adapters.matter.sim`): two network namespaces of its own joined by a veth (the chip SDK's mDNS skips loopback),
+Where it can (root, for network namespaces; Node + matter.js in a checkout's tests/js named by `--matterjs-dir` or
+$OTAGW_MATTERJS_DIR; the chip SDK), it also runs the real Matter adapter and 2-3 matter.js OTA requestor devices
+(the Matter plugin's harness): two network namespaces of its own joined by a veth (the chip SDK's mDNS skips loopback),
 the adapter's provider node, DNS-SD and controller in one, the devices in the other. It commissions them onto the
 gateway's fabric and starts a second rollout (a Matter image for their VendorID/ProductID; a rollout carries one
 image, so one rollout per protocol) in two waves. Otherwise it prints one line saying why Matter is left out.
@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
+import inspect
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 import click
 
 from gateway.cli import CliContext, UserError, main
+from gateway.plugins import AdapterPlugin, LazyAdapterPlugin, get_plugin
 
 log = logging.getLogger("otagw.demo")
 
@@ -49,11 +51,11 @@ class DemoZigbeeAdapter:
     def __init__(self, config: Any, core: Any, clock: Any, data_dir: Path) -> None:
         from zigpy.zcl import foundation
 
-        from gateway.service import load_adapter_class
-
-        # by import string, like the composition root: the gateway package never imports adapters statically
-        sim = importlib.import_module("adapters.zigbee.sim")
-        ZigbeeAdapter = load_adapter_class("adapters.zigbee.adapter:ZigbeeAdapter")
+        plugin = get_plugin(
+            "zigbee"
+        )  # the gateway package never imports adapters: the registry hands them over
+        sim = plugin.simulator()
+        ZigbeeAdapter = plugin.adapter_class()
         Behaviour, SimOtaDevice = sim.Behaviour, sim.SimOtaDevice
 
         self.network = sim.SimNetwork(clock, pan_id=PAN)
@@ -100,15 +102,13 @@ class DemoZigbeeAdapter:
 class DemoMatterAdapter:
     """The real `MatterAdapter` with its node and controller in namespace A of `pair` (an adapter slot)."""
 
-    pair: Any = None  # adapters.matter.sim.NetnsPair, set by run_demo before the gateway starts
+    pair: Any = None  # the Matter harness's NetnsPair, set by run_demo before the gateway starts
 
     def __init__(self, config: Any, core: Any, clock: Any, data_dir: Path) -> None:
-        from gateway.service import load_adapter_class
-
-        adapter_module: Any = importlib.import_module("adapters.matter.adapter")
+        MatterAdapter = get_plugin("matter").adapter_class()
         # a demo wants to see waves move: check the plan for nodes to announce to every 2 s, not every 15 s
+        adapter_module: Any = inspect.getmodule(MatterAdapter)
         adapter_module.ANNOUNCE_CHECK_S = 2.0
-        MatterAdapter = load_adapter_class("adapters.matter.adapter:MatterAdapter")
         self.adapter = MatterAdapter(config, core, clock, data_dir, netns=self.pair.a.netns)
 
     async def start(self) -> None:
@@ -122,14 +122,17 @@ class DemoMatterAdapter:
 def matter_unavailable_reason() -> str | None:
     """Why the demo cannot run Matter devices here (None: it can)."""
     try:
-        sim = importlib.import_module("adapters.matter.sim")
-        controller = importlib.import_module("adapters.matter.fabric.controller")
-    except ImportError as exc:
+        plugin = get_plugin("matter")
+        reason = plugin.unavailable_reason()
+        if reason:
+            return reason
+        sim = plugin.simulator()
+    except (ImportError, LookupError) as exc:
         return f"the Matter adapter is not installed ({exc})"
     for reason in (
         sim.netns_unavailable_reason(),
         sim.node_unavailable_reason(),
-        controller.runner_unavailable_reason(),
+        sim.runner_unavailable_reason(),
     ):
         if reason:
             return str(reason)
@@ -140,7 +143,7 @@ class MatterDemo:
     """The Matter half: namespaces, matter.js devices, commissioning, the Matter rollout; `close()` undoes it."""
 
     def __init__(self, work: Path, count: int) -> None:
-        self.sim = importlib.import_module("adapters.matter.sim")
+        self.sim = get_plugin("matter").simulator()
         self.work = work
         self.count = count
         self.pair: Any = None
@@ -167,7 +170,7 @@ class MatterDemo:
         confuse on-network discovery), then start the Matter rollout."""
         from gateway.formats import build_matter_image
 
-        adapter = next((a for a in gateway.adapters if a.slot.name == "matter"), None)
+        adapter = gateway.adapter("matter")
         if adapter is None or adapter.state != "running":
             self.error = f"Matter adapter {adapter.state if adapter else 'missing'}: {adapter.error if adapter else ''}"
             click.echo(f"Matter devices left out: {self.error}")
@@ -282,21 +285,20 @@ async def _run_gateway(
     stop: asyncio.Event,
 ) -> dict[str, Any]:
     from gateway.formats import build_zigbee_image
-    from gateway.service import AdapterSlot, Gateway
+    from gateway.service import Gateway
 
     DemoZigbeeAdapter.count = devices
-    slots: tuple[AdapterSlot, ...] = (
-        AdapterSlot("zigbee", "gateway.cli.demo:DemoZigbeeAdapter", lambda c: True, "zigbee"),
-    )
+    plugins: list[AdapterPlugin] = [
+        LazyAdapterPlugin("zigbee", "gateway.cli.demo:DemoZigbeeAdapter", config_section="zigbee"),
+    ]
     if matter is not None:
-        slots = (
-            AdapterSlot("matter", "gateway.cli.demo:DemoMatterAdapter", lambda c: True, "matter"),
-            *slots,
+        plugins.insert(
+            0, LazyAdapterPlugin("matter", "gateway.cli.demo:DemoMatterAdapter", config_section="matter")
         )
-    gateway = Gateway(demo_config(data_dir, listen, matter_cfg), slots=slots)
+    gateway = Gateway(demo_config(data_dir, listen, matter_cfg), plugins=plugins)
     summary: dict[str, Any] = {}
     matter_task: asyncio.Task[None] | None = None
-    with importlib.import_module("adapters.zigbee.sim").fast_zigpy_timing():
+    with get_plugin("zigbee").simulator().fast_zigpy_timing():
         await gateway.start()
         try:
             image = build_zigbee_image(
@@ -440,6 +442,12 @@ async def _run_gateway(
     type=click.IntRange(1, 3),
     help="Number of simulated Matter (matter.js) devices.",
 )
+@click.option(
+    "--matterjs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="OTAGW_MATTERJS_DIR",
+    help="A checkout's tests/js with matter.js installed (npm ci): the Matter devices' scripts.",
+)
 @click.pass_obj
 def demo(
     obj: CliContext,
@@ -450,6 +458,7 @@ def demo(
     exit_when_done: float | None,
     matter: bool,
     matter_devices: int,
+    matterjs_dir: Path | None,
 ) -> None:
     """Run the gateway with simulated Zigbee (and, where possible, Matter) devices and rollouts in waves; watch
     it on the dashboard."""
@@ -461,9 +470,11 @@ def demo(
     except ConfigError as exc:
         raise UserError(f"--listen: {exc}") from None
     try:
-        importlib.import_module("adapters.zigbee.sim")
-    except ImportError as exc:
+        get_plugin("zigbee").simulator()
+    except (ImportError, LookupError) as exc:
         raise UserError(f"the Zigbee simulator is not available: {exc}") from None
+    if matterjs_dir is not None:
+        os.environ["OTAGW_MATTERJS_DIR"] = str(matterjs_dir.resolve())  # read by the Matter harness
     reason = "--no-matter given" if not matter else matter_unavailable_reason()
     if reason:
         click.echo(f"Matter devices left out: {reason}")

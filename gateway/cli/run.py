@@ -53,3 +53,43 @@ def run(obj: CliContext, listen: str | None) -> None:
         raise UserError(str(exc)) from None
     except KeyboardInterrupt:  # a signal before the handlers were installed
         pass
+
+
+def probe_url(listen: str, path: str) -> str:
+    """The URL that reaches a gateway listening on `listen` (api.listen) from this host: a wildcard address is
+    probed on the loopback of its family."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}{path}"
+
+
+@main.command()
+@click.option("--live", is_flag=True, help="Only check that the process answers (/livez), not the adapters.")
+@click.option("--timeout", type=float, default=4.0, show_default=True, help="Seconds to wait for the answer.")
+@click.pass_obj
+def health(obj: CliContext, live: bool, timeout: float) -> None:
+    """Ask the running gateway (at the config's api.listen) whether it is ready (/healthz): exit 0 when the core
+    and every enabled adapter run, 1 otherwise, printing the answer. For container HEALTHCHECKs."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = probe_url(obj.config.api.listen, "/livez" if live else "/healthz")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            status, body = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    except (OSError, ValueError) as exc:
+        click.echo(f"{url}: no answer: {getattr(exc, 'reason', exc)}", err=True)
+        raise SystemExit(1) from None
+    try:
+        click.echo(json.dumps(json.loads(body), sort_keys=True))
+    except ValueError:
+        click.echo(body.decode("utf-8", "replace"))
+    raise SystemExit(0 if status == 200 else 1)

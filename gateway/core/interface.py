@@ -45,14 +45,15 @@ The contract in detail (implemented by gateway.core.service.UpdateCore; every an
   has failed the update.
 - `status_report`: 003 statuses move the record (Successfully Updated is a claim: -> verifying, not updated;
   Failed to Update -> failed with the error text); `percent` is recorded and published.
-- Additive helpers on UpdateCore (not in the Protocol, so existing test doubles still conform):
-  `active_transfer(key) -> TransferInfo | None` (re-attach after a restart), `mark_notified(key)` (after
-  Image Notify / AnnounceOTAProvider), `devices_to_notify()` (devices in update_available).
+- `active_transfer(key) -> TransferInfo | None` (re-attach after a restart), `mark_notified(key)` (after
+  Image Notify / AnnounceOTAProvider), `devices_to_notify()` (devices in update_available), `get_device(id)` and
+  `plan()` (read-only views): adapters call these directly, never through `getattr`.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -199,6 +200,29 @@ class ImageReader(Protocol):
         ...
 
 
+class DeviceView(Protocol):
+    """What an adapter reads of a device record (`get_device`): its state (a DeviceState value) and apply time."""
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def apply_at(self) -> float | None: ...
+
+
+class PlanView(Protocol):
+    """What an adapter reads of one `plan()` line: which device would get which image now (outcome "update")."""
+
+    @property
+    def device_id(self) -> str: ...
+
+    @property
+    def outcome(self) -> str: ...
+
+    @property
+    def image_id(self) -> str | None: ...
+
+
 class UpdateCoreInterface(Protocol):
     """What the core offers adapters. Implemented by gateway.core.service.UpdateCore."""
 
@@ -223,3 +247,23 @@ class UpdateCoreInterface(Protocol):
     ) -> None: ...
 
     async def status_report(self, key: DeviceKey, report: StatusReport) -> None: ...
+
+    def active_transfer(self, key: DeviceKey) -> TransferInfo | None:
+        """The device's live transfer (token, image, resume point), to re-attach after a restart."""
+        ...
+
+    async def mark_notified(self, key: DeviceKey, reason: str = "adapter notified the device") -> None:
+        """The adapter told the device an update is due (Image Notify / AnnounceOTAProvider)."""
+        ...
+
+    def devices_to_notify(self) -> list[DeviceKey]:
+        """Devices with an update due that have not been offered it yet."""
+        ...
+
+    def get_device(self, device_id: str) -> DeviceView | None:
+        """A snapshot of the device's record (None: unknown device)."""
+        ...
+
+    def plan(self) -> Sequence[PlanView]:
+        """Dry run: what every device would get now (changes nothing)."""
+        ...

@@ -33,7 +33,7 @@ from gateway.formats.errors import (
     TlvFormatError,
     TruncatedError,
 )
-from gateway.formats.tlv_lite import TlvElement, TlvType, TlvWriter, decode_one
+from gateway.formats.tlv import TlvElement, TlvType, TlvWriter, decode_one
 
 __all__ = [
     "DIGEST_LENGTHS",

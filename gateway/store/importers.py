@@ -223,7 +223,7 @@ def _uint(obj: Mapping[str, Any], key: str, bits: int, where: str, *, required: 
     value = _field(obj, key, int, where, required=required)
     if value is not None and not 0 <= value < (1 << bits):
         raise _EntryError(f"{where}.{key}: {value} is outside 0..{(1 << bits) - 1}")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")

@@ -1,4 +1,5 @@
-"""Adapters for the composition-root tests: one that runs, one whose radio is missing, one that crashes."""
+"""Adapters for the composition-root tests: one that runs, one whose radio is missing, one that crashes, one whose
+radio appears after a few start attempts."""
 
 from __future__ import annotations
 
@@ -36,3 +37,18 @@ class NoRadio(Good):
 class Crashes(Good):
     async def start(self) -> None:
         raise RuntimeError("boom")
+
+
+class FlakyRadio(Good):
+    """Fails `failures_left` starts (the radio is plugged in later), then runs."""
+
+    failures_left = 0
+
+    async def start(self) -> None:
+        EVENTS.append("flaky.start")
+        if FlakyRadio.failures_left > 0:
+            FlakyRadio.failures_left -= 1
+            raise AdapterStartError(f"radio not plugged in ({FlakyRadio.failures_left} more failures)")
+
+    def health(self) -> dict[str, Any]:
+        return {"radio": "found"}

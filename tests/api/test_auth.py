@@ -33,6 +33,9 @@ PROTECTED = [
     ("GET", "/api/v1/events"),
     ("GET", "/api/v1/openapi.json"),
     ("GET", "/metrics"),
+    ("GET", "/api/v1/tokens"),
+    ("POST", "/api/v1/tokens"),
+    ("DELETE", "/api/v1/tokens/lamp"),
 ]
 
 
@@ -69,9 +72,11 @@ async def test_other_schemes_and_query_token_are_refused(harness: ApiHarness) ->
 
 
 async def test_health_needs_no_token(harness: ApiHarness) -> None:
-    body = await harness.call("GET", "/healthz", 200, auth=False)
-    assert body["status"] == "degraded"  # matter unavailable in this harness
-    assert body["adapters"]["zigbee"] == {"state": "disabled", "error": None}
+    body = await harness.call("GET", "/healthz", 503, auth=False)
+    assert body["status"] == "degraded"  # matter enabled but unavailable in this harness
+    assert body["adapters"]["matter"]["error"] == "not installed"
+    assert body["adapters"]["zigbee"]["state"] == "disabled" and body["adapters"]["zigbee"]["error"] is None
+    assert (await harness.call("GET", "/livez", 200, auth=False))["status"] == "alive"
 
 
 async def test_dashboard_login_flow(harness: ApiHarness) -> None:

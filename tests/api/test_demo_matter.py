@@ -21,6 +21,8 @@ from gateway.cli.demo import matter_unavailable_reason
 pytestmark = pytest.mark.interop
 
 ROOT = Path(__file__).resolve().parents[2]
+# the demo finds the matter.js scripts only where it is told (never relative to the installed package)
+os.environ.setdefault("OTAGW_MATTERJS_DIR", str(ROOT / "tests" / "js"))
 
 
 def _skip_unless_matter() -> None:

@@ -127,3 +127,33 @@ def drain(sub: Any) -> list[Any]:
     while not sub.queue.empty():
         out.append(sub.queue.get_nowait())
     return out
+
+
+async def test_event_streams_are_capped_with_a_clear_503(harness: ApiHarness) -> None:
+    from gateway.api.app import HUB_KEY
+    from gateway.config import parse_config
+
+    hub = harness.app[HUB_KEY]
+    assert hub.max_clients == harness.config.api.max_event_clients == 32  # wired from the config's default
+    assert parse_config({"api": {"max_event_clients": 3}}).api.max_event_clients == 3
+    hub.max_clients = 2
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    first = await harness.client.get("/api/v1/events", headers=auth)
+    second = await harness.client.get("/api/v1/events", headers=auth)
+    for resp in (first, second):
+        assert (await next_event(resp))["kind"] == "hello"
+    assert hub.clients == 2
+    body = await harness.call("GET", "/api/v1/events", 503)
+    assert body["error"]["code"] == "too_many_streams" and "api.max_event_clients" in body["error"]["message"]
+    third = await harness.client.get("/api/v1/events", headers=auth)
+    assert third.status == 503 and third.headers["Retry-After"] == "30"
+    third.close()
+    first.close()  # a slot frees when a client leaves
+    for _ in range(200):
+        if hub.clients < 2:
+            break
+        await asyncio.sleep(0.01)
+    again = await harness.client.get("/api/v1/events", headers=auth)
+    assert (await next_event(again))["kind"] == "hello"
+    again.close()
+    second.close()

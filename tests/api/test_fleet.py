@@ -65,18 +65,17 @@ async def test_query_offers_the_manifest_and_download_counts_as_transfer(harness
     ):
         assert key in pkg
     assert pkg["sha256"] == img["sha256"] and pkg["size"] == img["size"]
-    assert ans["download_url"] == f"/api/v1/images/{img['image_id']}/download"
     token = ans["token"]
     assert len(bytes.fromhex(token)) >= 8
+    # complete: following it as given makes the download this device's transfer
+    assert ans["download_url"] == f"/api/v1/images/{img['image_id']}/download?transfer={token}"
 
     dev = await h.call("GET", f"/api/v1/devices/{DEVICE_ID}", 200)
     assert dev["state"] == "querying" and dev["target_image_id"] == img["image_id"]
     assert "token" not in dev
     assert [e["new_state"] for e in dev["history"]][-1] == "querying"
 
-    resp = await h.client.get(
-        f"{ans['download_url']}?transfer={token}", headers={"Authorization": f"Bearer {TOKEN}"}
-    )
+    resp = await h.client.get(ans["download_url"], headers={"Authorization": f"Bearer {TOKEN}"})
     assert resp.status == 200
     assert await resp.read() == zigbee_image(version=0x200)
     dev = await h.call("GET", f"/api/v1/devices/{DEVICE_ID}", 200)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.api.credentials import CredentialStore
 from gateway.config import load_config
 from gateway.core.interface import Available, DeviceInfo, DeviceKey
 from gateway.service import Gateway
@@ -73,6 +74,12 @@ async def test_metrics_token_by_default_and_never_the_admin_token(tmp_path: Path
         assert status == 200 and "otagw_build_info" in text
         assert (await scrape(gw, None))[0] == 401
         assert (await scrape(gw, metrics_token[:-1] + "x"))[0] == 401
+        # a scoped token with the metrics scope scrapes; one with other scopes does not
+        store = CredentialStore(gw.config.data_dir)
+        _, prometheus = store.create("prometheus", "metrics")
+        _, lamp = store.create("lamp", "query,status")
+        assert (await scrape(gw, prometheus))[0] == 200
+        assert (await scrape(gw, lamp))[0] == 403
         # the metrics token opens /metrics only
         async with (
             aiohttp.ClientSession() as s,

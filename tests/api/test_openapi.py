@@ -61,7 +61,7 @@ async def test_health_is_the_only_unauthenticated_api_route(harness: ApiHarness)
         for m, op in item.items()
         if op.get("security") == []
     }
-    assert public == {("get", "/healthz"), ("get", "/login"), ("post", "/login")}
+    assert public == {("get", "/healthz"), ("get", "/livez"), ("get", "/login"), ("post", "/login")}
 
 
 async def test_reference_003_manifest_fields_documented(harness: ApiHarness) -> None:

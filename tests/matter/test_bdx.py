@@ -576,8 +576,8 @@ def test_receiver_checks_sender() -> None:
 
 
 def test_bdx_server_factory_binds_designators_to_the_peer() -> None:
-    from adapters.matter.bdx.sender import BdxServer
     from adapters.matter.transport.exchange import SessionContext
+    from tests.matter.support import BdxServer
 
     reader = MemoryReader(IMAGE)
     log: list[tuple[str, int]] = []

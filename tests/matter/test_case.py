@@ -10,7 +10,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.matter import tlv
 from adapters.matter.secure import certs, crypto
 from adapters.matter.secure.case import (
     OPCODE_SIGMA1,
@@ -29,6 +28,7 @@ from adapters.matter.secure.case_initiator import CASEInitiator
 from adapters.matter.secure.credentials import OperationalCredentials
 from adapters.matter.secure.devca import DevCA
 from adapters.matter.transport.status_report import GeneralCode, SecureChannelCode, StatusReport
+from gateway.formats import tlv
 
 NOW = 1_750_000_000.0
 SERVER_NODE = 0x0000_0000_0000_0ABC

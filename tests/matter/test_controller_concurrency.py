@@ -2,8 +2,10 @@
 thread) gets its own reply, whatever order the replies come back in.
 
 The worker loads this module as its `--ops-module` (the `OPS` below): `sleep` awaits asyncio.sleep on the worker's
-event loop, like an SDK read-back to a rebooting node waits on it; `fail` raises. The wall-clock bounds are generous
-and only tell "ran side by side" (about 1 s) from "ran one after another" (2 s or more).
+event loop, like an SDK read-back to a rebooting node waits on it; `fail` raises; `meet` returns only once `n` calls
+of its group are inside the worker at the same time (a rendezvous), so a worker that ran requests one after another
+would never complete the first. That is how concurrency is asserted here, by behaviour, not by wall-clock time;
+the timing (how much faster side by side is) is bench/bench_controller_concurrency.py.
 """
 
 from __future__ import annotations
@@ -29,7 +31,27 @@ async def _op_fail(st: Any, a: dict[str, Any]) -> Any:
     raise LookupError(f"no {a['what']}")
 
 
-OPS = {"sleep": _op_sleep, "fail": _op_fail}
+_arrived: dict[str, int] = {}
+_all_in: dict[str, asyncio.Event] = {}
+
+
+async def _op_meet(st: Any, a: dict[str, Any]) -> Any:
+    """Wait until `n` calls of group `group` are in the worker at once; fails after `wait_s` if they never are."""
+    group, n = str(a["group"]), int(a["n"])
+    _arrived[group] = _arrived.get(group, 0) + 1
+    event = _all_in.setdefault(group, asyncio.Event())
+    if _arrived[group] >= n:
+        event.set()
+    try:
+        await asyncio.wait_for(event.wait(), timeout=float(a.get("wait_s", 20.0)))
+    except TimeoutError:
+        raise RuntimeError(
+            f"only {_arrived[group]} of {n} calls of {group} were ever in the worker at once"
+        ) from None
+    return {"tag": a["tag"], "thread": threading.get_ident(), "arrived": _arrived[group]}
+
+
+OPS = {"sleep": _op_sleep, "fail": _op_fail, "meet": _op_meet}
 OPS_MODULE = "tests.matter.test_controller_concurrency"  # as the worker imports it (repo root on its path)
 
 _reason = runner_unavailable_reason()
@@ -42,16 +64,20 @@ def runner(tmp_path: Path) -> Any:
         yield r
 
 
-def test_two_slow_ops_run_side_by_side(runner: ControllerRunner) -> None:
+def test_two_ops_are_in_the_worker_at_once(runner: ControllerRunner) -> None:
     with ThreadPoolExecutor(2) as pool:
-        t0 = time.monotonic()
-        a = pool.submit(runner.call, "sleep", s=1.0, tag="a")
-        b = pool.submit(runner.call, "sleep", s=1.0, tag="b")
+        a = pool.submit(runner.call, "meet", group="pair", n=2, tag="a")
+        b = pool.submit(runner.call, "meet", group="pair", n=2, tag="b")
         ra, rb = a.result(timeout=30), b.result(timeout=30)
-        elapsed = time.monotonic() - t0
     assert (ra["tag"], rb["tag"]) == ("a", "b")
+    assert ra["arrived"] == rb["arrived"] == 2  # neither returned before the other had arrived
     assert ra["thread"] == rb["thread"]  # both on the worker's one event-loop thread
-    assert 1.0 <= elapsed < 1.9, elapsed
+
+
+def test_a_lone_meet_fails_so_the_rendezvous_can_fail(runner: ControllerRunner) -> None:
+    # the assertion above is not vacuous: one call of a group of two never completes
+    with pytest.raises(ControllerError, match="only 1 of 2 calls of alone"):
+        runner.call("meet", group="alone", n=2, tag="x", wait_s=0.2)
 
 
 def test_out_of_order_replies_reach_their_own_callers(runner: ControllerRunner) -> None:
@@ -88,13 +114,11 @@ def test_out_of_order_replies_reach_their_own_callers(runner: ControllerRunner) 
 
 
 async def test_concurrent_calls_from_asyncio_to_thread(runner: ControllerRunner) -> None:
-    t0 = time.monotonic()
     got = await asyncio.gather(
-        *(asyncio.to_thread(runner.call, "sleep", s=1.0, tag=f"n{i}") for i in range(6))
+        *(asyncio.to_thread(runner.call, "meet", group="six", n=6, tag=f"n{i}") for i in range(6))
     )
-    elapsed = time.monotonic() - t0
     assert [g["tag"] for g in got] == [f"n{i}" for i in range(6)]
-    assert elapsed < 1.9, elapsed
+    assert {g["arrived"] for g in got} == {6}
 
 
 def test_a_timed_out_caller_does_not_disturb_the_next(runner: ControllerRunner) -> None:

@@ -42,7 +42,7 @@ from adapters.matter.interaction.messages import (
     decode_message,
 )
 from adapters.matter.interaction.registry import ConstraintError, FieldError
-from adapters.matter.tlv import Array, Struct, TLVList, UInt, decode, encode
+from gateway.formats.tlv import Array, Struct, TLVList, UInt, decode, encode
 
 chip_tlv = pytest.importorskip("chip.tlv")
 Objects = pytest.importorskip("chip.clusters.Objects")

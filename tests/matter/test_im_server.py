@@ -48,8 +48,9 @@ from adapters.matter.interaction.registry import (
     StatusError,
 )
 from adapters.matter.interaction.server import IMServer, chunk_reports
-from adapters.matter.tlv import Array, Struct, UInt, encode
 from adapters.matter.transport.exchange import SessionContext
+from gateway.formats.tlv import Array, Struct, UInt, encode
+from tests.matter.support import ProvisionalProvider
 
 Objects = pytest.importorskip("chip.clusters.Objects")
 OTA = Objects.OtaSoftwareUpdateProvider
@@ -75,7 +76,11 @@ QI_FIELDS = QueryImage(0xFFF1, 0x8000, 1, (0,)).to_fields()
 
 def make(delegate: object = None, **kw: object) -> tuple[IMServer, Clock, object]:
     acl = AccessControl.default([1], {1: [ADMIN]})
-    registry, ota = build_provider_node(BasicInfo(vendor_name="otagw-test"), delegate, acl)  # type: ignore[arg-type]
+    registry, ota = build_provider_node(
+        BasicInfo(vendor_name="otagw-test"),
+        delegate=delegate if delegate is not None else ProvisionalProvider(),  # type: ignore[arg-type]
+        acl=acl,
+    )
     clock = Clock()
     return IMServer(registry, now=clock, **kw), clock, ota  # type: ignore[arg-type]
 

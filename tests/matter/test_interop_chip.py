@@ -17,9 +17,10 @@ from adapters.matter.discovery.dnssd import OperationalName
 from adapters.matter.fabric.controller import ControllerError, ControllerRunner, runner_unavailable_reason
 from adapters.matter.fabric.identity import mint_credentials
 from adapters.matter.interaction.acl import AccessControl
-from adapters.matter.interaction.clusters import OtaStatus, ProvisionalProvider, build_provider_node
+from adapters.matter.interaction.clusters import OtaStatus, build_provider_node
 from adapters.matter.interaction.server import IMServer
 from adapters.matter.node import ProviderNode
+from tests.matter.support import ProvisionalProvider
 
 from .netns import NetnsPair
 

@@ -29,12 +29,11 @@ import pytest
 import adapters.matter.node as node_module
 from adapters.matter.bdx.messages import BDX_PROTOCOL_ID, BdxStatus, ReceiveInit, TransferControl
 from adapters.matter.bdx.receiver import BdxReceiver
-from adapters.matter.bdx.sender import BdxSender, BdxServer
+from adapters.matter.bdx.sender import BdxSender
 from adapters.matter.discovery.dnssd import OperationalName
 from adapters.matter.interaction.acl import AccessControl
 from adapters.matter.interaction.clusters import (
     OtaStatus,
-    ProvisionalProvider,
     QueryImage,
     build_provider_node,
 )
@@ -80,6 +79,7 @@ from adapters.matter.transport.session import (
 from adapters.matter.transport.status_report import GeneralCode, SecureChannelCode, StatusReport
 from adapters.matter.transport.udp import UdpTransport, open_udp
 from gateway.clock import ManualClock
+from tests.matter.support import BdxServer, ProvisionalProvider
 
 NODE_ID = 0x0000_0000_0A11_0001
 REQUESTOR_ID = 0x0000_0000_0000_4242

@@ -38,12 +38,12 @@ from adapters.matter.interaction.messages import (
 )
 from adapters.matter.interaction.server import IMServer
 from adapters.matter.provider import MatterOtaProvider, ProviderFabric, matter_device_key
-from adapters.matter.tlv import Struct
 from adapters.matter.transport.exchange import SessionContext
 from gateway.clock import ManualClock
 from gateway.config import parse_config
 from gateway.core.service import UpdateCore
 from gateway.formats import build_matter_image
+from gateway.formats.tlv import Struct
 from gateway.store.store import ImageStore
 
 PROVIDER_NODE = 0x0A11_0001
@@ -94,7 +94,11 @@ async def make_env(
     core = UpdateCore(cfg, store, clock, auto_sweep=False)
     await core.start()
     provider = MatterOtaProvider(
-        core, [ProviderFabric(1, PROVIDER_NODE, CFID)], clock=clock, config=cfg.matter
+        core,
+        [ProviderFabric(1, PROVIDER_NODE, CFID)],
+        clock=clock,
+        config=cfg.matter,
+        busy_retry_s=cfg.policy.busy_retry_s,
     )
     registry, _ = build_provider_node(delegate=provider, acl=AccessControl.default([1], {1: [ADMIN]}))
     im = IMServer(registry, now=clock.monotonic)

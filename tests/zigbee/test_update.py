@@ -6,6 +6,7 @@ import pytest
 
 from adapters.zigbee.sim import Behaviour
 from gateway.clock import ManualClock
+from tests.fixtures_gen import IMAGES as GENERATED
 from tests.zigbee.harness import DRESDEN, IKEA, SENGLED, VENDOR, make_stack, need, sim_device
 
 # Dresden: plain 64-byte Image Block Requests (the full, slowest path); IKEA: large blocks allowed by a
@@ -21,14 +22,22 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("layer", ["generated", "real"])
 @pytest.mark.parametrize("case", list(CASES))
-async def test_real_vendor_file_full_update(tmp_path, case):
-    image, behaviour, zigbee = CASES[case]
-    need(image)
+async def test_real_vendor_file_full_update(tmp_path, case, layer):
+    real, behaviour, zigbee = CASES[case]
+    if layer == "generated":  # the same quirks on every clone (tests/fixtures_gen.py)
+        gen = next(g for g in GENERATED if g.real_name == real.name)
+        image = tmp_path / gen.name
+        image.write_bytes(gen.build())
+        facts = (gen.manufacturer, gen.image_type, gen.file_version)
+    else:
+        image = need(real)
+        facts = VENDOR[real]
     data = image.read_bytes()
-    mfr, itype, version = VENDOR[image]
+    mfr, itype, version = facts
     clock = ManualClock()
-    dev = sim_device(1, clock, VENDOR[image], behaviour=behaviour)
+    dev = sim_device(1, clock, facts, behaviour=behaviour)
     stack = await make_stack(tmp_path, [dev], [image], clock=clock, zigbee=zigbee)
     try:
         # zigpy's interview ends with an Image Notify: the device queries and downloads by itself

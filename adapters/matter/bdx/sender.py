@@ -50,11 +50,9 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "SECURE_CHANNEL_PROTOCOL_ID",
     "BdxSender",
-    "BdxServer",
     "ImageReaderLike",
     "Outgoing",
     "SenderState",
-    "TransferObserver",
     "TransferSlots",
     "status_report",
 ]
@@ -379,70 +377,3 @@ class BdxSender:
         except ValueError:
             code = BdxStatus.UNKNOWN
         self._set_failed(code, f"peer sent {report}")
-
-
-class TransferObserver(Protocol):
-    """Per-transfer notifications for the provider (progress to the core, completion, failure)."""
-
-    def progress(self, sender: BdxSender, offset: int, nbytes: int) -> None: ...
-
-    def complete(self, sender: BdxSender) -> None: ...
-
-    def failed(self, sender: BdxSender, code: BdxStatus, reason: str) -> None: ...
-
-
-class BdxServer:
-    """Handler factory for protocol 0x0002: `server(session_context) -> BdxSender`.
-
-    `resolver(designator, session_context)` maps a file designator to an image reader for *that* peer (so an
-    UpdateToken-derived designator only opens for the node it was issued to) or None. All senders share `slots`.
-    """
-
-    def __init__(
-        self,
-        resolver: Callable[[bytes, Any], ImageReaderLike | None],
-        *,
-        now: Callable[[], float],
-        max_block_size: int = DEFAULT_MAX_BLOCK_SIZE,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        modes: TransferControl = TransferControl.RECEIVER_DRIVE | TransferControl.SENDER_DRIVE,
-        max_transfers: int = 64,
-        observer: TransferObserver | None = None,
-    ) -> None:
-        self.resolver = resolver
-        self.now = now
-        self.max_block_size = max_block_size
-        self.timeout_s = timeout_s
-        self.modes = modes
-        self.slots = TransferSlots(max_transfers)
-        self.observer = observer
-
-    def __call__(self, context: Any) -> BdxSender:
-        obs = self.observer
-        sender: BdxSender
-
-        def progress(offset: int, n: int) -> None:
-            if obs is not None:
-                obs.progress(sender, offset, n)
-
-        def complete() -> None:
-            if obs is not None:
-                obs.complete(sender)
-
-        def failed(code: BdxStatus, reason: str) -> None:
-            if obs is not None:
-                obs.failed(sender, code, reason)
-
-        sender = BdxSender(
-            lambda d: self.resolver(d, context),
-            now=self.now,
-            max_block_size=self.max_block_size,
-            timeout_s=self.timeout_s,
-            modes=self.modes,
-            slots=self.slots,
-            on_progress=progress,
-            on_complete=complete,
-            on_failed=failed,
-            context=context,
-        )
-        return sender

@@ -6,7 +6,6 @@
 - OTA Software Update Provider (0x0029): a shell whose QueryImage / ApplyUpdateRequest / NotifyUpdateApplied
   logic is an injected `OtaProviderDelegate`; this module owns the exact field codecs of the five commands
   (tags per reference 000 / Matter Core 11.20.6) and maps codec failures to INVALID_COMMAND / CONSTRAINT_ERROR.
-  `ProvisionalProvider` answers QueryImage with NotAvailable until the real provider is plugged in.
 
 `build_provider_node(info, delegate, acl)` wires all three into a `Registry`.
 """
@@ -30,7 +29,7 @@ from adapters.matter.interaction.registry import (
     ReadContext,
     Registry,
 )
-from adapters.matter.tlv import Array, Struct, UInt
+from gateway.formats.tlv import Array, Struct, UInt
 
 __all__ = [
     "BASIC_INFORMATION_CLUSTER",
@@ -49,7 +48,6 @@ __all__ = [
     "OtaProviderDelegate",
     "OtaProviderServer",
     "OtaStatus",
-    "ProvisionalProvider",
     "QueryImage",
     "QueryImageResponse",
     "basic_information_cluster",
@@ -324,31 +322,12 @@ class OtaProviderDelegate(Protocol):
     ) -> Awaitable[None] | None: ...
 
 
-class ProvisionalProvider:
-    """Stand-in delegate: no image is ever available (QueryImage -> NotAvailable), applies are discontinued."""
-
-    def __init__(self, retry_after_s: int = 86_400) -> None:
-        self.retry_after_s = retry_after_s
-        self.queries: list[QueryImage] = []
-        self.notifications: list[NotifyUpdateApplied] = []
-
-    def query_image(self, ctx: InvokeContext, req: QueryImage) -> QueryImageResponse:
-        self.queries.append(req)
-        return QueryImageResponse(OtaStatus.NOT_AVAILABLE, delayed_action_time=self.retry_after_s)
-
-    def apply_update_request(self, ctx: InvokeContext, req: ApplyUpdateRequest) -> ApplyUpdateResponse:
-        return ApplyUpdateResponse(ApplyUpdateAction.DISCONTINUE, 0)
-
-    def notify_update_applied(self, ctx: InvokeContext, req: NotifyUpdateApplied) -> None:
-        self.notifications.append(req)
-
-
 async def _maybe_await(v: Any) -> Any:
     return await v if inspect.isawaitable(v) else v
 
 
 class OtaProviderServer(ClusterServer):
-    """Cluster 0x0029; `delegate` can be reassigned at any time (the real provider replacing the provisional)."""
+    """Cluster 0x0029; `delegate` can be reassigned at any time (e.g. a test swapping providers)."""
 
     def __init__(self, delegate: OtaProviderDelegate) -> None:
         super().__init__(OTA_PROVIDER_CLUSTER, revision=1)
@@ -467,9 +446,9 @@ def descriptor_cluster(registry: Registry, endpoint_id: int) -> ClusterServer:
 
 def build_provider_node(
     info: BasicInfo | None = None,
-    delegate: OtaProviderDelegate | None = None,
-    acl: AccessControl | None = None,
     *,
+    delegate: OtaProviderDelegate,
+    acl: AccessControl | None = None,
     root_node_revision: int = 3,
 ) -> tuple[Registry, OtaProviderServer]:
     """A registry with endpoint 0 = Root Node + OTA Provider; returns it and the 0x0029 cluster server."""
@@ -481,6 +460,6 @@ def build_provider_node(
     )
     registry.add_cluster(0, descriptor_cluster(registry, 0))
     registry.add_cluster(0, basic_information_cluster(info or BasicInfo()))
-    ota = ota_provider_cluster(delegate or ProvisionalProvider())
+    ota = ota_provider_cluster(delegate)
     registry.add_cluster(0, ota)
     return registry, ota

@@ -7,7 +7,7 @@ AttributeReportIB, DataVersionFilterIB...). Path IBs are TLV lists, everything e
 carries InteractionModelRevision under context tag 0xFF.
 
 Decoders raise `IMDecodeError` (with a path naming the offending field) for every malformed input and nothing else.
-Field values inside CommandFields / attribute Data stay plain TLV values (`adapters.matter.tlv`).
+Field values inside CommandFields / attribute Data stay plain TLV values (`gateway.formats.tlv`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
-from adapters.matter.tlv import Array, Struct, TLVError, TLVList, UInt, decode, encode
+from gateway.formats.tlv import Array, Struct, TLVError, TLVList, UInt, decode, encode
 
 __all__ = [
     "IM_PROTOCOL_ID",

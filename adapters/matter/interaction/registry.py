@@ -39,7 +39,7 @@ from adapters.matter.interaction.messages import (
     Status,
     StatusIB,
 )
-from adapters.matter.tlv import Array, Struct, UInt
+from gateway.formats.tlv import Array, Struct, UInt
 
 __all__ = [
     "ATTR_ACCEPTED_COMMAND_LIST",

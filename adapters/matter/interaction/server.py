@@ -48,7 +48,7 @@ from adapters.matter.interaction.messages import (
     outgoing,
 )
 from adapters.matter.interaction.registry import ReadContext, Registry
-from adapters.matter.tlv import encode
+from gateway.formats.tlv import encode
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "IMExchange", "IMServer", "chunk_reports"]
 

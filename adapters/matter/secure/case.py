@@ -36,7 +36,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from adapters.matter import tlv
 from adapters.matter.secure import certs, crypto
 from adapters.matter.secure.credentials import OperationalCredentials
 from adapters.matter.transport.status_report import (
@@ -45,6 +44,7 @@ from adapters.matter.transport.status_report import (
     StatusReport,
     StatusReportError,
 )
+from gateway.formats import tlv
 
 __all__ = [
     "DEFAULT_SESSION_PARAMETERS",

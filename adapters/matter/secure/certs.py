@@ -21,8 +21,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from adapters.matter import tlv
 from adapters.matter.secure import crypto
+from gateway.formats import tlv
 
 __all__ = [
     "CHIP_EPOCH_UNIX",

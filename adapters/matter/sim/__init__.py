@@ -1,12 +1,14 @@
 """Hardware-free Matter peers for the demo and the interop tests: a network-namespace pair (`netns`) and the
 matter.js OTA requestor device as a subprocess (`matterjs_device`). Nothing here runs in the root namespace."""
 
+from adapters.matter.fabric.controller import runner_unavailable_reason
 from adapters.matter.sim.matterjs_device import (
-    JS_DIR,
+    MATTERJS_DIR_ENV,
     MatterJsDevice,
     MatterJsDeviceError,
     device_script,
     export_paas,
+    js_dir,
     node_unavailable_reason,
 )
 from adapters.matter.sim.netns import (
@@ -19,7 +21,7 @@ from adapters.matter.sim.netns import (
 )
 
 __all__ = [
-    "JS_DIR",
+    "MATTERJS_DIR_ENV",
     "MatterJsDevice",
     "MatterJsDeviceError",
     "NetnsPair",
@@ -28,7 +30,9 @@ __all__ = [
     "delete_pair",
     "device_script",
     "export_paas",
+    "js_dir",
     "netns_pair",
     "netns_unavailable_reason",
     "node_unavailable_reason",
+    "runner_unavailable_reason",
 ]

@@ -1,9 +1,10 @@
 """The matter.js OTA requestor device (`tests/js/ota_requestor_device.mjs`) as a subprocess in a network namespace,
 its OTAGW-EVENT lines collected as dicts; the matter.js test PAAs for the controller's attestation trust store.
 
-The JS lives in the source tree's `tests/js` (with its `node_modules`), not in the Python package: it is located
-relative to the repository, or at `$OTAGW_MATTERJS_DIR`. `node_unavailable_reason()` says clearly when it is not
-there (e.g. in an installed wheel), when Node is missing, or when matter.js is not installed (`npm ci`).
+The JS lives in a checkout's `tests/js` (with its `node_modules`), never in the Python package, and is found only
+where the caller says: `$OTAGW_MATTERJS_DIR` (the test suite sets it; `otagw demo --matterjs-dir` sets it too).
+`node_unavailable_reason()` says clearly when it is not set or not there, when Node is missing, or when matter.js
+is not installed (`npm ci`).
 A device exiting with code 75 after installing an image is started again (a power cycle); `stop()` kills its whole
 process group.
 """
@@ -21,8 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-JS_DIR = Path(os.environ.get("OTAGW_MATTERJS_DIR") or Path(__file__).resolve().parents[3] / "tests" / "js")
-DEVICE_SCRIPT = JS_DIR / "ota_requestor_device.mjs"
+MATTERJS_DIR_ENV = "OTAGW_MATTERJS_DIR"
 PREFIX = "OTAGW-EVENT "
 REBOOT_EXIT = 75
 
@@ -31,20 +31,30 @@ class MatterJsDeviceError(AssertionError):
     """The device exited or did not report in time (an AssertionError, so tests report it as a failed check)."""
 
 
+def js_dir() -> Path:
+    """The directory holding the matter.js scripts and their node_modules (`$OTAGW_MATTERJS_DIR`)."""
+    where = os.environ.get(MATTERJS_DIR_ENV)
+    if not where:
+        raise MatterJsDeviceError(f"{MATTERJS_DIR_ENV} is not set (point it at a checkout's tests/js)")
+    return Path(where)
+
+
 def device_script() -> Path:
-    return DEVICE_SCRIPT
+    return js_dir() / "ota_requestor_device.mjs"
 
 
 def node_unavailable_reason() -> str | None:
     if shutil.which("node") is None:
         return "node (Node.js) not installed"
-    if not DEVICE_SCRIPT.is_file():
+    if not os.environ.get(MATTERJS_DIR_ENV):
+        return f"{MATTERJS_DIR_ENV} is not set (the matter.js scripts live in a checkout's tests/js)"
+    script = device_script()
+    if not script.is_file():
         return (
-            f"the matter.js device script is not at {DEVICE_SCRIPT} (it lives in the source tree's tests/js, "
-            "not in an installed package; set OTAGW_MATTERJS_DIR to a checkout's tests/js)"
+            f"the matter.js device script is not at {script} ({MATTERJS_DIR_ENV} names a checkout's tests/js)"
         )
-    if not (JS_DIR / "node_modules" / "@matter" / "main").exists():
-        return f"matter.js not installed in {JS_DIR} (run `npm ci` there)"
+    if not (js_dir() / "node_modules" / "@matter" / "main").exists():
+        return f"matter.js not installed in {js_dir()} (run `npm ci` there)"
     return None
 
 
@@ -52,8 +62,8 @@ def export_paas(out: Path) -> Path:
     """matter.js's test PAAs (DER) for the chip SDK controller's attestation trust store."""
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        ["node", str(JS_DIR / "export_paa.mjs"), str(out)],
-        cwd=str(JS_DIR),
+        ["node", str(js_dir() / "export_paa.mjs"), str(out)],
+        cwd=str(js_dir()),
         check=True,
         capture_output=True,
         timeout=60,
@@ -128,9 +138,9 @@ class MatterJsDevice:
                 "exec",
                 self.netns,
                 "node",
-                str(DEVICE_SCRIPT),
+                str(device_script()),
                 *self.args,
-                cwd=str(JS_DIR),
+                cwd=str(js_dir()),
                 env=env,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,

@@ -315,9 +315,9 @@ class ExchangeManager:
             return []
         for r in replies or ():
             if len(r) == 2:
-                ex.queue.append((ex.protocol_id, int(r[0]), bytes(r[1])))  # type: ignore[misc]
+                ex.queue.append((ex.protocol_id, int(r[0]), bytes(r[1])))
             else:
-                ex.queue.append((int(r[0]), int(r[1]), bytes(r[2])))  # type: ignore[misc]
+                ex.queue.append((int(r[0]), int(r[1]), bytes(r[2])))
         events: list[Event] = []
         est = getattr(ex.handler, "established", None)
         if est is not None and not ex.reported_established:

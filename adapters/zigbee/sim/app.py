@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import zigpy.device
 import zigpy.endpoint
 import zigpy.exceptions
+import zigpy.profiles.zha
 import zigpy.state
 import zigpy.types as t
 import zigpy.zdo.types as zdo_t
@@ -138,20 +139,21 @@ class SimNetwork:
             self.tx_log.append(packet)
         dst = packet.dst
         assert dst is not None
+        address: Any = dst.address  # NWK, EUI64 or broadcast address, by addr_mode
         if dst.addr_mode == t.AddrMode.Broadcast:
             for dev in list(self.devices.values()):
-                if dev.accepts_broadcast(int(dst.address)):
+                if dev.accepts_broadcast(int(address)):
                     dev.receive(packet)
             return
         if dst.addr_mode == t.AddrMode.IEEE:
-            target = self.devices.get(t.EUI64(dst.address))
+            target = self.devices.get(t.EUI64(address))
         elif dst.addr_mode == t.AddrMode.NWK:
-            target = self.by_nwk(int(dst.address))
+            target = self.by_nwk(int(address))
         else:  # group addressing is not used by the OTA server
             return
         if target is None or not target.reachable():
             raise zigpy.exceptions.DeliveryError(
-                f"no ack from 0x{int(dst.address):04X}", status=t.MACStatus.MAC_NO_ACK
+                f"no ack from 0x{int(address):04X}", status=t.MACStatus.MAC_NO_ACK
             )
         target.receive(packet)
 
@@ -257,7 +259,7 @@ class SimControllerApplication(ControllerApplication):
         )
         ep = coord.add_endpoint(1)
         ep.profile_id = 0x0104
-        ep.device_type = 0x0005
+        ep.device_type = zigpy.profiles.zha.DeviceType.CONFIGURATION_TOOL
         ep.status = zigpy.endpoint.Status.ZDO_INIT
         coord.model = "otagw simulated coordinator"
         coord.manufacturer = "otagw"
@@ -274,11 +276,11 @@ class SimControllerApplication(ControllerApplication):
             version="1",
         )
         self.state.network_info = zigpy.state.NetworkInfo(
-            extended_pan_id=t.ExtendedPanId.convert("00:a1:b2:c3:d4:e5:f6:07"),
+            extended_pan_id=t.ExtendedPanId(t.EUI64.convert("00:a1:b2:c3:d4:e5:f6:07")),
             pan_id=t.PanId(pan),
-            channel=15,
-            channel_mask=t.Channels.from_channel_list([15]),
-            network_key=zigpy.state.Key(key=t.KeyData(range(16)), seq=0, tx_counter=0),
+            channel=t.uint8_t(15),
+            channel_mask=t.Channels.from_channel_list([15]),  # type: ignore[misc]  # classmethod zigpy types as method
+            network_key=zigpy.state.Key(key=t.KeyData(range(16)), seq=t.uint8_t(0), tx_counter=t.uint32_t(0)),
         )
 
     async def write_network_info(self, *, network_info: Any, node_info: Any) -> None:
@@ -311,10 +313,10 @@ class SimControllerApplication(ControllerApplication):
     async def _packet_capture_change_channel(self, channel: int) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    async def _subscribe_to_multicast_group(self, group_id: int) -> None:
+    async def _subscribe_to_multicast_group(self, group_id: t.Group, endpoint_id: int) -> None:
         pass
 
-    async def _unsubscribe_from_multicast_group(self, group_id: int) -> None:
+    async def _unsubscribe_from_multicast_group(self, group_id: t.Group, endpoint_id: int) -> None:
         pass
 
     async def send_packet(self, packet: t.ZigbeePacket) -> None:

@@ -233,15 +233,15 @@ class SimOtaDevice:
         self._aps = (self._aps + 1) & 0xFF
         packet = t.ZigbeePacket(
             src=t.AddrModeAddress(addr_mode=t.AddrMode.NWK, address=t.NWK(self.nwk)),
-            src_ep=self.endpoint if src_ep is None else src_ep,
+            src_ep=t.uint8_t(self.endpoint if src_ep is None else src_ep),
             dst=t.AddrModeAddress(addr_mode=t.AddrMode.NWK, address=t.NWK(0x0000)),
-            dst_ep=dst_ep,
-            tsn=self._aps,
-            profile_id=profile,
-            cluster_id=cluster_id,
+            dst_ep=t.uint8_t(dst_ep),
+            tsn=t.uint8_t(self._aps),
+            profile_id=t.uint16_t(profile),
+            cluster_id=t.uint16_t(cluster_id),
             data=t.SerializableBytes(data),
-            lqi=255,
-            rssi=-45,
+            lqi=t.uint8_t(255),
+            rssi=t.int8s(-45),
         )
         return self.network.from_device(packet)
 
@@ -403,6 +403,7 @@ class SimOtaDevice:
 
     def _read_attributes(self, cluster_id: int, hdr: foundation.ZCLHeader, rest: bytes) -> None:
         req_schema = foundation.GENERAL_COMMANDS[foundation.GeneralCommand.Read_Attributes].schema
+        req: Any
         req, _ = req_schema.deserialize(rest)
         records = []
         for attrid in req.attribute_ids:
@@ -413,7 +414,9 @@ class SimOtaDevice:
                 value, type_id = found
                 records.append(
                     foundation.ReadAttributeRecord(
-                        attrid=attrid, status=S.SUCCESS, value=foundation.TypeValue(type=type_id, value=value)
+                        attrid=attrid,
+                        status=S.SUCCESS,
+                        value=foundation.TypeValue(type=t.uint8_t(type_id), value=value),
                     )
                 )
         rsp_schema = foundation.GENERAL_COMMANDS[foundation.GeneralCommand.Read_Attributes_rsp].schema
@@ -445,6 +448,7 @@ class SimOtaDevice:
                 self._read_attributes(OTA_ID, hdr, rest)
             elif hdr.command_id == foundation.GeneralCommand.Default_Response:
                 schema = foundation.GENERAL_COMMANDS[foundation.GeneralCommand.Default_Response].schema
+                rsp: Any
                 rsp, _ = schema.deserialize(rest)
                 self.stats.default_responses.append((hdr.tsn, rsp.command_id, rsp.status))
                 self._count_response(hdr.tsn, "default_response")
@@ -540,7 +544,8 @@ class SimOtaDevice:
         if network is not None:
             network.waiting.add(self)  # `awaiting_response` can only be true in here
         try:
-            done, _ = await asyncio.wait({getter, self._timeout_fut}, return_when=asyncio.FIRST_COMPLETED)
+            waiters: set[asyncio.Future[Any]] = {getter, self._timeout_fut}
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if network is not None:
                 network.waiting.discard(self)

@@ -193,10 +193,14 @@ async function upload(ev) {
 async function loadHealth() {
   const resp = await fetch("/healthz");
   const h = await resp.json();
+  // a failed adapter shows why and when the gateway tries it again (it retries with backoff by itself)
   const parts = Object.entries(h.adapters).map(([name, a]) =>
-    el("span", { class: "adapter a-" + a.state, title: a.error || "" }, `${name}: ${a.state}`));
+    el("span", { class: "adapter a-" + a.state, title: a.error || "" },
+      `${name}: ${a.state}` + (a.error && a.state !== "running" ? ` (${a.error}` +
+        (a.next_retry_at ? `; retry at ${new Date(a.next_retry_at * 1000).toLocaleTimeString()})` : ")") : "")));
   $("#health").replaceChildren(...parts);
 }
+setInterval(() => loadHealth().catch(e => console.warn(e)), 15000);  // adapter retries publish no events
 async function loadAll() {
   await Promise.all([loadDevices(), loadRollouts(), loadImages(), loadHealth()]).catch(e => console.warn(e));
 }

@@ -5,7 +5,8 @@ controller (fabric created on first use in `<data_dir>/matter/`), reads its iden
 OTA requestor at the gateway's provider node (DefaultOTAProviders). `nodes [--json] [--refresh]` lists the
 commissioned nodes (from `<data_dir>/matter/nodes.json`; `--refresh` reads them live first).
 
-Like the service, this module is a composition root and imports the Matter adapter (lazily, per command).
+The Matter plugin hands this group to the CLI (`gateway.plugins`); the fabric code is imported per command, so
+`otagw --help` stays fast.
 The fabric storage has one writer at a time: while a gateway runs it owns the fabric, and these commands hand
 their work to it through its control socket (`<data_dir>/matter/admin.sock`, owner-only).
 """
@@ -19,7 +20,13 @@ from typing import Any
 
 import click
 
-from gateway.cli import CliContext, UserError, matter
+from gateway.plugins import CliState as CliContext
+from gateway.plugins import UserError
+
+
+@click.group()
+def matter() -> None:
+    """Matter fabric administration."""
 
 
 def _admin(ctx: CliContext) -> Any:

@@ -1,6 +1,15 @@
-"""Matter TLV codec (Core spec Appendix A): Python values <-> TLV bytes, strict and typed.
+"""The one Matter TLV codec (Core spec Appendix A), used by the OTA image format (gateway/formats) and the Matter
+adapter's protocol messages alike; it lives here because both may import gateway.formats.
 
-Mapping:
+Two views over the same wire rules (control byte, tag forms, widths; tables and tag coding shared):
+- values: `encode(value)` / `decode(data)` / `decode_element(data, offset)` map Python values (below) to bytes,
+  for protocol messages; errors are `TLVError` (a ValueError with the byte offset).
+- elements: `decode_one(data, base_offset=...)` returns a `TlvElement` tree with the absolute offset and wire
+  type of every element (to name where a file is wrong), and `TlvWriter` writes with explicit widths (to build
+  files byte-for-byte like other implementations); errors are `TlvFormatError` (an OtaFormatError with the
+  offset in the enclosing file).
+
+Value mapping:
   tags   None = anonymous, int 0..255 = context tag, ProfileTag(vendor_id, profile, tag) = fully qualified,
          CommonProfileTag(tag), ImplicitProfileTag(tag)
   values UInt (unsigned int), int (signed), bool, Float32 (single), float (double), str (UTF-8 string),
@@ -13,9 +22,13 @@ TLVError (a ValueError carrying the byte offset) for every malformed input; noth
 
 from __future__ import annotations
 
+import enum
 import math
 import struct
+from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+from gateway.formats.errors import TlvFormatError
 
 __all__ = [
     "MAX_DEPTH",
@@ -28,9 +41,14 @@ __all__ = [
     "TLVError",
     "TLVList",
     "Tag",
+    "TlvElement",
+    "TlvType",
+    "TlvValue",
+    "TlvWriter",
     "UInt",
     "decode",
     "decode_element",
+    "decode_one",
     "encode",
 ]
 
@@ -289,9 +307,7 @@ def _decode_tag(r: _Reader, tc: int, off: int) -> tuple[Any, int]:
         return None, end
     if tc == _TC_CONTEXT:
         return d[off], end
-    if tc == _TC_COMMON2:
-        return CommonProfileTag(int.from_bytes(d[off:end], "little")), end
-    if tc == _TC_COMMON4:
+    if tc in (_TC_COMMON2, _TC_COMMON4):
         return CommonProfileTag(int.from_bytes(d[off:end], "little")), end
     if tc in (_TC_IMPLICIT2, _TC_IMPLICIT4):
         return ImplicitProfileTag(int.from_bytes(d[off:end], "little")), end
@@ -377,3 +393,250 @@ def decode(data: bytes) -> Any:
     if end != len(data):
         raise TLVError(f"{len(data) - end} trailing bytes after the element", end)
     return value
+
+
+# ------------------------------------------------------------------------------------- the element view
+
+
+class TlvType(enum.Enum):
+    """Wire kinds of elements (Matter Core § A.7)."""
+
+    SIGNED = "signed integer"
+    UNSIGNED = "unsigned integer"
+    BOOL = "boolean"
+    FLOAT = "floating point number"
+    UTF8 = "UTF-8 string"
+    BYTES = "octet string"
+    NULL = "null"
+    STRUCT = "structure"
+    ARRAY = "array"
+    LIST = "list"
+
+
+TlvValue = int | bool | float | str | bytes | None | tuple["TlvElement", ...]
+
+
+@dataclass(frozen=True)
+class TlvElement:
+    """One decoded element; offsets are absolute (include the caller's `base_offset`)."""
+
+    tag: Tag
+    type: TlvType
+    value: TlvValue
+    offset: int  # of the control byte
+    value_offset: int  # of the value bytes (after tag and length fields)
+    end: int  # absolute offset one past the element (for containers: past the end-of-container byte)
+
+
+def _kind(element_type: int) -> tuple[TlvType, int]:
+    """(kind, width of the value or of its length field) of a non-reserved element type below _END."""
+    if element_type < _UINT:
+        return TlvType.SIGNED, _WIDTH[element_type & 3]
+    if element_type < _FALSE:
+        return TlvType.UNSIGNED, _WIDTH[element_type & 3]
+    if element_type <= _TRUE:
+        return TlvType.BOOL, 0
+    if element_type <= _F64:
+        return TlvType.FLOAT, 4 if element_type == _F32 else 8
+    if element_type < _BYTES:
+        return TlvType.UTF8, _WIDTH[element_type & 3]
+    if element_type < _NULL:
+        return TlvType.BYTES, _WIDTH[element_type & 3]
+    return {_NULL: TlvType.NULL, _STRUCT: TlvType.STRUCT, _ARRAY: TlvType.ARRAY}.get(
+        element_type, TlvType.LIST
+    ), 0
+
+
+class _ElementReader:
+    def __init__(self, data: bytes, base_offset: int) -> None:
+        self.data = data
+        self.base = base_offset
+        self.values = _Reader(data)  # the value view's reader: tags are parsed by the same code
+
+    def fail(self, defect: str, pos: int) -> TlvFormatError:
+        return TlvFormatError(defect, self.base + pos)
+
+    def need(self, pos: int, n: int, what: str) -> None:
+        if pos + n > len(self.data):
+            raise self.fail(f"TLV {what} runs past the end of the TLV data", pos)
+
+    def make(
+        self, tag: Tag, kind: TlvType, value: TlvValue, start: int, value_pos: int, end: int
+    ) -> TlvElement:
+        return TlvElement(tag, kind, value, self.base + start, self.base + value_pos, self.base + end)
+
+    def uint(self, pos: int, width: int, what: str) -> int:
+        self.need(pos, width, what)
+        return int.from_bytes(self.data[pos : pos + width], "little")
+
+    def element(self, pos: int, depth: int) -> TlvElement:
+        start = pos
+        self.need(pos, 1, "control byte")
+        control = self.data[pos]
+        pos += 1
+        element_type, tag_control = control & 0x1F, control >> 5
+        if element_type == _END:
+            raise self.fail("unexpected TLV end-of-container", start)
+        if element_type > _END:
+            raise self.fail(f"reserved TLV element type 0x{element_type:02x}", start)
+        kind, width = _kind(element_type)
+        tag_width = _TAG_LEN[tag_control]
+        self.need(pos, tag_width, "tag")
+        tag, pos = _decode_tag(self.values, tag_control, pos)
+
+        value: TlvValue
+        if kind in (TlvType.SIGNED, TlvType.UNSIGNED):
+            self.need(pos, width, kind.value)
+            value = int.from_bytes(self.data[pos : pos + width], "little", signed=kind is TlvType.SIGNED)
+            return self.make(tag, kind, value, start, pos, pos + width)
+        if kind is TlvType.BOOL:
+            return self.make(tag, kind, element_type == _TRUE, start, pos, pos)
+        if kind is TlvType.NULL:
+            return self.make(tag, kind, None, start, pos, pos)
+        if kind is TlvType.FLOAT:
+            self.need(pos, width, kind.value)
+            (value,) = struct.unpack_from("<f" if width == 4 else "<d", self.data, pos)
+            return self.make(tag, kind, value, start, pos, pos + width)
+        if kind in (TlvType.UTF8, TlvType.BYTES):
+            length = self.uint(pos, width, f"{kind.value} length")
+            pos += width
+            self.need(pos, length, kind.value)
+            raw = bytes(self.data[pos : pos + length])
+            if kind is TlvType.UTF8:
+                try:
+                    value = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise self.fail(f"invalid UTF-8 in TLV string ({exc.reason})", pos + exc.start) from None
+            else:
+                value = raw
+            return self.make(tag, kind, value, start, pos, pos + length)
+
+        # Containers.
+        if depth >= MAX_DEPTH:
+            raise self.fail(f"TLV containers nested deeper than {MAX_DEPTH}", start)
+        members: list[TlvElement] = []
+        value_pos = pos
+        while True:
+            self.need(pos, 1, f"{kind.value} (no end-of-container)")
+            if self.data[pos] == _END:
+                pos += 1
+                break
+            member = self.element(pos, depth + 1)
+            if kind is TlvType.STRUCT and member.tag is None:
+                raise self.fail("anonymous TLV element inside a structure", pos)
+            if kind is TlvType.ARRAY and member.tag is not None:
+                raise self.fail("tagged TLV element inside an array", pos)
+            members.append(member)
+            pos = member.end - self.base
+        return self.make(tag, kind, tuple(members), start, value_pos, pos)
+
+
+def decode_one(data: bytes, *, base_offset: int = 0) -> TlvElement:
+    """Decode exactly one TLV element that spans all of `data`, as an element tree with offsets.
+
+    Raises `TlvFormatError` (offset = `base_offset` + position) if the element is malformed, does not
+    fit, or is followed by extra bytes.
+    """
+    element = _ElementReader(data, base_offset).element(0, 0)
+    if element.end - base_offset != len(data):
+        raise TlvFormatError(
+            f"{len(data) - (element.end - base_offset)} extra bytes after the TLV element", element.end
+        )
+    return element
+
+
+class TlvWriter:
+    """Builds TLV bytes element by element; integers and lengths use the shortest width unless `width` is given
+    (as CHIP and matter.js do). Tags are those of the value view (None, context int, profile tags)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._open: list[TlvType] = []
+
+    def __len__(self) -> int:
+        """Bytes written so far (the offset the next element will start at)."""
+        return len(self._buf)
+
+    def _control(self, tag: Tag, element_type: int) -> None:
+        start = len(self._buf)
+        self._buf.append(0)
+        try:
+            tag_control = _encode_tag(tag, self._buf)
+        except TLVError as exc:
+            del self._buf[start:]
+            raise ValueError(str(exc)) from None
+        self._buf[start] = (tag_control << 5) | element_type
+
+    @staticmethod
+    def _width_code(nbytes: int) -> int:
+        return _WIDTH.index(nbytes)
+
+    def put_uint(self, tag: Tag, value: int, *, width: int | None = None) -> TlvWriter:
+        if value < 0 or value >= 1 << 64:
+            raise ValueError(f"unsigned TLV integer out of range: {value}")
+        if width is None:
+            width = _WIDTH[_int_width(value, signed=False)]
+        self._control(tag, _UINT + self._width_code(width))
+        self._buf += value.to_bytes(width, "little")
+        return self
+
+    def put_int(self, tag: Tag, value: int, *, width: int | None = None) -> TlvWriter:
+        if width is None:
+            width = _WIDTH[_int_width(value, signed=True)]
+        self._control(tag, _INT + self._width_code(width))
+        self._buf += value.to_bytes(width, "little", signed=True)
+        return self
+
+    def put_bool(self, tag: Tag, value: bool) -> TlvWriter:
+        self._control(tag, _TRUE if value else _FALSE)
+        return self
+
+    def put_null(self, tag: Tag) -> TlvWriter:
+        self._control(tag, _NULL)
+        return self
+
+    def put_float(self, tag: Tag, value: float, *, double: bool = True) -> TlvWriter:
+        self._control(tag, _F64 if double else _F32)
+        self._buf += struct.pack("<d" if double else "<f", value)
+        return self
+
+    def _put_string(self, tag: Tag, base: int, raw: bytes, width: int | None) -> None:
+        if width is None:
+            width = _WIDTH[_len_width(len(raw))]
+        self._control(tag, base + self._width_code(width))
+        self._buf += len(raw).to_bytes(width, "little")
+        self._buf += raw
+
+    def put_utf8(self, tag: Tag, value: str, *, width: int | None = None) -> TlvWriter:
+        self._put_string(tag, _UTF8, value.encode("utf-8"), width)
+        return self
+
+    def put_bytes(self, tag: Tag, value: bytes, *, width: int | None = None) -> TlvWriter:
+        self._put_string(tag, _BYTES, bytes(value), width)
+        return self
+
+    def _start(self, tag: Tag, element_type: int, kind: TlvType) -> TlvWriter:
+        self._control(tag, element_type)
+        self._open.append(kind)
+        return self
+
+    def start_struct(self, tag: Tag = None) -> TlvWriter:
+        return self._start(tag, _STRUCT, TlvType.STRUCT)
+
+    def start_array(self, tag: Tag = None) -> TlvWriter:
+        return self._start(tag, _ARRAY, TlvType.ARRAY)
+
+    def start_list(self, tag: Tag = None) -> TlvWriter:
+        return self._start(tag, _LIST, TlvType.LIST)
+
+    def end_container(self) -> TlvWriter:
+        if not self._open:
+            raise ValueError("end_container() without an open container")
+        self._open.pop()
+        self._buf.append(_END)
+        return self
+
+    def to_bytes(self) -> bytes:
+        if self._open:
+            raise ValueError(f"{len(self._open)} TLV container(s) left open")
+        return bytes(self._buf)

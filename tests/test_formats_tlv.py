@@ -1,4 +1,6 @@
-"""TLV codec: spec Appendix A examples, strictness, hypothesis round-trip and mutation fuzz."""
+"""The one TLV codec (gateway/formats/tlv.py): spec Appendix A examples, strictness, hypothesis round-trip and
+mutation fuzz of the value view; every element type, offsets and the writer of the element view (used by the OTA
+header), and both views agreeing on the same bytes."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.matter.tlv import (
+from gateway.formats.errors import TlvFormatError
+from gateway.formats.tlv import (
     MAX_DEPTH,
     Array,
     CommonProfileTag,
@@ -19,9 +22,12 @@ from adapters.matter.tlv import (
     Struct,
     TLVError,
     TLVList,
+    TlvType,
+    TlvWriter,
     UInt,
     decode,
     decode_element,
+    decode_one,
     encode,
 )
 
@@ -227,3 +233,53 @@ def test_mutation_fuzz(value: object, data: st.DataObject) -> None:
 def test_random_bytes_only_raise_tlverror(raw: bytes) -> None:
     with contextlib.suppress(TLVError):
         decode(raw)
+
+
+def test_element_view_decodes_every_type() -> None:
+    writer = TlvWriter().start_struct()
+    writer.put_int(1, -5).put_int(2, -70000).put_uint(3, 1 << 40).put_bool(4, False).put_bool(5, True)
+    writer.put_float(6, 1.5).put_float(7, 0.25, double=False).put_null(8).put_utf8(9, "ü").put_bytes(
+        10, b"\x00"
+    )
+    writer.start_array(11).put_uint(None, 1).end_container().put_uint(CommonProfileTag(0x1234), 9)
+    top = decode_one(writer.end_container().to_bytes(), base_offset=100)
+    assert top.type is TlvType.STRUCT and top.offset == 100
+    assert isinstance(top.value, tuple)
+    values = {m.tag: m.value for m in top.value}
+    assert values[1] == -5 and values[2] == -70000 and values[3] == 1 << 40
+    assert values[4] is False and values[5] is True and values[6] == 1.5 and values[7] == 0.25
+    assert values[8] is None and values[9] == "ü" and values[10] == b"\x00"
+    assert values[CommonProfileTag(0x1234)] == 9
+    array = next(m for m in top.value if m.tag == 11)
+    assert array.type is TlvType.ARRAY and isinstance(array.value, tuple) and array.value[0].value == 1
+    with pytest.raises(TlvFormatError) as err:
+        decode_one(b"\x16\x24\x01\x18", base_offset=7)  # tagged member in an array
+    assert err.value.offset == 8
+
+
+def test_both_views_agree() -> None:
+    """The writer's bytes decode to the same values through the value view, and `encode` output through the
+    element view (one codec, one set of wire rules)."""
+    w = TlvWriter().start_struct().put_uint(0, 300).put_int(1, -2).put_utf8(2, "x").put_bytes(3, b"\x01")
+    w.start_array(4).put_bool(None, True).end_container().put_uint(ProfileTag(0xFFF1, 1, 70000), 1)
+    data = w.end_container().to_bytes()
+    assert decode(data) == {0: 300, 1: -2, 2: "x", 3: b"\x01", 4: [True], ProfileTag(0xFFF1, 1, 70000): 1}
+    assert (
+        encode(
+            Struct(
+                {
+                    0: UInt(300),
+                    1: -2,
+                    2: "x",
+                    3: b"\x01",
+                    4: Array([True]),
+                    ProfileTag(0xFFF1, 1, 70000): UInt(1),
+                }
+            )
+        )
+        == data
+    )
+    top = decode_one(data)
+    assert [m.tag for m in top.value] == [0, 1, 2, 3, 4, ProfileTag(0xFFF1, 1, 70000)]  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="context tag out of range"):
+        TlvWriter().put_uint(256, 1)
