@@ -106,7 +106,8 @@ class PolicyRule(Section):
     require_consent: bool | None = None
     auto_approve: bool | None = Field(
         None,
-        description="offer the newest allowed image without a rollout (false: only rollouts/pins update)",
+        description="offer images you added without approving each (false: only approved images, "
+        "rollouts and pins update)",
     )
     download_window: str | None = Field(None, description="name in policy.windows, or 'always'")
     apply_window: str | None = Field(None, description="name in policy.windows, or 'always'")
@@ -182,7 +183,14 @@ class PolicyConfig(Section):
     verify_deadline_s: int = Field(1800, ge=10, description="time for a device to report the new version")
     stale_transfer_s: int = Field(3600, ge=10, description="an in-flight transfer silent this long expires")
     allow_downgrade: bool = False
-    auto_approve: bool = Field(True, description="without a rollout, offer the newest allowed image")
+    auto_approve: bool = Field(
+        False,
+        description="offer images you added without approving each (opt-in); "
+        "false: only approved images and rollouts update devices",
+    )
+    auto_approve_sources: list[str] = Field(
+        default_factory=list, description="firmware sources (names in `sources`) whose images start approved"
+    )
     require_consent: bool = False
     timezone: str = Field("UTC", description="default zone for windows")
     windows: dict[str, TimeWindow] = Field(default_factory=dict, description="named recurring windows")
@@ -477,6 +485,79 @@ class MqttConfig(Section):
         return int(m.group(3)) if m.group(3) else (8883 if self.tls else 1883)
 
 
+# ----------------------------------------------------------------------------------------- sources
+SourceType = Literal[
+    "z2m",
+    "zigpy",
+    "zigpy_ota",
+    "ikea",
+    "ledvance",
+    "sonoff",
+    "salus",
+    "thirdreality",
+    "inovelli",
+    "dcl",
+    "dcl_paa",
+]
+
+
+class SourceConfig(Section):
+    """One upstream firmware source (owned by gateway/sources). Nothing is fetched unless `enabled`."""
+
+    name: str = Field(
+        ..., pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="unique name used by the CLI/API"
+    )
+    type: SourceType
+    enabled: bool = False
+    url: str | None = Field(None, description="index / API base URL (null: the type's well-known URL)")
+    channel: Literal["stable", "beta", "dev"] | None = Field(None, description="zigpy_ota channel")
+    check_interval_s: float = Field(86400.0, ge=60, description="how often the index is checked")
+    jitter: float = Field(0.1, ge=0, le=1, description="checks spread by up to this share of the interval")
+    timeout_s: float = Field(30.0, gt=0, description="per request (connect + whole body)")
+    max_index_bytes: int = Field(16 << 20, ge=1024, description="larger index bodies are refused")
+    max_image_bytes: int = Field(64 << 20, ge=1024, description="larger images are refused")
+    download: Literal["matching", "manual"] = Field(
+        "matching", description="matching: download images a device of the fleet can use; manual: on request"
+    )
+    mirror: dict[str, str] = Field(
+        default_factory=dict,
+        description="URL prefix rewrites (air-gapped mirrors), e.g. {'https://a/': 'http://m/a/'}",
+    )
+    models: list[str] = Field(
+        default_factory=list,
+        description="dcl: extra VID:PID pairs to follow (hex, e.g. 131B:0002) beyond the fleet",
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _vid_pid(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if not re.fullmatch(r"[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}", item):
+                raise ValueError(f"expected VID:PID in hex like 131B:0002, got {item!r}")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"https?://[^/\s]+", v):
+            raise ValueError(f"expected an http(s) URL, got {v!r}")
+        return v
+
+
+def _default_sources() -> list[SourceConfig]:
+    """The well-known sources, all disabled: enabling one is one line (`enabled: true`)."""
+    return [
+        SourceConfig(name="z2m", type="z2m"),
+        SourceConfig(name="zigpy-ota", type="zigpy_ota", channel="stable"),
+        SourceConfig(name="ikea", type="ikea"),
+        SourceConfig(name="ledvance", type="ledvance"),
+        SourceConfig(name="sonoff", type="sonoff"),
+        SourceConfig(name="dcl", type="dcl"),
+        SourceConfig(name="dcl-test-net", type="dcl", url="https://on.test-net.dcl.csa-iot.org"),
+        SourceConfig(name="paa", type="dcl_paa"),
+    ]
+
+
 # ------------------------------------------------------------------------------------------- root
 class Config(Section):
     data_dir: Path = Field(Path("otagw-data"), description="catalog, blobs, device state, keys")
@@ -488,8 +569,24 @@ class Config(Section):
     api: ApiConfig = Field(default_factory=ApiConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    sources: list[SourceConfig] = Field(
+        default_factory=_default_sources,
+        description="upstream firmware sources (gateway/sources); none is contacted unless enabled",
+    )
 
     source: Path | None = Field(None, exclude=True, description="file this config was loaded from")
+
+    @model_validator(mode="after")
+    def _source_names(self) -> Config:
+        seen: set[str] = set()
+        for i, src in enumerate(self.sources):
+            if src.name in seen:
+                raise ValueError(f"sources[{i}].name: {src.name!r} is used by an earlier source")
+            seen.add(src.name)
+        unknown = [n for n in self.policy.auto_approve_sources if n not in seen]
+        if unknown:
+            raise ValueError(f"policy.auto_approve_sources: {unknown[0]!r} is not the name of a source")
+        return self
 
 
 class ConfigError(Exception):
@@ -611,10 +708,35 @@ def _render_model(model: BaseModel, indent: int) -> list[str]:
             lines.append(f"{pad}{key}:")
             lines.extend(_render_model(value, indent + 1))
         else:
+            if isinstance(value, list) and value and isinstance(value[0], SourceConfig):
+                lines.extend(_render_sources(value, indent))
+                continue
             dumped = value.model_dump(mode="json", by_alias=True) if isinstance(value, BaseModel) else value
             if isinstance(dumped, list) and dumped and isinstance(dumped[0], BaseModel):
                 dumped = [v.model_dump(mode="json", by_alias=True) for v in dumped]
             lines.append(f"{pad}{key}: {_yaml_scalar(dumped)}")
+    return lines
+
+
+def _render_sources(sources: list[SourceConfig], indent: int) -> list[str]:
+    """Sources as a block list showing only what differs from the defaults, so enabling one is one line."""
+    pad = "  " * indent
+    defaults = [
+        f"{k}={_yaml_scalar(f.default)}"
+        for k, f in SourceConfig.model_fields.items()
+        if k not in ("name", "type", "enabled") and f.default_factory is None
+    ]
+    lines = [f"{pad}# per-source keys and defaults: {', '.join(defaults[:4])}"]
+    lines += [f"{pad}#   {', '.join(defaults[i : i + 4])}" for i in range(4, len(defaults), 4)]
+    lines += [f"{pad}#   mirror={{}} (URL prefix rewrites), models=[] (dcl: extra VID:PID to follow)"]
+    lines.append(f"{pad}sources:")
+    for src in sources:
+        data = src.model_dump(mode="json", exclude_defaults=True)
+        data["enabled"] = src.enabled
+        first = True
+        for key in ("name", "type", "enabled", *[k for k in data if k not in ("name", "type", "enabled")]):
+            lines.append(f"{pad}{'- ' if first else '  '}{key}: {_yaml_scalar(data[key])}")
+            first = False
     return lines
 
 

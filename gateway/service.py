@@ -82,6 +82,7 @@ class Gateway:
         self.core_state: CoreState = "stopped"
         self.store: Any = None
         self.core: Any = None
+        self.sources: Any = None  # gateway.sources.manager.SourceManager
         self.token: str | None = None
         self.token_source: str | None = None
         self.api_url: str | None = None
@@ -158,6 +159,10 @@ class Gateway:
         self.core = core
         await self.core.start()
         self.core_state = "running"
+        from gateway.sources.manager import manager_for_core
+
+        self.sources = manager_for_core(cfg, self.store, self.core, self.clock)
+        await self.sources.start()  # no task and no network unless a source is enabled
 
         for rt in self.adapters:
             if await self._start_adapter(rt) == "failed":
@@ -281,6 +286,7 @@ class Gateway:
             health=self.health,
             progress_interval=self._progress_interval,
             metrics_access=metrics_access,
+            extra={"sources": self.sources},
         )
         app = create_app(svc)
         host, _, port = cfg.api.listen.rpartition(":")
@@ -365,6 +371,9 @@ class Gateway:
                 log.exception("%s adapter did not stop cleanly", rt.name)
             rt.instance = None
             rt.state = "stopped"
+        if self.sources is not None:
+            await self.sources.stop()
+            self.sources = None
         if self.core is not None:
             try:
                 await self.core.stop()

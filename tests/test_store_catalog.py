@@ -39,42 +39,84 @@ async def test_fresh_catalog_is_wal_with_migration_record(tmp_path: Path) -> Non
     cat = Catalog(tmp_path / "catalog.db")
     await cat.open()
     try:
-        assert await cat.schema_version() == len(MIGRATIONS) == 1
+        assert await cat.schema_version() == len(MIGRATIONS) == 2
         async with cat.db.execute("PRAGMA journal_mode") as cur:
             assert (await cur.fetchone())[0] == "wal"  # type: ignore[index]
         async with cat.db.execute("SELECT version, name FROM schema_migrations") as cur:
-            assert [tuple(r) for r in await cur.fetchall()] == [(1, "images table")]
+            assert [tuple(r) for r in await cur.fetchall()] == [(1, "images table"), (2, "image approval")]
     finally:
         await cat.close()
     assert (tmp_path / "catalog.db").stat().st_mode & 0o077 == 0
 
 
-async def test_upgrade_v1_to_v2_keeps_rows(tmp_path: Path) -> None:
+async def test_upgrade_keeps_rows(tmp_path: Path) -> None:
     db = tmp_path / "catalog.db"
+    n = len(MIGRATIONS)
     v1 = Catalog(db)
     await v1.open()
     e = entry(version=7)
     assert await v1.insert(e)
     await v1.close()
 
-    v2_migration = sql_migration(2, "image notes", "ALTER TABLE images ADD COLUMN notes TEXT DEFAULT 'none'")
-    v2 = Catalog(db, migrations=(*MIGRATIONS, v2_migration))
+    next_migration = sql_migration(
+        n + 1, "image notes", "ALTER TABLE images ADD COLUMN notes TEXT DEFAULT 'none'"
+    )
+    v2 = Catalog(db, migrations=(*MIGRATIONS, next_migration))
     await v2.open()
     try:
-        assert await v2.schema_version() == 2
+        assert await v2.schema_version() == n + 1
         assert await v2.get(e.image_id) == e
         async with v2.db.execute("SELECT notes FROM images") as cur:
             assert [r[0] for r in await cur.fetchall()] == ["none"]
     finally:
         await v2.close()
     # Re-opening with the same list runs nothing twice.
-    again = Catalog(db, migrations=(*MIGRATIONS, v2_migration))
+    again = Catalog(db, migrations=(*MIGRATIONS, next_migration))
     await again.open()
-    assert await again.schema_version() == 2
+    assert await again.schema_version() == n + 1
     await again.close()
     # Older code refuses a newer database instead of touching it.
-    with pytest.raises(CatalogSchemaError, match="schema version 2 is newer"):
+    with pytest.raises(CatalogSchemaError, match=f"schema version {n + 1} is newer"):
         await Catalog(db).open()
+
+
+async def test_approval_migration_keeps_existing_images_approved(tmp_path: Path) -> None:
+    """A catalog written before approval existed: its images stay approved, new imports start available."""
+    db = tmp_path / "catalog.db"
+    v1 = Catalog(db, migrations=MIGRATIONS[:1])
+    await v1.open()
+    old = entry(version=7)
+    row_cols = [c for c in old.__dataclass_fields__ if not c.startswith("approv")]
+    values = {c: getattr(old, c) for c in row_cols}
+    values["model_ids"] = "[]"
+    values["valid"] = 1
+    await v1.db.execute(
+        f"INSERT INTO images ({', '.join(row_cols)}) VALUES ({', '.join('?' for _ in row_cols)})",
+        tuple(values[c] for c in row_cols),
+    )
+    await v1.db.commit()
+    await v1.close()
+
+    cat = Catalog(db)
+    await cat.open()
+    try:
+        migrated = await cat.get(old.image_id)
+        assert migrated is not None and migrated.approval == "approved" and migrated.approved_for is None
+        assert migrated.approved_by == "migration: imported before approval existed"
+        new = entry(version=8)
+        assert await cat.insert(new)
+        got = await cat.get(new.image_id)
+        assert got is not None and got.approval == "available"
+        assert await cat.set_approval(new.image_id, "approved", approved_by="cli", approved_at=5.0)
+        got = await cat.get(new.image_id)
+        assert got is not None and (got.approval, got.approved_by, got.approved_at) == (
+            "approved",
+            "cli",
+            5.0,
+        )
+        assert not await cat.set_approval("0" * 16, "approved")
+    finally:
+        await cat.close()
 
 
 async def test_failing_migration_rolls_back_completely(tmp_path: Path) -> None:
@@ -87,18 +129,21 @@ async def test_failing_migration_rolls_back_completely(tmp_path: Path) -> None:
         raise RuntimeError("migration bug")
 
     with pytest.raises(RuntimeError, match="migration bug"):
-        await Catalog(db, migrations=(*MIGRATIONS, Migration(2, "broken", half_then_fail))).open()
+        await Catalog(
+            db, migrations=(*MIGRATIONS, Migration(len(MIGRATIONS) + 1, "broken", half_then_fail))
+        ).open()
     conn = sqlite3.connect(db)
     try:
-        assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone() == (1,)
+        assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone() == (len(MIGRATIONS),)
         assert conn.execute("SELECT name FROM sqlite_master WHERE name='scratch'").fetchone() is None
     finally:
         conn.close()
 
 
 def test_migrations_must_be_contiguous(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="position 2 has version 3"):
-        Catalog(tmp_path / "c.db", migrations=(*MIGRATIONS, sql_migration(3, "gap", "SELECT 1")))
+    n = len(MIGRATIONS)
+    with pytest.raises(ValueError, match=f"position {n + 1} has version {n + 2}"):
+        Catalog(tmp_path / "c.db", migrations=(*MIGRATIONS, sql_migration(n + 2, "gap", "SELECT 1")))
 
 
 async def test_catalog_crud_and_candidates(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ QueryImage
     offer failing them is withdrawn through `core.download_failed` and answered NotAvailable).
 ApplyUpdateRequest -> `core.apply_request` -> Proceed / AwaitNextAction / Discontinue + DelayedActionTime. An unknown
   or ended token gets Discontinue (as the core and matter.js's provider do), never an error status.
-NotifyUpdateApplied -> `core.status_report(SUCCESSFULLY_UPDATED)` then verification: the injected `verify(key)`
+NotifyUpdateApplied -> `core.update_applied(key, UpdateToken)` (refused unless the token is the requestor's current
+  offer; then nothing else happens) = status SUCCESSFULLY_UPDATED, then verification: the injected `verify(key)`
   reads SoftwareVersion back (fabric admin); without one the notified version is reported. Never required: the
   core verifies devices that stay silent through the admin's reads/subscriptions.
 BDX: a designator is derived (hashed) from the UpdateToken and resolves only for the requestor the token was
@@ -63,8 +64,6 @@ from gateway.core.interface import (
     DeviceInfo,
     DeviceKey,
     NotAvailable,
-    ReportedStatus,
-    StatusReport,
     UnknownToken,
     UpdateCoreInterface,
     Wait,
@@ -410,7 +409,12 @@ class MatterOtaProvider:
         fab, node_id = self._requestor(ctx)
         key = matter_device_key(fab.compressed_fabric_id, node_id)
         log.info("matter provider: %s notifies version %d applied", key.device_id, req.software_version)
-        await self.core.status_report(key, StatusReport(ReportedStatus.SUCCESSFULLY_UPDATED, 100))
+        try:
+            # the core checks that the UpdateToken is this requestor's current offer before recording it
+            await self.core.update_applied(key, req.update_token)
+        except UnknownToken as exc:
+            log.warning("matter provider: NotifyUpdateApplied of %s refused: %s", key.device_id, exc)
+            return
         if self.verify is not None:
             # the device's word is not proof: read SoftwareVersion back (in the background: the requestor must
             # not wait for our read of it)

@@ -83,6 +83,7 @@ def route_table() -> RouteTable:
         routes_images,
         routes_query,
         routes_rollouts,
+        routes_sources,
         routes_system,
         routes_tokens,
     )
@@ -95,6 +96,7 @@ def route_table() -> RouteTable:
         routes_rollouts,
         routes_query,
         routes_tokens,
+        routes_sources,
     ):
         module.declare(table)
     return table

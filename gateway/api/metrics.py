@@ -80,6 +80,7 @@ class Snapshot:
     adapters: dict[str, str] = field(default_factory=dict)
     devices: dict[tuple[str, str], int] = field(default_factory=dict)  # (protocol, state) -> present devices
     version: str = "0+unknown"
+    sources: dict[str, dict[str, float]] = field(default_factory=dict)  # SourceManager.metrics()
 
 
 class SnapshotCollector(Collector):
@@ -157,6 +158,23 @@ class SnapshotCollector(Collector):
         )
         build.add_metric([snap.version, platform.python_version()], 1.0)
         yield build
+        for key, doc in SOURCE_METRICS.items():
+            fam = GaugeMetricFamily(f"otagw_source_{key}", doc, labels=["source"])
+            for src_name, figures in sorted(snap.sources.items()):
+                fam.add_metric([src_name], float(figures.get(key, 0.0)))
+            yield fam
+
+
+SOURCE_METRICS = {
+    "enabled": "1 when the firmware source is enabled",
+    "last_check": "Unix time of the last index check (0: never)",
+    "last_success": "Unix time of the last successful index check (0: never)",
+    "entries": "Entries in the source's last index",
+    "checks": "Index checks",
+    "errors": "Failed index checks and downloads",
+    "rejected": "Downloads refused by verification (size, checksum, header)",
+    "downloads": "Files downloaded and imported",
+}
 
 
 def _snake(name: str) -> str:

@@ -20,7 +20,8 @@ from pydantic import BaseModel, Field
 from gateway.api.app import services
 from gateway.api.auth import principal
 from gateway.api.errors import ApiError
-from gateway.api.openapi import API_PREFIX, Model, Resp, RouteTable, err, parse_query, reply
+from gateway.api.openapi import API_PREFIX, Model, Resp, RouteTable, err, parse_body, parse_query, reply
+from gateway.config import PolicySelector
 from gateway.core.interface import ImageReader, UnknownToken, Wait
 from gateway.store.errors import (
     AmbiguousRefError,
@@ -78,6 +79,12 @@ class ImageOut(PackageManifest):
     valid: bool
     model_ids: list[str]
     added_at: float
+    approval: Literal["available", "approved"] = Field(
+        description="approved images are offered without a rollout (to approved_for, or every device)"
+    )
+    approved_for: str | None = Field(None, description="JSON device filter the approval is limited to")
+    approved_by: str | None = None
+    approved_at: float | None = None
     in_use: bool | None = Field(None, description="a transfer, rollout or pending update uses it (show only)")
 
 
@@ -205,6 +212,37 @@ async def delete_image(request: web.Request) -> web.Response:
         raise store_error(exc) from None
     await svc.core.catalog_changed()
     return web.Response(status=204)
+
+
+class ApproveBody(Model):
+    selector: PolicySelector | None = Field(
+        None, description="only devices this filter matches (null: every device the image applies to)"
+    )
+
+
+async def approve_image(request: web.Request) -> web.Response:
+    """Approve an image: devices it applies to (all, or those the selector matches) are offered it."""
+    svc = services(request)
+    body = await parse_body(request, ApproveBody)
+    entry = await lookup(request)
+    try:
+        entry = await svc.store.approve(entry.image_id, selector=body.selector, by="api")
+    except StoreError as exc:
+        raise store_error(exc) from None
+    await svc.core.catalog_changed()
+    return reply(image_out(entry))
+
+
+async def revoke_image(request: web.Request) -> web.Response:
+    """Withdraw an image's approval: it is offered only through rollouts again."""
+    svc = services(request)
+    entry = await lookup(request)
+    try:
+        entry = await svc.store.revoke(entry.image_id, by="api")
+    except StoreError as exc:
+        raise store_error(exc) from None
+    await svc.core.catalog_changed()
+    return reply(image_out(entry))
 
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -351,6 +389,21 @@ def declare(t: RouteTable) -> None:
         tag="images",
         responses={204: Resp("deleted"), 404: err("no such image"), 409: err("in use")},
     )(delete_image)
+    t.op(
+        "POST",
+        p + "/{ref}/approve",
+        summary="Approve an image",
+        tag="images",
+        body=ApproveBody,
+        responses={200: Resp("the entry", ImageOut), 404: err("no such image")},
+    )(approve_image)
+    t.op(
+        "POST",
+        p + "/{ref}/revoke",
+        summary="Revoke an image's approval",
+        tag="images",
+        responses={200: Resp("the entry", ImageOut), 404: err("no such image")},
+    )(revoke_image)
     t.op(
         "GET",
         p + "/{ref}/download",

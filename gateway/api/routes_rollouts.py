@@ -130,6 +130,9 @@ async def create_rollout(request: web.Request) -> web.Response:
             max_failure_rate=body.max_failure_rate,
             wave_deadline_s=body.wave_deadline_s,
         )
+        # A rollout is an approval for its own devices: they keep the image after it completes.
+        await svc.store.approve_for_rollout(entry.image_id, r.selector, r.rollout_id)
+        await core.catalog_changed()
     except StoreError as exc:
         raise store_error(exc, field="image") from None
     except RolloutError as exc:
@@ -157,6 +160,12 @@ async def _command(request: web.Request, verb: str) -> web.Response:
         r = await command(rollout_id)
     except RolloutError as exc:
         raise ApiError(409, "rollout_state", str(exc), field="rollout_id") from None
+    if verb == "abort":
+        # an aborted rollout stops offering its image: withdraw the approval it gave (never a person's)
+        await services(request).store.revoke_approval_of(
+            r.image_id, f"rollout {r.rollout_id}", by=f"rollout {r.rollout_id} aborted"
+        )
+        await core.catalog_changed()
     return reply(rollout_out(core, r))
 
 

@@ -86,6 +86,9 @@ async def metrics(request: web.Request) -> web.Response:
         adapters,
         gateway_version(),
     )
+    sources = svc.extra.get("sources")
+    if sources is not None:
+        snap.sources = sources.metrics()
     resp = web.Response(body=render(snap, request.app[RECORDER_KEY]))
     resp.headers["Content-Type"] = CONTENT_TYPE
     return resp

@@ -88,6 +88,7 @@ _COMMAND_MODULES = (
     "gateway.cli.core_cmds",
     "gateway.cli.token_cmds",
     "gateway.cli.demo",
+    "gateway.cli.sources_cmds",
 )
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name)

@@ -53,6 +53,11 @@ def _run(ctx: click.Context, op: Callable[[UpdateCore], Awaitable[_T]]) -> _T:
         raise UserError(f"{cfg.data_dir}: {exc.strerror or exc}") from None
 
 
+def _store(core: UpdateCore) -> ImageStore:
+    assert isinstance(core.store, ImageStore)  # _run builds the core on the real store
+    return core.store
+
+
 def _duration(text: str) -> float:
     m = _DURATION.fullmatch(text)
     if not m:
@@ -268,7 +273,7 @@ def rollout_create(
     soak_s, deadline_s = _duration(soak), _duration(wave_deadline)
 
     async def op(core: UpdateCore) -> Rollout:
-        return await core.create_rollout(
+        r = await core.create_rollout(
             image,
             selector=selector,
             waves=list(waves) or ["1", "10%", "50%", "100%"],
@@ -278,6 +283,9 @@ def rollout_create(
             wave_deadline_s=deadline_s,
             name=name,
         )
+        # A rollout is an approval for its own devices: they keep the image after it completes.
+        await _store(core).approve_for_rollout(r.image_id, r.selector, r.rollout_id)
+        return r
 
     r = _run(ctx, op)
     click.echo(
@@ -370,6 +378,10 @@ def _command(name: str, verb: str, past: str) -> None:
         async def op(core: UpdateCore) -> Rollout:
             fn = getattr(core, f"{name}_rollout")
             r: Rollout = await fn(rollout_id, reason or f"{past} by operator (CLI)")
+            if name == "abort":
+                await _store(core).revoke_approval_of(
+                    r.image_id, f"rollout {r.rollout_id}", by=f"rollout {r.rollout_id} aborted"
+                )
             return r
 
         r = _run(ctx, op)

@@ -10,6 +10,7 @@ Event kinds:
 - "decision": a query was answered (device_id, outcome available|not_available|busy, reason)
 - "rollout": a rollout changed (rollout_id, event, status, wave, reason)
 - "device": a device record appeared or left (device_id, reason)
+- "image": a catalog image changed validity (image_id, new="invalid", reason) - e.g. its blob is corrupt
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ class Counters:
     blocks_served: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # one per progress() call
     decisions: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # by outcome
     transfers_active: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # gauge, set by core
+    images_invalidated: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # corrupt blob found
 
     def to_dict(self) -> dict[str, dict[str, int]]:
         return {k: dict(v) for k, v in self.__dict__.items()}

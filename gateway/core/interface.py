@@ -248,6 +248,12 @@ class UpdateCoreInterface(Protocol):
 
     async def status_report(self, key: DeviceKey, report: StatusReport) -> None: ...
 
+    async def update_applied(self, key: DeviceKey, token: bytes) -> None:
+        """(additive) The device says it applied the update it was offered under `token` (Matter
+        NotifyUpdateApplied). Raises UnknownToken, changing nothing, unless `token` is the device's current
+        offer/apply token; otherwise recorded like status_report(SUCCESSFULLY_UPDATED)."""
+        ...
+
     def active_transfer(self, key: DeviceKey) -> TransferInfo | None:
         """The device's live transfer (token, image, resume point), to re-attach after a restart."""
         ...

@@ -1,83 +1,20 @@
-"""Persistence of device update state: OTA_Device records, their transition history and rollouts in `state.db`.
-
-`<data_dir>/state.db` is SQLite in WAL mode, shared by the running gateway (writer of device records) and the CLI
-(reader, and writer of rollout commands). The schema is versioned with `PRAGMA user_version` and upgraded by the
-ordered `MIGRATIONS`; a database written by a newer otagw is refused rather than guessed at.
+"""Device update state as data: the OTA_Device record and its transition-history entries (no I/O, no SQL).
 
 `DeviceRecord` is the reference-004 OTA_Device record grown to what the core tracks: identity (protocol, network,
 address, endpoint), what the device is (vendor/manufacturer, product/image type, model, hardware and current
 version), the episode (state, target image, token, bytes sent - which over-counts on repeated or overlapping
 requests, as 004 says - and the highest contiguous offset acknowledged), timers and counters.
 
-`StateDB.write` is a group commit: concurrent callers' rows are written in one transaction, which keeps decisions
-per second high while every decision is durable before it is answered.
+Persistence lives in `gateway.core.repository` (the only module with SQL for records, history and rollouts).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import sqlite3
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
-
-import aiosqlite
 
 from gateway.core.interface import DeviceKey
 from gateway.core.states import DeviceState
-
-SCHEMA_VERSION = 1
-
-MIGRATIONS: list[tuple[int, list[str]]] = [
-    (
-        1,
-        [
-            """CREATE TABLE devices (
-                device_id TEXT PRIMARY KEY,
-                protocol TEXT NOT NULL, network TEXT NOT NULL, address TEXT NOT NULL, endpoint INTEGER NOT NULL,
-                vendor_id INTEGER, product_id INTEGER, vendor_name TEXT, model TEXT, hardware_version INTEGER,
-                current_version INTEGER, current_version_string TEXT, sleepy INTEGER,
-                tags TEXT NOT NULL DEFAULT '[]', extra TEXT NOT NULL DEFAULT '{}',
-                state TEXT NOT NULL, state_since REAL NOT NULL, state_reason TEXT NOT NULL DEFAULT '',
-                resume_state TEXT,
-                target_image_id TEXT, target_version INTEGER, target_version_string TEXT, target_size INTEGER,
-                token BLOB, token_issued_at REAL,
-                bytes_sent INTEGER NOT NULL DEFAULT 0, acked_offset INTEGER NOT NULL DEFAULT 0,
-                last_progress_at REAL, apply_at REAL, verify_deadline REAL,
-                rollout_id TEXT, rollout_wave INTEGER, rollout_failures INTEGER NOT NULL DEFAULT 0,
-                attempts INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0, next_retry_at REAL,
-                last_error TEXT, reported_status TEXT, reported_percent INTEGER,
-                first_seen REAL NOT NULL, last_seen REAL NOT NULL, last_query REAL, present INTEGER NOT NULL DEFAULT 1
-            )""",
-            "CREATE UNIQUE INDEX devices_token ON devices(token) WHERE token IS NOT NULL",
-            """CREATE TABLE history (
-                id INTEGER PRIMARY KEY AUTOINCREMENT,
-                device_id TEXT NOT NULL, at REAL NOT NULL, old_state TEXT, new_state TEXT NOT NULL,
-                reason TEXT NOT NULL, image_id TEXT, version INTEGER, offset INTEGER
-            )""",
-            "CREATE INDEX history_device ON history(device_id, id)",
-            """CREATE TABLE rollouts (
-                rollout_id TEXT PRIMARY KEY, name TEXT NOT NULL,
-                image_id TEXT NOT NULL, image_sha256 TEXT NOT NULL, protocol TEXT NOT NULL,
-                vendor_id INTEGER NOT NULL, product_id INTEGER NOT NULL,
-                numeric_version INTEGER NOT NULL, version_string TEXT NOT NULL,
-                selector TEXT NOT NULL, waves TEXT NOT NULL, soak_s REAL NOT NULL,
-                max_failures INTEGER, max_failure_rate REAL, wave_deadline_s REAL,
-                status TEXT NOT NULL, status_reason TEXT NOT NULL DEFAULT '',
-                current_wave INTEGER NOT NULL, wave_opened_at REAL, wave_completed_at REAL,
-                created_at REAL NOT NULL, updated_at REAL NOT NULL
-            )""",
-            """CREATE TABLE rollout_events (
-                id INTEGER PRIMARY KEY AUTOINCREMENT, rollout_id TEXT NOT NULL, at REAL NOT NULL,
-                event TEXT NOT NULL, wave INTEGER, reason TEXT NOT NULL
-            )""",
-            "CREATE INDEX rollout_events_rollout ON rollout_events(rollout_id, id)",
-        ],
-    ),
-]
 
 
 class StateDBError(Exception):
@@ -158,46 +95,6 @@ class DeviceRecord:
         return out
 
 
-_COLUMNS = [f.name for f in fields(DeviceRecord)]
-_UPSERT = (
-    f"INSERT INTO devices ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
-    f"ON CONFLICT(device_id) DO UPDATE SET "
-    + ", ".join(f"{c}=excluded.{c}" for c in _COLUMNS if c != "device_id")
-)
-_HISTORY_INSERT = (
-    "INSERT INTO history (device_id, at, old_state, new_state, reason, image_id, version, offset) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-def record_row(rec: DeviceRecord) -> tuple[Any, ...]:
-    """A snapshot of the record as a row (taken when queued, so later mutation cannot leak into a write)."""
-    out: list[Any] = []
-    for c in _COLUMNS:
-        v = getattr(rec, c)
-        if c == "tags":
-            v = json.dumps(list(v))
-        elif c == "extra":
-            v = json.dumps(v, default=str, sort_keys=True)
-        elif isinstance(v, DeviceState):
-            v = v.value
-        elif isinstance(v, bool):
-            v = int(v)
-        out.append(v)
-    return tuple(out)
-
-
-def record_from_row(row: sqlite3.Row | Sequence[Any], names: Sequence[str]) -> DeviceRecord:
-    d = dict(zip(names, row, strict=True))
-    d["tags"] = tuple(json.loads(d["tags"] or "[]"))
-    d["extra"] = json.loads(d["extra"] or "{}")
-    d["state"] = DeviceState(d["state"])
-    d["resume_state"] = DeviceState(d["resume_state"]) if d["resume_state"] else None
-    d["sleepy"] = None if d["sleepy"] is None else bool(d["sleepy"])
-    d["present"] = bool(d["present"])
-    return DeviceRecord(**{k: d[k] for k in _COLUMNS})
-
-
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
     device_id: str
@@ -231,167 +128,3 @@ class HistoryEntry:
             "version": self.version,
             "offset": self.offset,
         }
-
-
-@dataclass(slots=True)
-class _Pending:
-    devices: list[tuple[Any, ...]]
-    history: list[tuple[Any, ...]]
-    sql: list[tuple[str, tuple[Any, ...]]]
-    fut: asyncio.Future[None]
-
-
-class StateDB:
-    """The state.db connection: schema, group-committed writes, reads for the service and the CLI."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn: aiosqlite.Connection | None = None
-        self._pending: list[_Pending] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
-
-    @property
-    def conn(self) -> aiosqlite.Connection:
-        if self._conn is None:
-            raise RuntimeError("StateDB is not open")
-        return self._conn
-
-    async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Device records name every device on the network: owner-only, like the rest of the data dir.
-        # SQLite gives the -wal/-shm files the main file's permissions.
-        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-        try:
-            self._conn = await aiosqlite.connect(self.path)
-            await self._conn.execute("PRAGMA journal_mode=WAL")
-            await self._conn.execute("PRAGMA synchronous=NORMAL")
-            await self._conn.execute("PRAGMA busy_timeout=5000")
-            await self._migrate()
-        except sqlite3.DatabaseError as exc:
-            await self.close()
-            raise StateDBError(f"{self.path}: cannot open device state database: {exc}") from None
-
-    async def _migrate(self) -> None:
-        # BEGIN IMMEDIATE first: a gateway and a CLI starting together must not both run a migration
-        await self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            async with self.conn.execute("PRAGMA user_version") as cur:
-                row = await cur.fetchone()
-            version = int(row[0]) if row else 0
-            if version > SCHEMA_VERSION:
-                raise StateDBError(
-                    f"{self.path}: schema version {version} is newer than this otagw understands ({SCHEMA_VERSION})"
-                )
-            for target, stmts in MIGRATIONS:
-                if target <= version:
-                    continue
-                for stmt in stmts:
-                    await self.conn.execute(stmt)
-                await self.conn.execute(f"PRAGMA user_version={target}")
-            await self.conn.commit()
-        except BaseException:
-            await self.conn.rollback()
-            raise
-
-    async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
-
-    async def data_version(self) -> int:
-        """Changes whenever another connection (the CLI, another process) commits to state.db."""
-        async with self.conn.execute("PRAGMA data_version") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
-    # ------------------------------------------------------------------------------------------ writes
-    async def write(
-        self,
-        devices: Iterable[DeviceRecord] = (),
-        history: Iterable[HistoryEntry] = (),
-        sql: Iterable[tuple[str, tuple[Any, ...]]] = (),
-    ) -> None:
-        """Persist snapshots of `devices`, append `history`, run `sql`; returns once committed."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(
-            _Pending([record_row(d) for d in devices], [h.row() for h in history], list(sql), fut)
-        )
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
-        await fut
-
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                async with self._lock:
-                    conn = self.conn
-                    devs = [r for p in batch for r in p.devices]
-                    hist = [r for p in batch for r in p.history]
-                    if devs:
-                        await conn.executemany(_UPSERT, devs)
-                    if hist:
-                        await conn.executemany(_HISTORY_INSERT, hist)
-                    for p in batch:
-                        for stmt, params in p.sql:
-                            await conn.execute(stmt, params)
-                    await conn.commit()
-            except BaseException as exc:
-                if self._conn is not None:
-                    await self._conn.rollback()
-                for p in batch:
-                    if not p.fut.done():
-                        p.fut.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                for p in batch:
-                    if not p.fut.done():
-                        p.fut.set_result(None)
-
-    async def execute_cas(
-        self, stmt: str, params: tuple[Any, ...], extra: Iterable[tuple[str, tuple[Any, ...]]] = ()
-    ) -> int:
-        """Run one conditional UPDATE (compare-and-set) plus follow-ups in a transaction; rows changed."""
-        async with self._lock:
-            cur = await self.conn.execute(stmt, params)
-            changed = cur.rowcount
-            await cur.close()
-            if changed:
-                for s, p in extra:
-                    await self.conn.execute(s, p)
-            await self.conn.commit()
-            return changed
-
-    # ------------------------------------------------------------------------------------------- reads
-    async def load_devices(self) -> list[DeviceRecord]:
-        async with self.conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM devices") as cur:
-            rows = await cur.fetchall()
-        return [record_from_row(r, _COLUMNS) for r in rows]
-
-    async def get_device(self, device_id: str) -> DeviceRecord | None:
-        async with self.conn.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM devices WHERE device_id = ?", (device_id,)
-        ) as cur:
-            row = await cur.fetchone()
-        return record_from_row(row, _COLUMNS) if row else None
-
-    async def history(self, device_id: str, limit: int | None = None) -> list[HistoryEntry]:
-        """Transitions of one device, oldest first (the newest `limit` when given)."""
-        q = (
-            "SELECT device_id, at, old_state, new_state, reason, image_id, version, offset FROM history "
-            "WHERE device_id = ? ORDER BY id DESC"
-        )
-        params: tuple[Any, ...] = (device_id,)
-        if limit is not None:
-            q += " LIMIT ?"
-            params += (limit,)
-        async with self.conn.execute(q, params) as cur:
-            rows = await cur.fetchall()
-        return [HistoryEntry(*r) for r in reversed(list(rows))]
-
-    async def prune_history(self, before: float) -> None:
-        await self.write(sql=[("DELETE FROM history WHERE at < ?", (before,))])

@@ -24,7 +24,6 @@ from __future__ import annotations
 import bisect
 import enum
 import hashlib
-import json
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -400,53 +399,3 @@ def soak_remaining(r: Rollout, now: float) -> float | None:
     if r.status != RolloutStatus.ACTIVE or r.wave_completed_at is None:
         return None
     return max(0.0, r.wave_completed_at + r.soak_s - now)
-
-
-# ------------------------------------------------------------------------------------------ persistence
-ROLLOUT_COLUMNS = (
-    "rollout_id",
-    "name",
-    "image_id",
-    "image_sha256",
-    "protocol",
-    "vendor_id",
-    "product_id",
-    "numeric_version",
-    "version_string",
-    "selector",
-    "waves",
-    "soak_s",
-    "max_failures",
-    "max_failure_rate",
-    "wave_deadline_s",
-    "status",
-    "status_reason",
-    "current_wave",
-    "wave_opened_at",
-    "wave_completed_at",
-    "created_at",
-    "updated_at",
-)
-
-
-def rollout_row(r: Rollout) -> tuple[Any, ...]:
-    d = {c: getattr(r, c) for c in ROLLOUT_COLUMNS}
-    d["selector"] = json.dumps(r.selector.model_dump(exclude_none=True), sort_keys=True)
-    d["waves"] = json.dumps([str(w) for w in r.waves])
-    d["status"] = r.status.value
-    return tuple(d[c] for c in ROLLOUT_COLUMNS)
-
-
-def rollout_from_row(row: Sequence[Any]) -> Rollout:
-    d = dict(zip(ROLLOUT_COLUMNS, row, strict=True))
-    d["selector"] = PolicySelector.model_validate(json.loads(d["selector"]))
-    d["waves"] = parse_waves(json.loads(d["waves"]))
-    d["status"] = RolloutStatus(d["status"])
-    return Rollout(**d)
-
-
-INSERT_ROLLOUT = (
-    f"INSERT INTO rollouts ({', '.join(ROLLOUT_COLUMNS)}) VALUES ({', '.join('?' for _ in ROLLOUT_COLUMNS)})"
-)
-SELECT_ROLLOUTS = f"SELECT {', '.join(ROLLOUT_COLUMNS)} FROM rollouts ORDER BY created_at, rollout_id"
-INSERT_EVENT = "INSERT INTO rollout_events (rollout_id, at, event, wave, reason) VALUES (?, ?, ?, ?, ?)"

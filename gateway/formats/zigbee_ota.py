@@ -23,6 +23,7 @@ followed by sub-elements: u16 tag, u32 length, data. Pure functions over bytes; 
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,7 @@ __all__ = [
     "build_zigbee_image",
     "parse_zigbee_image",
     "parse_zigbee_prefix",
+    "unwrap_zigbee_container",
 ]
 
 ZIGBEE_OTA_MAGIC = 0x0BEEF11E
@@ -138,6 +140,9 @@ class SubElement:
 class ZigbeeOtaImage:
     header: ZigbeeOtaHeader
     subelements: tuple[SubElement, ...]
+    # "zcl": spec sub-elements; "hue-sbl": Hue's SBL images (a valid header, then no sub-elements);
+    # "telink": Telink's encrypted sub-element 0xF000 carries 2 bytes of tag info after its length.
+    variant: str = "zcl"
 
     @property
     def total_size(self) -> int:
@@ -263,6 +268,30 @@ def parse_zigbee_image(data: bytes) -> ZigbeeOtaImage:
         raise TruncatedError(f"file is {len(data)} bytes but its header announces {total}", len(data))
     if len(data) > total:
         raise LengthMismatchError(f"{len(data) - total} trailing bytes after the {total}-byte image", total)
+    if header.manufacturer_code == HUE_MANUFACTURER and data[header.header_length :].startswith(
+        HUE_SBL_MAGIC
+    ):
+        # Like zigpy, Hue's SBL layout is recognised before sub-elements are tried: its payload is not made of them.
+        return ZigbeeOtaImage(header=header, subelements=(), variant="hue-sbl")
+    try:
+        return ZigbeeOtaImage(header=header, subelements=_subelements(data, header, telink=False))
+    except SubElementError as plain_error:
+        try:
+            return ZigbeeOtaImage(
+                header=header, subelements=_subelements(data, header, telink=True), variant="telink"
+            )
+        except SubElementError:
+            raise plain_error from None
+
+
+HUE_MANUFACTURER = 0x100B
+HUE_SBL_MAGIC = b"\x2a\x00\x01"
+TELINK_ENCRYPTED_TAG = 0xF000
+
+
+def _subelements(data: bytes, header: ZigbeeOtaHeader, *, telink: bool) -> tuple[SubElement, ...]:
+    """The sub-elements; with `telink`, tag 0xF000 has 2 bytes of tag info between its length and its data."""
+    total = header.total_image_size
     subelements: list[SubElement] = []
     pos = header.header_length
     while pos < total:
@@ -272,7 +301,7 @@ def parse_zigbee_image(data: bytes) -> ZigbeeOtaImage:
                 pos,
             )
         tag, length = _SUB_HEADER.unpack_from(data, pos)
-        data_offset = pos + _SUB_HEADER.size
+        data_offset = pos + _SUB_HEADER.size + (2 if telink and tag == TELINK_ENCRYPTED_TAG else 0)
         if data_offset + length > total:
             raise SubElementError(
                 f"sub-element 0x{tag:04x} length {length} runs {data_offset + length - total} bytes past "
@@ -281,7 +310,39 @@ def parse_zigbee_image(data: bytes) -> ZigbeeOtaImage:
             )
         subelements.append(SubElement(tag=tag, offset=data_offset, length=length))
         pos = data_offset + length
-    return ZigbeeOtaImage(header=header, subelements=tuple(subelements))
+    if telink and not any(e.tag == TELINK_ENCRYPTED_TAG for e in subelements):
+        raise SubElementError("no Telink encrypted sub-element (0xF000)", header.header_length)
+    return tuple(subelements)
+
+
+def unwrap_zigbee_container(data: bytes) -> tuple[bytes, str | None]:
+    """The OTA image inside a vendor container, and the container's name (None: `data` is not wrapped).
+
+    The layouts zigpy unwraps before parsing: Legrand (u32 unwrapped size prefix, 17-byte suffix), Third Reality
+    (152-byte header starting with SHA-512 of everything after byte 64) and IKEA's signed "NGIS" container (image
+    at the u32 offset/size in bytes 16..24). Devices are sent the inner image.
+    """
+    if len(data) > 4 and int.from_bytes(data[0:4], "little") + 21 == len(data):
+        return data[4:-17], "legrand"
+    if (
+        len(data) > 152
+        and int.from_bytes(data[68:72], "little") + 64 == len(data)
+        and data.startswith(hashlib.sha512(data[64:]).digest())
+    ):
+        return data[152:], "thirdreality"
+    if data.startswith(b"NGIS"):
+        if len(data) <= 24:
+            raise TruncatedError(
+                f"IKEA container of {len(data)} bytes is too short for its 24-byte header", len(data)
+            )
+        offset = int.from_bytes(data[16:20], "little")
+        size = int.from_bytes(data[20:24], "little")
+        if len(data) <= offset + size:
+            raise TruncatedError(
+                f"IKEA container announces an image at {offset}+{size} but has {len(data)} bytes", len(data)
+            )
+        return data[offset : offset + size], "ikea"
+    return data, None
 
 
 def _check_range(name: str, value: Any, low: int, high: int, offset: int) -> int:

@@ -148,6 +148,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX images_lookup ON images (protocol, vendor_id, product_id, numeric_version)",
         "CREATE INDEX images_sha ON images (sha256)",
     ),
+    # Approval (issue 18). Rows that existed before this migration were imported when every image was offered
+    # (auto_approve was the default), so they keep that behaviour: DEFAULT 'approved' fills them. New rows always
+    # name their state explicitly (CatalogEntry.approval defaults to 'available').
+    sql_migration(
+        2,
+        "image approval",
+        "ALTER TABLE images ADD COLUMN approval TEXT NOT NULL DEFAULT 'approved'"
+        " CHECK (approval IN ('available', 'approved'))",
+        "ALTER TABLE images ADD COLUMN approved_for TEXT",
+        "ALTER TABLE images ADD COLUMN approved_by TEXT",
+        "ALTER TABLE images ADD COLUMN approved_at REAL",
+        "UPDATE images SET approved_by = 'migration: imported before approval existed'",
+    ),
 )
 
 
@@ -268,6 +281,32 @@ class Catalog:
             raise
         return not exists
 
+    async def set_approval(
+        self,
+        image_id: str,
+        approval: str,
+        *,
+        approved_for: str | None = None,
+        approved_by: str | None = None,
+        approved_at: float | None = None,
+    ) -> bool:
+        """Set one entry's approval state in one transaction; False when there is no such entry."""
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = await db.execute(
+                "UPDATE images SET approval = ?, approved_for = ?, approved_by = ?, approved_at = ?"
+                " WHERE image_id = ?",
+                (approval, approved_for, approved_by, approved_at, image_id),
+            )
+            changed = cur.rowcount > 0
+            await cur.close()
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+        return changed
+
     async def delete(self, image_id: str) -> bool:
         db = self.db
         await db.execute("BEGIN IMMEDIATE")
@@ -280,6 +319,20 @@ class Catalog:
             await db.rollback()
             raise
         return deleted
+
+    async def mark_invalid(self, image_id: str) -> bool:
+        """Set the entry's `valid` flag to false (its blob is corrupt); False when there is no such entry."""
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = await db.execute("UPDATE images SET valid = 0 WHERE image_id = ?", (image_id,))
+            changed = cur.rowcount > 0
+            await cur.close()
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+        return changed
 
     # ---------------------------------------------------------------------------------------- reads
     async def _query(self, sql: str, params: Iterable[Any] = ()) -> list[CatalogEntry]:

@@ -51,6 +51,11 @@ class CatalogEntry:
     valid: bool = True
     model_ids: tuple[str, ...] = field(default_factory=tuple)  # optional model restriction (z2m modelId)
     added_at: float = 0.0
+    # --- approval (gateway/store/approval.py) --------------------------------------------------
+    approval: str = "available"  # "available" (not offered without a rollout) or "approved"
+    approved_for: str | None = None  # JSON PolicySelector the approval is limited to; None = every device
+    approved_by: str | None = None  # "cli", "api", "rollout r1a2b3c4", "policy.auto_approve_sources", ...
+    approved_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

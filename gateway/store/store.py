@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -25,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.clock import Clock, SystemClock
+from gateway.config import PolicySelector
 from gateway.formats import MatterOtaImage, OtaFormatError, ZigbeeOtaImage, parse_ota_image
+from gateway.store.approval import APPROVED, AVAILABLE, selector_json
 from gateway.store.blobs import BlobReader, BlobStore, BlobWriter
 from gateway.store.catalog import Catalog, make_image_id, make_package_id
 from gateway.store.errors import (
@@ -37,6 +40,8 @@ from gateway.store.errors import (
     StoreError,
 )
 from gateway.store.model import CatalogEntry, ProtocolName
+
+log = logging.getLogger(__name__)
 
 __all__ = ["EXTRA_KEYS", "ImageCheck", "ImageStore", "ImportResult", "apply_extra", "entry_from_image"]
 
@@ -403,6 +408,73 @@ class ImageStore:
             if await self.catalog.sha_refs(entry.sha256) == 0:
                 await asyncio.to_thread(self.blobs.remove, entry.sha256)
         return entry
+
+    async def approve(
+        self,
+        ref: str,
+        *,
+        selector: PolicySelector | dict[str, Any] | None = None,
+        by: str = "cli",
+    ) -> CatalogEntry:
+        """Approve an entry for every device, or only those `selector` matches; returns the updated entry."""
+        try:
+            approved_for = selector_json(selector)
+        except ValueError as exc:
+            raise StoreError(f"image {ref!r}: bad device filter: {exc}") from None
+        async with self._lock:
+            entry = await self.get(ref)
+            now = self._clock.now()
+            await self.catalog.set_approval(
+                entry.image_id, APPROVED, approved_for=approved_for, approved_by=by, approved_at=now
+            )
+        return replace(entry, approval=APPROVED, approved_for=approved_for, approved_by=by, approved_at=now)
+
+    async def revoke(self, ref: str, *, by: str = "cli") -> CatalogEntry:
+        """Return an entry to `available`: no longer offered without a rollout."""
+        async with self._lock:
+            entry = await self.get(ref)
+            now = self._clock.now()
+            await self.catalog.set_approval(entry.image_id, AVAILABLE, approved_by=by, approved_at=now)
+        return replace(entry, approval=AVAILABLE, approved_for=None, approved_by=by, approved_at=now)
+
+    async def approve_for_rollout(self, image_id: str, selector: PolicySelector, rollout_id: str) -> bool:
+        """A rollout is an approval for its own devices (they keep the image once it completes). An approval a
+        person gave, or one for every device, is never narrowed; returns True when the rollout's was recorded."""
+        async with self._lock:
+            entry = await self.catalog.get(image_id)
+            if entry is None:
+                return False
+            if entry.approval == APPROVED and (
+                entry.approved_for is None or not (entry.approved_by or "").startswith("rollout ")
+            ):
+                return False
+            await self.catalog.set_approval(
+                image_id,
+                APPROVED,
+                approved_for=selector_json(selector),
+                approved_by=f"rollout {rollout_id}",
+                approved_at=self._clock.now(),
+            )
+        return True
+
+    async def revoke_approval_of(self, image_id: str, approver: str, *, by: str) -> bool:
+        """Revoke the entry's approval only if `approver` gave it (an aborted rollout withdraws its own, never
+        a person's); False when the entry is gone or someone else approved it."""
+        async with self._lock:
+            entry = await self.catalog.get(image_id)
+            if entry is None or entry.approval != APPROVED or entry.approved_by != approver:
+                return False
+            await self.catalog.set_approval(
+                image_id, AVAILABLE, approved_by=by, approved_at=self._clock.now()
+            )
+        return True
+    async def mark_invalid(self, image_id: str, reason: str) -> None:
+        """Never offer the entry again: its blob no longer matches its digest (`reason` says how it was found).
+
+        The entry stays listed (marked invalid) so an operator sees it and removes it; selection refuses it."""
+        async with self._lock:
+            if not await self.catalog.mark_invalid(image_id):
+                log.info("mark_invalid: image %s is no longer in the catalog (%s)", image_id, reason)
 
     async def entries_for(
         self, protocol: ProtocolName, vendor_id: int, product_id: int

@@ -98,6 +98,8 @@ class ApiHarness:
 def make_config(tmp_path: Path, **sections: Any) -> Config:
     data: dict[str, Any] = {"data_dir": str(tmp_path / "data"), "api": {"token": TOKEN}}
     data.update(sections)
+    # API tests expect added images to be offered at once (approval is tested on its own).
+    data["policy"] = {"auto_approve": True, **data.get("policy", {})}
     return parse_config(data)
 
 

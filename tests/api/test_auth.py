@@ -19,6 +19,8 @@ PROTECTED = [
     ("GET", "/api/v1/images/0123456789abcdef"),
     ("DELETE", "/api/v1/images/0123456789abcdef"),
     ("GET", "/api/v1/images/0123456789abcdef/download"),
+    ("POST", "/api/v1/images/0123456789abcdef/approve"),
+    ("POST", "/api/v1/images/0123456789abcdef/revoke"),
     ("GET", "/api/v1/devices"),
     ("GET", "/api/v1/devices/zigbee:pan:1:aa:1"),
     ("GET", "/api/v1/plan"),
@@ -36,6 +38,9 @@ PROTECTED = [
     ("GET", "/api/v1/tokens"),
     ("POST", "/api/v1/tokens"),
     ("DELETE", "/api/v1/tokens/lamp"),
+    ("GET", "/api/v1/sources"),
+    ("POST", "/api/v1/sources/z2m/check"),
+    ("POST", "/api/v1/sources/fetch"),
 ]
 
 

@@ -120,7 +120,7 @@ def exported_names(text: str) -> set[str]:
 
 
 async def test_new_families_and_the_grafana_dashboard(tmp_path: Path) -> None:
-    gw = await start(tmp_path, metrics={"auth": "open"})
+    gw = await start(tmp_path, metrics={"auth": "open"}, policy={"auto_approve": True})
     try:
         await one_update(gw)
         await scrape(gw, None)  # one request already timed

@@ -30,7 +30,9 @@ ROW = "return " + ROW_EXPR
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[tuple[TestServer, UpdateCore, ImageStore, ManualClock]]:
-    cfg = parse_config({"data_dir": str(tmp_path / "data"), "api": {"token": TOKEN}})
+    cfg = parse_config(
+        {"data_dir": str(tmp_path / "data"), "api": {"token": TOKEN}, "policy": {"auto_approve": True}}
+    )
     clock = ManualClock()
     store = ImageStore(cfg.data_dir, clock=clock)
     await store.open()
@@ -79,6 +81,14 @@ async def test_progress_bar_moves_live(
             entry.image_id,
             what="image row",
         )
+        # approval from the dashboard: the image row's button approves it (stored in the catalog)
+        cell = "document.querySelector(`tr[data-image-id='${arguments[0]}'] .approval-state`)"
+        assert (await b.js(f"return {cell}.textContent", entry.image_id)).startswith("available")
+        await b.js(f"{cell}.querySelector('button').click()", entry.image_id)
+        await b.wait_for(
+            f"return {cell}?.textContent.startsWith('approved')", entry.image_id, what="approved image row"
+        )
+        assert (await store.get(entry.image_id)).approval == "approved"
 
         # a Zigbee device joins and asks: it appears live, beside the Matter one
         answer = await core.query(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,10 @@ class FakeStore:
         self.opened += 1
         return MemReader(entry.size)
 
+    async def mark_invalid(self, image_id: str, reason: str) -> None:
+        if image_id in self.entries:
+            self.entries[image_id] = replace(self.entries[image_id], valid=False)
+
 
 def matter_dev(
     node: int,
@@ -139,7 +144,8 @@ def zigbee_dev(
 
 
 def config(tmp: Path, **policy: Any) -> Config:
-    return parse_config({"data_dir": str(tmp), "policy": policy})
+    # These tests exercise policy, not approval: images are offered as soon as they are in the catalog.
+    return parse_config({"data_dir": str(tmp), "policy": {"auto_approve": True, **policy}})
 
 
 CoreFactory = Callable[..., Awaitable[UpdateCore]]

@@ -73,7 +73,7 @@ async def test_cli_devices_plan_and_rollouts(real, tmp_path: Path) -> None:
         res = await gw.query(matter_dev(0, version=1))
         assert isinstance(res, Available)
         cfg_file = tmp_path / "otagw.yaml"
-        cfg_file.write_text(f"data_dir: {tmp_path}\n")
+        cfg_file.write_text(f"data_dir: {tmp_path}\npolicy: {{auto_approve: true}}\n")
 
         def run(_main, args):  # the CLI runs its own event loop: call it from a thread, like a second process
             return asyncio.to_thread(CliRunner().invoke, _main, args)

@@ -44,6 +44,7 @@ def test_rule_folding_later_overrides_blocks_accumulate() -> None:
     cfg = parse_config(
         {
             "policy": {
+                "auto_approve": True,
                 "rules": [
                     {"name": "all", "block_versions": [5], "require_consent": True},
                     {
@@ -54,7 +55,7 @@ def test_rule_folding_later_overrides_blocks_accumulate() -> None:
                         "pin_version": "2.0",
                     },
                     {"name": "other-vendor", "match": {"vendor_id": "0x1234"}, "auto_approve": False},
-                ]
+                ],
             }
         }
     ).policy
@@ -131,7 +132,9 @@ async def test_consent_and_auto_approve(make_core: CoreFactory) -> None:
     assert isinstance(res, Available) and res.consent_needed
     res = await core.query(matter_dev(2, tags=("lab",)))
     assert isinstance(res, NotAvailable)
-    assert res.reason == "auto-approve is off (rules hold-lab); updates come only through rollouts"
+    # The newest image is named with the command that approves it; approving it offers it to the lab device.
+    assert res.reason.startswith("update 3.0 (3) available (added via local), not approved")
+    assert "`otagw image approve " in res.reason
 
 
 async def test_download_window_holds_then_opens(make_core: CoreFactory, clock) -> None:

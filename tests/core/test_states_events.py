@@ -9,7 +9,8 @@ import pytest
 
 from gateway.core.events import CoreEvent, EventBus
 from gateway.core.interface import Available
-from gateway.core.records import StateDB, StateDBError
+from gateway.core.records import StateDBError
+from gateway.core.repository import StateDB
 from gateway.core.states import (
     TERMINAL_STATES,
     TRANSITIONS,

@@ -149,7 +149,7 @@ async def start_gateway(pair: NetnsPair, tmp: Path, images: list[Path], **policy
     cfg = parse_config(
         {
             "data_dir": str(tmp / "gw"),
-            "policy": policy,
+            "policy": {"auto_approve": True, **policy},
             "matter": {
                 "port": 5540,
                 "interfaces": [pair.a.iface],

@@ -84,7 +84,13 @@ async def make_env(
     policy: dict[str, Any] | None = None,
     images: dict[int, bytes] | None = None,
 ) -> Env:
-    cfg = parse_config({"data_dir": str(tmp_path), "matter": matter or {}, "policy": policy or {}})
+    cfg = parse_config(
+        {
+            "data_dir": str(tmp_path),
+            "matter": matter or {},
+            "policy": {"auto_approve": True, **(policy or {})},
+        }
+    )
     store = ImageStore(tmp_path)
     await store.open()
     imgs = images if images is not None else {2: image(2)}
@@ -236,6 +242,27 @@ async def test_notify_is_verified_by_a_read_back_when_the_admin_is_there(env: En
     await asyncio.gather(*env.provider._tasks)
     assert reads == [matter_device_key(CFID, node).device_id]
     assert record(env, node).state.value == "updated"
+
+
+async def test_notify_with_a_foreign_token_is_refused(env: Env) -> None:
+    """NotifyUpdateApplied carries the UpdateToken: another node's token (or a made-up one) records nothing."""
+    node, other = 0x5004, 0x5005
+    resp = await query(env, node, 1)
+    theirs = await query(env, other, 1)
+    await download(env, node, designator_of(resp))
+    await invoke(
+        env.im, node, OtaCommand.APPLY_UPDATE_REQUEST, ApplyUpdateRequest(resp.update_token, 2).to_fields()
+    )
+    assert theirs.update_token is not None and theirs.update_token != resp.update_token
+    for token in (theirs.update_token, b"\x42" * 16):
+        await invoke(env.im, node, OtaCommand.NOTIFY_UPDATE_APPLIED, NotifyUpdateApplied(token, 2).to_fields())
+        rec = record(env, node)
+        assert (rec.state.value, rec.current_version) == ("applying", 1)
+        assert rec.reported_status is None and "refused" in (rec.last_error or "")
+    await invoke(
+        env.im, node, OtaCommand.NOTIFY_UPDATE_APPLIED, NotifyUpdateApplied(resp.update_token, 2).to_fields()
+    )
+    assert (record(env, node).state.value, record(env, node).current_version) == ("updated", 2)
 
 
 async def test_notify_never_needed_version_report_alone_completes(env: Env) -> None:

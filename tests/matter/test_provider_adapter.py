@@ -25,7 +25,8 @@ NODE = 0x1001
 
 @pytest.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[tuple[MatterAdapter, UpdateCore]]:
-    cfg = parse_config({"data_dir": str(tmp_path)})
+    # these tests exercise the adapter, not approval: images are offered as soon as they are added
+    cfg = parse_config({"data_dir": str(tmp_path), "policy": {"auto_approve": True}})
     store = ImageStore(tmp_path)
     await store.open()
     await store.add_bytes(

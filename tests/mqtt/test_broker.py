@@ -109,7 +109,7 @@ async def test_install_from_home_assistant_survives_a_broker_outage_and_a_leavin
                 "0x00000200",
                 False,
             )
-            assert "auto-approve is off" in state["release_summary"]
+            assert "not approved: press Install" in state["release_summary"]
 
             # Home Assistant's install button
             assert sub.json(config_t)["command_topic"] == install_t

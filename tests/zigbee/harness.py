@@ -98,7 +98,11 @@ async def make_stack(
 ) -> Stack:
     clock = clock or ManualClock()
     cfg = parse_config(
-        {"data_dir": str(tmp_path), "policy": policy or {}, "zigbee": {"enabled": True, **(zigbee or {})}}
+        {
+            "data_dir": str(tmp_path),
+            "policy": {"auto_approve": True, **(policy or {})},
+            "zigbee": {"enabled": True, **(zigbee or {})},
+        }
     )
     store = ImageStore(tmp_path, clock=clock)
     await store.open()

@@ -28,6 +28,7 @@ from typing import Any
 from adapters.matter.fabric.controller import ControllerError, ControllerRunner
 from adapters.matter.fabric.identity import ensure_identity
 from gateway.config import MatterConfig
+from gateway.sources.paa import attestation_hint
 
 __all__ = ["FabricAdmin", "FabricBusyError", "NodeEntry", "load_nodes", "matter_dir"]
 
@@ -215,9 +216,14 @@ class FabricAdmin:
         self, code: str, *, ip: str | None = None, node_id: int | None = None, timeout_s: float = 60.0
     ) -> NodeEntry:
         nid = node_id or self.next_node_id()
-        got = await self.call(
-            "commission", _timeout=timeout_s + 60, code=code, node_id=nid, ip=ip, timeout_s=timeout_s
-        )
+        try:
+            got = await self.call(
+                "commission", _timeout=timeout_s + 60, code=code, node_id=nid, ip=ip, timeout_s=timeout_s
+            )
+        except ControllerError as exc:
+            if "attestation" not in str(exc).lower():
+                raise
+            raise ControllerError(f"{exc}: {attestation_hint(self.config.paa_trust_store)}") from None
         nid = int(got["node_id"])
         entry = self.nodes.get(nid) or NodeEntry(nid, time.time())
         self.nodes[nid] = entry

@@ -160,6 +160,16 @@ function imageRow(i) {
     if (!confirm(`Delete image ${i.image_id}?`)) return;
     try { await api("/images/" + i.image_id, { method: "DELETE" }); await loadImages(); } catch (e) { alert(e.message); }
   } }, "delete");
+  // approval: an "available" image is never offered without a rollout; approving offers it where it applies
+  const approved = i.approval === "approved";
+  const toggle = el("button", { class: "approval", onclick: async () => {
+    const verb = approved ? "revoke" : "approve";
+    try {
+      await api(`/images/${i.image_id}/${verb}`, { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" });
+      await loadImages();
+    } catch (e) { alert(e.message); }
+  } }, approved ? "revoke" : "approve");
+  const approval = approved ? (i.approved_for ? "approved (filtered)" : "approved") : "available";
   return el("tr", { "data-image-id": i.image_id },
     el("td", { class: "mono" }, el("a", { href: `${API}/images/${i.image_id}/download` }, i.image_id)),
     el("td", {}, el("span", { class: "badge " + i.protocol }, i.protocol)),
@@ -168,6 +178,7 @@ function imageRow(i) {
     el("td", {}, bytes(i.size)),
     el("td", {}, i.file_name),
     el("td", {}, i.source),
+    el("td", { class: "approval-state", title: i.approved_by || "" }, approval, " ", toggle),
     el("td", {}, del));
 }
 async function loadImages() {

@@ -3,7 +3,8 @@
 `latest_version` is what the device would get next: the target of an episode under way, else the best image in
 the catalog that fits the device (`gateway.store.selection`, the rules the core uses). An image policy holds
 back is still shown, with the reason in the release summary, so the user sees it exists and why pressing Install
-is refused. Zigbee versions are shown as the 32-bit file version `0x0000ABCD`, the form both the catalog and the
+is refused; an image not approved for the device (gateway/store/approval.py) is shown with "press Install": the
+press is the approval (a single-device rollout). Zigbee versions are shown as the 32-bit file version `0x0000ABCD`, the form both the catalog and the
 devices' `sw_version` agree on; Matter versions by their version string.
 """
 
@@ -13,10 +14,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.config import PolicyConfig
-from gateway.core.policy import Policy, version_permitted
+from gateway.core.policy import Policy, selector_matches, version_permitted
 from gateway.core.records import DeviceRecord
 from gateway.core.states import DeviceState
 from gateway.integrations.mqtt.discovery import DeviceView
+from gateway.store.approval import offerable
 from gateway.store.model import CatalogEntry, DeviceDescriptor
 from gateway.store.selection import SelectionIndex
 
@@ -91,8 +93,10 @@ def device_view(rec: DeviceRecord, catalog: Catalog, policy_cfg: PolicyConfig | 
             why = held_back(policy, rec, entry)
             if why is not None:
                 summary = f"held back by policy: {why}"
-            elif not policy.effective(rec).auto_approve:
-                summary = f"{summary} | auto-approve is off: press Install to update this device"
+            elif not offerable(
+                entry, lambda sel: selector_matches(sel, rec), auto_approve=policy.effective(rec).auto_approve
+            ):
+                summary = f"{summary} | not approved: press Install to update this device"
     if rec.current_version is not None and entry is not None and entry.numeric_version == rec.current_version:
         latest = installed
     in_progress = rec.state in IN_PROGRESS or (rec.state == S.PAUSED and rec.resume_state in IN_PROGRESS)
