@@ -14,12 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.config import PolicyConfig
+from gateway.core.decide import descriptor
 from gateway.core.policy import Policy, selector_matches, version_permitted
 from gateway.core.records import DeviceRecord
 from gateway.core.states import DeviceState
 from gateway.integrations.mqtt.discovery import DeviceView
 from gateway.store.approval import offerable
-from gateway.store.model import CatalogEntry, DeviceDescriptor
+from gateway.store.model import CatalogEntry
 from gateway.store.selection import SelectionIndex
 
 S = DeviceState
@@ -38,18 +39,6 @@ def version_text(protocol: str, numeric: int | None, text: str | None) -> str | 
     return text or str(numeric)
 
 
-def descriptor(rec: DeviceRecord) -> DeviceDescriptor | None:
-    if rec.vendor_id is None or rec.product_id is None or rec.current_version is None:
-        return None
-    return DeviceDescriptor(
-        protocol=rec.protocol,  # type: ignore[arg-type]
-        vendor_id=rec.vendor_id,
-        product_id=rec.product_id,
-        current_version=rec.current_version,
-        hardware_version=rec.hardware_version,
-        ieee=rec.address if rec.protocol == "zigbee" else None,
-        model=rec.model,
-    )
 
 
 @dataclass
