@@ -128,9 +128,9 @@ async def shot(b: Browser, name: str) -> None:
     """The whole page (the window grows to the page's height for the picture, then returns)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     width, height, full = await b.js(
-        "return [window.outerWidth, window.outerHeight, document.scrollingElement.scrollHeight]"
-    )
-    await b.size(width, min(full + (height - 700), 5000))
+        "return [window.innerWidth, window.innerHeight, document.scrollingElement.scrollHeight]"
+    )  # inner sizes: headless Chromium reports an outerWidth of at least 500 px
+    await b.size(width, min(full, 5000))
     await b.screenshot(SHOTS / f"{name}.png")
     await b.size(width, height)
 
