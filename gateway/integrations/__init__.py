@@ -1,0 +1,1 @@
+"""Integrations with other home-automation systems over their own protocols (MQTT)."""
