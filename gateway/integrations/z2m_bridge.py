@@ -137,7 +137,8 @@ async def run_bridge(
                 identifier=cfg.client_id or f"otagw-{controller.name}",
             ) as client:
                 await client.subscribe(f"{base}/bridge/devices")
-                await client.subscribe(f"{base}/+")
+                # friendly names may contain '/' (kitchen/ceiling): take every topic, match known names only
+                await client.subscribe(f"{base}/#")
                 async for msg in client.messages:
                     topic = str(msg.topic)
                     payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
@@ -145,7 +146,7 @@ async def run_bridge(
                         if topic == f"{base}/bridge/devices":
                             for info in state.on_devices(payload):
                                 await observe(info)
-                        elif topic.startswith(base + "/") and "/" not in topic[len(base) + 1 :]:
+                        elif topic.startswith(base + "/") and not topic.startswith(f"{base}/bridge/"):
                             changed = state.on_state(topic[len(base) + 1 :], payload)
                             if changed is not None:
                                 await observe(changed)
