@@ -46,8 +46,12 @@ class Publisher:
                 return c
         return None
 
-    async def published(self, controller: PublishController) -> list[Published]:
-        entries = await self.store.list()
+    async def published(
+        self, controller: PublishController, entries: Sequence[CatalogEntry] | None = None
+    ) -> list[Published]:
+        """What the controller sees now, over the whole catalog or over `entries` (one identity's candidates)."""
+        if entries is None:
+            entries = await self.store.list()
         core = self.core
         return published_entries(
             controller,
@@ -80,10 +84,18 @@ class Publisher:
             self.digests.flush()
 
     async def image_for(self, controller: PublishController, sha256: str) -> CatalogEntry | None:
-        """The published entry with blob `sha256`, or None when the controller may not see it (absent)."""
-        for p in await self.published(controller):
-            if p.entry.sha256 == sha256:
-                return p.entry
+        """The published entry with blob `sha256`, or None when the controller may not see it (absent).
+
+        Staging is evaluated over the candidates of the blob's identity only (an indexed catalog query, fresh
+        approvals included), not the whole catalog: one download must not cost an index generation."""
+        known = [e for e in self.core.catalog_entries() if e.sha256 == sha256]
+        if not known:  # not in the core's view yet (added by another process a moment ago)
+            known = [e for e in await self.store.list() if e.sha256 == sha256]
+        for ident in {(e.protocol, e.vendor_id, e.product_id) for e in known}:
+            candidates = await self.store.entries_for(*ident)
+            for p in await self.published(controller, candidates):
+                if p.entry.sha256 == sha256:
+                    return p.entry
         return None
 
     # ------------------------------------------------------------------------------------ metrics
