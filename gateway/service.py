@@ -326,7 +326,9 @@ class Gateway:
                         return e.vendor_id, e.product_id
                 return None
 
-            task = asyncio.get_running_loop().create_task(run_bridge(ctl, core.observe, identify, password=password))
+            task = asyncio.get_running_loop().create_task(
+                run_bridge(ctl, core.observe, identify, password=password, sleep=self.clock.sleep)
+            )
             self._tasks.append(task)
 
     # -------------------------------------------------------------------------------------------- stop

@@ -3,6 +3,9 @@ consuming-controller tests (zigpy providers, zigbee-herdsman, python-matter-serv
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,3 +89,34 @@ async def pub(tmp_path: Path) -> AsyncIterator[PublishHarness]:
         await client.close()
         await core.stop()
         await store.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[int]:
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = await asyncio.create_subprocess_exec(
+        exe, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        for _ in range(200):  # wait until it accepts connections (process start-up, not a timing assertion)
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("mosquitto did not start listening")
+        yield port
+    finally:
+        proc.terminate()
+        await proc.wait()

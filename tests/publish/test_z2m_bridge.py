@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import socket
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiomqtt
 import pytest
@@ -64,37 +60,6 @@ BRIDGE_DEVICES = [
         "endpoints": {"1": {"clusters": {"input": ["genBasic"], "output": ["genOta"]}}},
     },
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[int]:
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = await asyncio.create_subprocess_exec(
-        exe, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        for _ in range(200):  # wait until it accepts connections (process start-up, not a timing assertion)
-            try:
-                _, w = await asyncio.open_connection("127.0.0.1", port)
-                w.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("mosquitto did not start listening")
-        yield port
-    finally:
-        proc.terminate()
-        await proc.wait()
 
 
 async def test_bridge_devices_become_observed_devices(pub: PublishHarness, broker: int) -> None:
