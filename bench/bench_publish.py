@@ -27,14 +27,15 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.api.app import ApiServices, create_app  # noqa: E402
-from gateway.api.credentials import CredentialStore  # noqa: E402
-from gateway.config import parse_config  # noqa: E402
-from gateway.core.service import UpdateCore  # noqa: E402
-from gateway.formats import build_zigbee_image  # noqa: E402
-from gateway.publish.routes import attach  # noqa: E402
-from gateway.publish.service import Publisher  # noqa: E402
-from gateway.store.store import ImageStore  # noqa: E402
+from gateway.api.app import ApiServices, create_app
+from gateway.api.credentials import CredentialStore
+from gateway.clock import SystemClock
+from gateway.config import parse_config
+from gateway.core.service import UpdateCore
+from gateway.formats import build_zigbee_image
+from gateway.publish.routes import attach
+from gateway.publish.service import Publisher
+from gateway.store.store import ImageStore
 
 
 async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
@@ -78,7 +79,7 @@ async def download_all(urls: list[str], clients: int, rounds: int) -> tuple[floa
 
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 async def main() -> None:
@@ -116,8 +117,7 @@ async def main() -> None:
             os.urandom(int(args.size_mib * (1 << 20))), manufacturer_code=0x117C, image_type=0xBEEF, file_version=9
         )
         big_entry = (await store.add_bytes(big, file_name="big.ota", source="cli")).entry
-        core = UpdateCore(cfg, store, __import__("gateway.clock", fromlist=["SystemClock"]).SystemClock(),
-                          auto_sweep=False)
+        core = UpdateCore(cfg, store, SystemClock(), auto_sweep=False)
         await core.start()
         creds = CredentialStore(cfg.data_dir)
         tokens = {n: creds.create(n, "catalog-read")[1] for n in ("z2m", "zha")}
