@@ -14,6 +14,7 @@ path segment, and every image URL in the index carries it too), or `open` for a 
 from __future__ import annotations
 
 import hmac
+import logging
 
 from aiohttp import web
 
@@ -23,6 +24,8 @@ from gateway.api.errors import ApiError
 from gateway.config import PublishController
 from gateway.publish.service import Publisher
 from gateway.store.errors import CorruptBlobError
+
+log = logging.getLogger(__name__)
 
 CATALOG_SCOPE = "catalog-read"
 OPEN_KEY = "open"
@@ -121,6 +124,10 @@ async def image(request: web.Request) -> web.StreamResponse:
             counters.bytes_served += len(chunk)
         await resp.write_eof()
         counters.completed += 1
+        log.info(
+            "published image downloaded",
+            extra={"fields": {"controller": ctl.name, "image": entry.image_id, "bytes": entry.size}},
+        )
     finally:
         reader.close()
     return resp

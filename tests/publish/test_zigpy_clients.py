@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from zigpy.ota.providers import RemoteZ2MProvider, RemoteZigpyProvider
 
+from gateway.api.credentials import CredentialStore
 from gateway.core.interface import DeviceInfo, DeviceKey
 from gateway.formats import build_zigbee_image
 from tests.publish.conftest import ADMIN, PublishHarness
@@ -128,3 +129,7 @@ async def test_catalog_read_token_reads_index_and_images_and_nothing_else(pub: P
     # the image list in the index carries the same token (Z2M and ZHA know only URLs)
     body = await (await s.get(f"{pub.root('z2m-home')}/index.json")).json()
     assert body[0]["url"].startswith(f"{pub.root('z2m-home')}/images/")
+    # revoking the credential closes the catalog at once (index and image URLs)
+    CredentialStore(pub.config.data_dir).revoke("z2m-home")
+    assert (await s.get(f"{pub.root('z2m-home')}/index.json")).status == 401
+    assert (await s.get(body[0]["url"])).status == 401
