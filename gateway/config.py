@@ -367,6 +367,83 @@ class ZigbeeConfig(Section):
     )
 
 
+# ------------------------------------------------------------------------------------------ publish
+class BridgeMqttConfig(Section):
+    """Where a Zigbee2MQTT controller publishes `<base_topic>/bridge/devices` (its own broker settings)."""
+
+    host: str = Field(..., min_length=1, description="MQTT broker host the controller publishes to")
+    port: int = Field(1883, ge=1, le=65535)
+    base_topic: str = Field("zigbee2mqtt", min_length=1, description="Zigbee2MQTT's mqtt.base_topic")
+    username: str | None = None
+    password_file: Path | None = Field(None, description="file holding the broker password (owner-only)")
+    client_id: str | None = Field(None, description="MQTT client id (default: otagw-<controller name>)")
+
+
+class PublishController(Section):
+    """One consuming controller (Zigbee2MQTT, ZHA/zigpy, python-matter-server): a network of its own in otagw.
+
+    It sees an image only once policy offers it on the network named `name` (gateway/publish/staging.py)."""
+
+    name: str = Field(
+        ..., pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="network name of the controller's devices"
+    )
+    kind: Literal["z2m", "zigpy", "matter-server"]
+    enabled: bool = True
+    path: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="URL segment under /publish/ (default: name)"
+    )
+    access: Literal["token", "open"] = Field(
+        "token", description="token: a catalog-read token in the URL; open: no token (trusted LAN only)"
+    )
+    credential: str | None = Field(
+        None, description="name of the catalog-read credential (`otagw token create`) this controller uses"
+    )
+    bridge: BridgeMqttConfig | None = Field(
+        None, description="z2m only: subscribe to its bridge/devices to observe its devices and versions"
+    )
+
+    @property
+    def url_path(self) -> str:
+        return self.path or self.name
+
+    @model_validator(mode="after")
+    def _access(self) -> PublishController:
+        if self.access == "token" and not self.credential:
+            raise ValueError("credential: required when access is 'token' (the catalog-read token's name)")
+        if self.bridge is not None and self.kind != "z2m":
+            raise ValueError("bridge: only a z2m controller publishes bridge/devices")
+        return self
+
+
+class PublishConfig(Section):
+    """Publishing the approved catalog to other controllers (gateway/publish)."""
+
+    base_url: str | None = Field(
+        None, description="URL the controllers reach otagw's API at (default: http://<api.listen>)"
+    )
+    controllers: list[PublishController] = Field(default_factory=list)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", v):
+            raise ValueError(f"expected an http(s) URL, got {v!r}")
+        return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _unique(self) -> PublishConfig:
+        names: set[str] = set()
+        paths: set[str] = set()
+        for i, c in enumerate(self.controllers):
+            if c.name in names:
+                raise ValueError(f"controllers[{i}].name: {c.name!r} is used by an earlier controller")
+            if c.url_path in paths:
+                raise ValueError(f"controllers[{i}].path: {c.url_path!r} is used by an earlier controller")
+            names.add(c.name)
+            paths.add(c.url_path)
+        return self
+
+
 # --------------------------------------------------------------------------------------------- api
 class ApiConfig(Section):
     """HTTP API, dashboard and metrics."""
@@ -576,6 +653,9 @@ class Config(Section):
     sources: list[SourceConfig] = Field(
         default_factory=_default_sources,
         description="upstream firmware sources (gateway/sources); none is contacted unless enabled",
+    )
+    publish: PublishConfig = Field(
+        default_factory=PublishConfig, description="catalog published to Zigbee2MQTT, ZHA, python-matter-server"
     )
 
     source: Path | None = Field(None, exclude=True, description="file this config was loaded from")

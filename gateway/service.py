@@ -310,7 +310,15 @@ class Gateway:
             extra={"sources": self.sources},
             notify_device=self.notify_device,
         )
+        from gateway.publish.routes import attach
+        from gateway.publish.service import Publisher
+
+        publisher = Publisher(cfg, self.store, self.core)
+        svc.extra["publish"] = publisher
         app = create_app(svc)
+        assert svc.credentials is not None
+        attach(app, publisher, svc.credentials)
+        self._start_bridges()
         host, _, port = cfg.api.listen.rpartition(":")
         host = host.strip("[]")
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
@@ -329,6 +337,34 @@ class Gateway:
             "API and dashboard listening", extra={"fields": {"url": self.api_url, "token": self.token_source}}
         )
         log.info("dashboard: open %s/login and paste the token from %s", self.api_url, self.token_source)
+
+    def _start_bridges(self) -> None:
+        """One MQTT subscriber per enabled z2m controller with a `bridge:` (gateway/integrations/z2m_bridge)."""
+        from gateway.integrations.z2m_bridge import run_bridge
+
+        core = self.core
+        for ctl in self.config.publish.controllers:
+            if not ctl.enabled or ctl.bridge is None:
+                continue
+            password = None
+            if ctl.bridge.password_file is not None:
+                try:
+                    password = ctl.bridge.password_file.read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    raise GatewayStartError(
+                        f"publish.controllers[{ctl.name}].bridge.password_file: {exc.strerror or exc}"
+                    ) from None
+
+            def identify(model: str) -> tuple[int, int] | None:
+                for e in core.catalog_entries():
+                    if e.protocol == "zigbee" and model in e.model_ids:
+                        return e.vendor_id, e.product_id
+                return None
+
+            task = asyncio.get_running_loop().create_task(
+                run_bridge(ctl, core.observe, identify, password=password, sleep=self.clock.sleep)
+            )
+            self._tasks.append(task)
 
     async def _start_mqtt(self) -> None:
         """Home Assistant over MQTT: a client of the core like the API; it failing never stops the gateway."""

@@ -934,6 +934,29 @@ class UpdateCore:
             reason,
         )
 
+    def rollout_images_for_network(self, network: str) -> dict[str, str]:
+        """Image id -> rollout id of every active rollout whose opened waves include a present device of
+        `network` (a controller publishing the catalog sees those images; gateway/publish/staging.py)."""
+        devices = self._book.devices
+        out: dict[str, str] = {}
+        for r in self._engine.rollouts.values():
+            if r.status != RolloutStatus.ACTIVE or r.image_id in out:
+                continue
+            for dev_id, wave in self._engine.assign(r).items():
+                rec = devices.get(dev_id)
+                if rec is not None and rec.present and rec.network == network and wave <= r.current_wave:
+                    out[r.image_id] = r.rollout_id
+                    break
+        return out
+
+    def catalog_entries(self) -> list[CatalogEntry]:
+        """The catalog as the core last read it (read-only view for integrations)."""
+        return list(self._catalog.entries.values())
+
+    def covering_rollout_ids(self) -> set[str]:
+        """Ids of rollouts still distributing (active, paused, halted): their approvals are not yet general."""
+        return {r.rollout_id for r in self._engine.rollouts.values() if r.covering}
+
     def list_rollouts(self) -> list[Rollout]:
         return sorted(self._engine.rollouts.values(), key=lambda r: (r.created_at, r.rollout_id))
 
