@@ -360,6 +360,13 @@ class ZigbeeConfig(Section):
     apply_recheck_s: float = Field(
         60.0, gt=0, description="when policy says 'wait', ask it again this often (unless it says when)"
     )
+    backup_interval_s: float = Field(
+        86400.0,
+        ge=0,
+        description="write a network backup (Open ZigBee Coordinator Backup JSON, 0600) into "
+        "data_dir/zigbee-backups this often (0 = never)",
+    )
+    backup_keep: int = Field(7, ge=1, description="automatic network backups kept (oldest deleted first)")
 
 
 # --------------------------------------------------------------------------------------------- api

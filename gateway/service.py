@@ -274,6 +274,8 @@ class Gateway:
             health=self.health,
             progress_interval=self._progress_interval,
             extra={"sources": self.sources},
+            plugin_routes=self._plugin_routes(),
+            adapter_instance=self._running_instance,
         )
         app = create_app(svc)
         host, _, port = cfg.api.listen.rpartition(":")
@@ -294,6 +296,20 @@ class Gateway:
             "API and dashboard listening", extra={"fields": {"url": self.api_url, "token": self.token_source}}
         )
         log.info("dashboard: open %s/login and paste the token from %s", self.api_url, self.token_source)
+
+    def _plugin_routes(self) -> dict[str, list[Any]]:
+        from gateway.plugins import plugin_api_routes
+
+        routes = {a.name: plugin_api_routes(a.plugin) for a in self.adapters if a.state != "disabled"}
+        return {name: r for name, r in routes.items() if r}
+
+    def _running_instance(self, name: str) -> tuple[Any, str | None]:
+        rt = self.adapter(name)
+        if rt is None:
+            return None, "not configured"
+        if rt.instance is None or rt.state != "running":
+            return None, rt.error or rt.state
+        return rt.instance, None
 
     # -------------------------------------------------------------------------------------------- stop
     async def stop(self) -> None:

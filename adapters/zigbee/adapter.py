@@ -38,6 +38,7 @@ from zigpy.zcl import foundation
 from zigpy.zcl.clusters.general import Basic, Ota
 
 from adapters.zigbee.cluster import OtaTakeover
+from adapters.zigbee.network import NetworkManager, install_key_redaction, secure_database
 from adapters.zigbee.ota_server import (
     IMAGE_BLOCK_RESPONSE_ID,
     UPGRADE_TIME_WAIT,
@@ -118,6 +119,7 @@ class ZigbeeAdapter:
         self._page_tasks: dict[DeviceKey, asyncio.Task[Any]] = {}
         self._timers: dict[TimerEvent, asyncio.Task[Any]] = {}
         self._inflight = 0
+        self.network: NetworkManager | None = None  # network management (form/backup/...), once attached
         self.malformed: list[str] = []  # recent malformed-frame descriptions (for the API / tests)
         self._event_builders: dict[int, Callable[[Ota, foundation.ZCLHeader, Any], Event]] = {
             Ota.ServerCommandDefs.query_next_image.id: self._query_next_image_event,
@@ -158,6 +160,9 @@ class ZigbeeAdapter:
     # ================================================================== lifecycle
     async def start(self) -> None:
         """Start the radio and take over OTA. Raises AdapterStartError (the gateway goes on without Zigbee)."""
+        install_key_redaction()
+        if self.data_dir is not None:
+            secure_database(self.data_dir / self.config.database)
         app = await start_controller(self.config, self.data_dir, self._app_cls)
         self._owns_app = True
         await self.attach(app)
@@ -181,6 +186,9 @@ class ZigbeeAdapter:
         for action in self.server.start():
             await self._perform[type(action)](action, None, None)
         self._spawn(self._notify_loop(), "notify due devices")
+        self.network = NetworkManager(app, self.data_dir)
+        if self.data_dir is not None and self.config.backup_interval_s > 0:
+            self._spawn(self._backup_loop(), "automatic network backups")
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -197,6 +205,7 @@ class ZigbeeAdapter:
         if self.app is not None and self._owns_app:
             await self.app.shutdown()
         self.app = None
+        self.network = None
 
     def is_idle(self) -> bool:
         """No request is being processed right now (clock waits don't count); for the harness."""
@@ -774,8 +783,20 @@ class ZigbeeAdapter:
         results = await self.notify(keys)
         for key in keys:
             if results.get(key, not results):  # broadcast ({}): all count as notified
-                await self.core.mark_notified(key, "Image Notify sent" + (" (broadcast)" if not results else ""))
+                await self.core.mark_notified(
+                    key, "Image Notify sent" + (" (broadcast)" if not results else "")
+                )
         return len(keys)
+
+    async def _backup_loop(self) -> None:
+        """One backup at start, then every `backup_interval_s`; a failed one is logged and retried next time."""
+        while True:
+            if self.network is not None:
+                try:
+                    await self.network.auto_backup(self.config.backup_keep, self.clock.now())
+                except Exception as exc:
+                    LOGGER.warning("automatic zigbee network backup failed: %s", exc)
+            await self.clock.sleep(self.config.backup_interval_s)
 
     async def _notify_loop(self) -> None:
         while True:

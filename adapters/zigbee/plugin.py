@@ -19,5 +19,7 @@ plugin = LazyAdapterPlugin(
     is_enabled=_enabled,
     required_modules=("zigpy", "bellows"),
     simulator_target="adapters.zigbee.sim",
+    cli_target="adapters.zigbee.cli:zigbee",
+    routes_target="adapters.zigbee.routes:ROUTES",
     install_hint="pip install otagw (zigpy and bellows are core dependencies)",
 )
