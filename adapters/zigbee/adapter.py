@@ -93,6 +93,16 @@ def _plain_block_response(cluster: Ota) -> bool:
     return bool(plain)
 
 
+class _RadioLossListener:
+    """zigpy application listener: hands `connection_lost` to the adapter."""
+
+    def __init__(self, adapter: ZigbeeAdapter) -> None:
+        self._adapter = adapter
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._adapter.radio_lost(exc)
+
+
 class ZigbeeAdapter:
     """OTA Upgrade cluster server on zigpy; see the module docstring for the flow."""
 
@@ -120,6 +130,10 @@ class ZigbeeAdapter:
         self._timers: dict[TimerEvent, asyncio.Task[Any]] = {}
         self._inflight = 0
         self.network: NetworkManager | None = None  # network management (form/backup/...), once attached
+        self.radio_state = "down"  # up | reconnecting | down
+        self.reconnects = 0  # successful reconnects since start
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.malformed: list[str] = []  # recent malformed-frame descriptions (for the API / tests)
         self._event_builders: dict[int, Callable[[Ota, foundation.ZCLHeader, Any], Event]] = {
             Ota.ServerCommandDefs.query_next_image.id: self._query_next_image_event,
@@ -166,6 +180,7 @@ class ZigbeeAdapter:
         app = await start_controller(self.config, self.data_dir, self._app_cls)
         self._owns_app = True
         await self.attach(app)
+        self.radio_state = "up"
 
     async def attach(self, app: ControllerApplication) -> None:
         """Serve OTA on an already running application (used by start() and by the harness)."""
@@ -187,10 +202,63 @@ class ZigbeeAdapter:
             await self._perform[type(action)](action, None, None)
         self._spawn(self._notify_loop(), "notify due devices")
         self.network = NetworkManager(app, self.data_dir)
+        if self._owns_app:
+            app.add_listener(_RadioLossListener(self))
         if self.data_dir is not None and self.config.backup_interval_s > 0:
             self._spawn(self._backup_loop(), "automatic network backups")
 
+    def health(self) -> dict[str, Any]:
+        return {"radio": self.radio_state, "reconnects": self.reconnects}
+
+    # ------------------------------------------------------------------------------------------ reconnect
+    RECONNECT_FIRST_S = 1.0
+    RECONNECT_MAX_S = 60.0
+
+    def radio_lost(self, exc: BaseException | None) -> None:
+        """zigpy/bellows lost the radio (NCP reset, serial unplugged, watchdog): reconnect in the background."""
+        if self.app is None or self._stopping:
+            return
+        if self._reconnect_task is not None and not self._reconnect_task.done():
+            return
+        LOGGER.warning("zigbee radio connection lost (%r); reconnecting", exc)
+        self.radio_state = "reconnecting"
+        self._reconnect_task = self._spawn(self._reconnect(), "reconnect the zigbee radio")
+
+    async def _reconnect(self) -> None:
+        """Restart the network from the radio's own NVM (`auto_form=False`: never form over a lost network),
+        first at once, then with doubling waits up to RECONNECT_MAX_S. Transfers resume from their offsets: the
+        server's flows and the core's records live on across the reconnect."""
+        app = self.app
+        assert app is not None
+        delay = 0.0
+        attempt = 0
+        while True:
+            if delay:
+                await self.clock.sleep(delay)
+            attempt += 1
+            try:
+                with contextlib.suppress(Exception):
+                    await app.disconnect()
+                async with asyncio.timeout(self.config.radio.startup_timeout_s):
+                    await app.startup(auto_form=False)
+            except Exception as exc:
+                delay = min(self.RECONNECT_MAX_S, max(self.RECONNECT_FIRST_S, delay * 2))
+                LOGGER.warning(
+                    "zigbee radio reconnect attempt %d failed (%s: %s); next in %.0f s",
+                    attempt,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                continue
+            self.reconnects += 1
+            self.radio_state = "up"
+            LOGGER.info("zigbee radio reconnected", extra={"fields": {"attempts": attempt}})
+            return
+
     async def stop(self) -> None:
+        self.radio_state = "down"
+        self._stopping = True
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
