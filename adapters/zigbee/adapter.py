@@ -157,6 +157,7 @@ class ZigbeeAdapter:
             ev.CoreReportVersion: self._do_core_report_version,
             ev.CoreStatusReport: self._do_core_status_report,
             ev.CoreQuery: self._do_core_query,
+            ev.CoreQueryVersion: self._do_core_query_version,
             ev.CoreActiveTransfer: self._do_core_active_transfer,
             ev.CorePlanOutcome: self._do_core_plan_outcome,
             ev.CoreOpenImage: self._do_core_open_image,
@@ -655,6 +656,9 @@ class ZigbeeAdapter:
 
     async def _do_core_query(self, a: Any, cluster: Ota | None, hdr: Any) -> Any:
         return await self.core.query(a.info)
+
+    async def _do_core_query_version(self, a: Any, cluster: Ota | None, hdr: Any) -> Any:
+        return await self.core.query_version(a.info, a.version)
 
     async def _do_core_active_transfer(self, a: Any, cluster: Ota | None, hdr: Any) -> Any:
         return self.core.active_transfer(a.key)
