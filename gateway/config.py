@@ -307,7 +307,11 @@ class MatterConfig(Section):
 
 # ------------------------------------------------------------------------------------------ zigbee
 class ZigbeeRadioConfig(Section):
-    type: Literal["ezsp", "znp", "deconz", "zigate", "xbee"] = "ezsp"
+    type: Literal["ezsp", "znp", "deconz", "zigate", "xbee"] = Field(
+        "ezsp",
+        description="ezsp: Silicon Labs (bellows, built in); znp: TI Z-Stack, deconz: ConBee/RaspBee, zigate, "
+        "xbee: install the extra of that name (pip install 'otagw[znp]')",
+    )
     device: str = Field(
         "/dev/ttyUSB0", description="serial path, or socket://HOST:PORT for a networked radio"
     )

@@ -113,7 +113,6 @@ async def ota(tmp_path: Path) -> AsyncIterator[OtaRig]:
             "data_dir": str(tmp_path),
             "policy": {"auto_approve": True},  # these tests are about the radio path, not approval
             "zigbee": {"enabled": True, "radio": {"type": "ezsp", "device": path, "startup_timeout_s": 20}},
-            "policy": {"auto_approve": True},  # images added here are offered without a separate approval
         }
     )
     store = ImageStore(tmp_path, clock=clock)
