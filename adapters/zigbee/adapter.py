@@ -93,6 +93,11 @@ def _plain_block_response(cluster: Ota) -> bool:
     return bool(plain)
 
 
+def network_id(extended_pan_id: Any) -> str:
+    """`epid:<16 hex digits>`, most significant byte first (as zigpy prints it, without the colons)."""
+    return "epid:" + str(extended_pan_id).replace(":", "").lower()
+
+
 class _RadioLossListener:
     """zigpy application listener: hands `connection_lost` to the adapter."""
 
@@ -186,6 +191,7 @@ class ZigbeeAdapter:
     async def attach(self, app: ControllerApplication) -> None:
         """Serve OTA on an already running application (used by start() and by the harness)."""
         self.app = app
+        await self._migrate_network_id()
         self._load_learned_caps()
         self._takeover = OtaTakeover(
             app,
@@ -318,24 +324,37 @@ class ZigbeeAdapter:
 
     # ================================================================== identities and records
     def _pan(self) -> str:
+        """The network's id in device keys: its extended PAN id, which stays when the 16-bit PAN id changes (a
+        PAN id conflict, a restore with new settings); records named by the 16-bit PAN id are renamed at start."""
         assert self.app is not None
-        return f"pan:{int(self.app.state.network_info.pan_id):04x}"
+        return network_id(self.app.state.network_info.extended_pan_id)
+
+    async def _migrate_network_id(self) -> None:
+        """Migration step: records from before the extended-PAN-id identity ("pan:<16-bit>") move to it."""
+        assert self.app is not None
+        rename = getattr(self.core, "rename_network", None)
+        if rename is None:
+            return
+        old = f"pan:{int(self.app.state.network_info.pan_id):04x}"
+        moved = await rename("zigbee", old, self._pan())
+        if moved:
+            LOGGER.info("renamed %d zigbee device records from %s to %s", moved, old, self._pan())
 
     def _key(self, cluster: Ota) -> DeviceKey:
-        """The cluster's DeviceKey, cached on the cluster instance (asked for on every block) per PAN id."""
+        """The cluster's DeviceKey, cached on the cluster instance (asked for on every block) per network."""
         assert self.app is not None
-        pan_id = self.app.state.network_info.pan_id
+        epid = self.app.state.network_info.extended_pan_id
         cached = cluster.__dict__.get("_otagw_key")
-        if cached is not None and cached[0] == pan_id:
+        if cached is not None and cached[0] == epid:
             key: DeviceKey = cached[1]
             return key
         key = DeviceKey(
             "zigbee",
-            f"pan:{int(pan_id):04x}",
+            network_id(epid),
             str(cluster.endpoint.device.ieee),
             cluster.endpoint.endpoint_id,
         )
-        cluster.__dict__["_otagw_key"] = (pan_id, key)
+        cluster.__dict__["_otagw_key"] = (epid, key)
         return key
 
     def _info(self, cluster: Ota, qni: Any = None) -> DeviceInfo:

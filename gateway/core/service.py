@@ -356,6 +356,18 @@ class UpdateCore:
         await self._engine.after_terminal(rec, hist, now)
         return result
 
+    async def rename_network(self, protocol: str, old: str, new: str) -> int:
+        """Move the records of network `old` to `new` (an adapter changing how it names a network, e.g. Zigbee
+        from the 16-bit PAN id to the extended PAN id); returns how many moved. Idempotent."""
+        moved = self._book.rename_network(protocol, old, new, self.clock.now())
+        if moved:
+            await self._repo.rename_network(protocol, old, new)
+            log.info(
+                "device records moved to a new network id",
+                extra={"fields": {"protocol": protocol, "old": old, "new": new, "records": len(moved)}},
+            )
+        return len(moved)
+
     async def query_version(self, device: DeviceInfo, version: int) -> QueryResult:
         await self._check_external_changes()
         now = self.clock.now()

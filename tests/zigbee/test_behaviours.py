@@ -37,7 +37,7 @@ async def test_pacing_budget_two_of_ten(tmp_path):
         devs,
         [data],
         clock=clock,
-        policy={"budgets": {"per_network": {"pan:1a2b": 2}}, "busy_retry_s": 30},
+        policy={"budgets": {"per_network": {"epid:00a1b2c3d4e5f607": 2}}, "busy_retry_s": 30},
     )
     try:
         await stack.run_until(lambda: all(d.file_version == NEW for d in devs), step_s=0.5, max_s=3600)

@@ -95,7 +95,8 @@ class OtaRig:
 
     def record_key(self, dev: SimOtaDevice) -> str:
         assert self.adapter.app is not None
-        return f"zigbee:pan:{self.adapter.app.state.network_info.pan_id:04x}:{dev.ieee}:1"
+        epid = str(self.adapter.app.state.network_info.extended_pan_id).replace(":", "")
+        return f"zigbee:epid:{epid}:{dev.ieee}:1"
 
 
 @pytest.fixture
