@@ -106,23 +106,14 @@ class MessageHeader:
 
     @property
     def security_flags(self) -> int:
-        return (
-            (_SF_P if self.privacy else 0)
-            | (_SF_C if self.control else 0)
-            | (_SF_MX if self.extensions is not None else 0)
-            | int(self.session_type)
-        )
+        return ((_SF_P if self.privacy else 0) | (_SF_C if self.control else 0)
+                | (_SF_MX if self.extensions is not None else 0) | int(self.session_type))
 
     def encode(self) -> bytes:
         if self.dest_node_id is not None and self.dest_group_id is not None:
             raise ValueError("a message has either a destination node id or a group id")
-        dsiz = (
-            _DSIZ_NODE
-            if self.dest_node_id is not None
-            else _DSIZ_GROUP
-            if self.dest_group_id is not None
-            else _DSIZ_NONE
-        )
+        dsiz = (_DSIZ_NODE if self.dest_node_id is not None
+                else _DSIZ_GROUP if self.dest_group_id is not None else _DSIZ_NONE)
         flags = (self.version << 4) | (_MF_S if self.source_node_id is not None else 0) | dsiz
         out = bytearray(_FIXED.pack(flags, self.session_id, self.security_flags, self.message_counter))
         if self.source_node_id is not None:
@@ -177,18 +168,8 @@ def decode_message_header(data: bytes) -> tuple[MessageHeader, int]:
             raise MessageError(f"truncated message extensions: {n} bytes announced", off)
         ext = bytes(data[off + 2 : off + 2 + n])
         off += 2 + n
-    header = MessageHeader(
-        session_id,
-        counter,
-        source,
-        dest,
-        group,
-        session_type,
-        bool(sec & _SF_P),
-        bool(sec & _SF_C),
-        ext,
-        version,
-    )
+    header = MessageHeader(session_id, counter, source, dest, group, session_type,
+                           bool(sec & _SF_P), bool(sec & _SF_C), ext, version)
     return header, off
 
 
@@ -262,14 +243,6 @@ def decode_protocol_header(data: bytes, offset: int = 0) -> tuple[ProtocolHeader
             raise MessageError(f"truncated secured extensions: {n} bytes announced", off)
         sx = bytes(data[off + 2 : off + 2 + n])
         off += 2 + n
-    header = ProtocolHeader(
-        opcode,
-        exchange_id,
-        protocol,
-        bool(flags & ExchangeFlags.INITIATOR),
-        bool(flags & ExchangeFlags.RELIABLE),
-        ack,
-        vendor,
-        sx,
-    )
+    header = ProtocolHeader(opcode, exchange_id, protocol, bool(flags & ExchangeFlags.INITIATOR),
+                            bool(flags & ExchangeFlags.RELIABLE), ack, vendor, sx)
     return header, off

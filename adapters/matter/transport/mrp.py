@@ -90,9 +90,8 @@ class ReliabilityTable:
         self._acks: dict[Hashable, tuple[int, int]] = {}  # key -> (ack counter, due ms)
 
     # ----- sending side
-    def sent_reliable(
-        self, key: Hashable, counter: int, datagram: bytes, now_ms: int, base_interval: Callable[[int], int]
-    ) -> None:
+    def sent_reliable(self, key: Hashable, counter: int, datagram: bytes, now_ms: int,
+                      base_interval: Callable[[int], int]) -> None:
         """Record a reliable message just sent; `base_interval(now_ms)` gives the peer's current SAI/SII in ms."""
         if key in self._out:
             raise RuntimeError("exchange already has an unacknowledged reliable message")

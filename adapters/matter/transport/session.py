@@ -188,10 +188,8 @@ class _SessionBase:
 
     def peer_active(self, now_ms: int) -> bool:
         """Spec 4.12.8: the peer is 'active' for SAT ms after we last heard from it."""
-        return (
-            self.last_peer_activity_ms is not None
-            and now_ms - self.last_peer_activity_ms < self.peer_mrp.active_threshold_ms
-        )
+        return (self.last_peer_activity_ms is not None
+                and now_ms - self.last_peer_activity_ms < self.peer_mrp.active_threshold_ms)
 
     def peer_retrans_base_ms(self, now_ms: int) -> int:
         return self.peer_mrp.active_retrans_ms if self.peer_active(now_ms) else self.peer_mrp.idle_retrans_ms
@@ -310,9 +308,8 @@ class SessionTable:
             if len(self.unsecured) >= self.max_unsecured:  # evict the oldest: bounded state per hostile peer
                 oldest = next(iter(self.unsecured))
                 self.unsecured.pop(oldest).closed = True
-            s = UnsecuredSession(
-                peer_address=address, ephemeral_node_id=ephemeral_node_id, counter=self._global_counter
-            )
+            s = UnsecuredSession(peer_address=address, ephemeral_node_id=ephemeral_node_id,
+                                 counter=self._global_counter)
             self.unsecured[key] = s
         return s
 

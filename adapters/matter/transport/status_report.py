@@ -82,11 +82,8 @@ class StatusReport:
     data: bytes = b""
 
     def encode(self) -> bytes:
-        if not (
-            0 <= self.general_code <= 0xFFFF
-            and 0 <= self.protocol_id <= 0xFFFFFFFF
-            and 0 <= self.protocol_code <= 0xFFFF
-        ):
+        if not (0 <= self.general_code <= 0xFFFF and 0 <= self.protocol_id <= 0xFFFFFFFF
+                and 0 <= self.protocol_code <= 0xFFFF):
             raise ValueError(f"StatusReport field out of range: {self!r}")
         return _HEAD.pack(self.general_code, self.protocol_id, self.protocol_code) + bytes(self.data)
 
