@@ -223,7 +223,7 @@ class ZigbeeAdapter:
 
     def radio_lost(self, exc: BaseException | None) -> None:
         """zigpy/bellows lost the radio (NCP reset, serial unplugged, watchdog): reconnect in the background."""
-        if self.app is None or self._stopping:
+        if self.app is None or self._stopping or (self.network is not None and self.network.rewriting):
             return
         if self._reconnect_task is not None and not self._reconnect_task.done():
             return

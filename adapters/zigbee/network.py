@@ -290,6 +290,8 @@ class NetworkManager:
     def __init__(self, app: ControllerApplication, data_dir: Path | None) -> None:
         self.app = app
         self.data_dir = Path(data_dir) if data_dir is not None else None
+        # True while form/restore rewrite the radio: a radio reset they cause is theirs, not a lost connection
+        self.rewriting = False
         install_key_redaction()
 
     async def form(self, req: FormRequest) -> dict[str, Any]:
@@ -314,8 +316,12 @@ class NetworkManager:
         nwk[zconf.CONF_NWK_KEY] = None
         if req.channel is None and not nwk.get(zconf.CONF_NWK_CHANNELS):
             nwk[zconf.CONF_NWK_CHANNELS] = t.Channels.from_channel_list([11, 15, 20, 25])  # type: ignore[misc]
-        await app.form_network()
-        await self._restart_network()
+        self.rewriting = True
+        try:
+            await app.form_network()
+            await self._restart_network()
+        finally:
+            self.rewriting = False
         LOGGER.info("zigbee network formed", extra={"fields": network_summary(app)})
         return network_summary(app)
 
@@ -332,8 +338,12 @@ class NetworkManager:
 
     async def restore(self, backup: NetworkBackup) -> dict[str, Any]:
         """Write `backup`'s network (keys, PAN ids, channel, coordinator IEEE, children) to the radio and start it."""
-        await self.app.backups.restore_backup(backup)
-        await self._restart_network()
+        self.rewriting = True
+        try:
+            await self.app.backups.restore_backup(backup)
+            await self._restart_network()
+        finally:
+            self.rewriting = False
         LOGGER.info("zigbee network restored from a backup", extra={"fields": network_summary(self.app)})
         return network_summary(self.app)
 

@@ -211,6 +211,13 @@ async def test_cli_through_the_running_gateway_and_on_its_own(rig: Rig, tmp_path
         assert restored.children == [child.ieee] and restored.extended_pan_id == zt.ExtendedPanId.convert(
             EPID
         )
+        # restoring through the running gateway: the radio is rewritten, the adapter does not take it for a loss
+        result = await _cli(config, "restore", str(online))
+        assert result.exit_code == 0, result.output
+        assert "restored network dd:dd:dd:dd:dd:dd:dd:01" in result.output
+        adapter = gw.adapter("zigbee").instance
+        assert adapter.health() == {"radio": "up", "reconnects": 0}  # type: ignore[union-attr]
+        assert await read_model(app, dev.ieee) == {"model": "SimLight", "manufacturer": "otagw-sim"}
         result = await _cli(config, "form")
         assert result.exit_code == 2 and "already formed" in result.output
         result = await _cli(config, "remove", DEV_IEEE)
