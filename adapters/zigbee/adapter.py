@@ -119,8 +119,10 @@ class ZigbeeAdapter:
         data_dir: Path | None,
         *,
         app_cls: type[ControllerApplication] | None = None,
+        backup_subdir: str | None = None,
     ) -> None:
         self.config = config
+        self._backup_subdir = backup_subdir  # one folder per radio when there are several
         self.core = core
         self.clock = clock
         self.data_dir = Path(data_dir) if data_dir is not None else None
@@ -208,7 +210,7 @@ class ZigbeeAdapter:
         for action in self.server.start():
             await self._perform[type(action)](action, None, None)
         self._spawn(self._notify_loop(), "notify due devices")
-        self.network = NetworkManager(app, self.data_dir)
+        self.network = NetworkManager(app, self.data_dir, backup_subdir=self._backup_subdir)
         if self._owns_app:
             app.add_listener(_RadioLossListener(self))
         if self.data_dir is not None and self.config.backup_interval_s > 0:

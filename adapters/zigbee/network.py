@@ -287,8 +287,11 @@ def network_formed(app: ControllerApplication) -> bool:
 class NetworkManager:
     """Network operations on one connected application (see the module docstring)."""
 
-    def __init__(self, app: ControllerApplication, data_dir: Path | None) -> None:
+    def __init__(
+        self, app: ControllerApplication, data_dir: Path | None, *, backup_subdir: str | None = None
+    ) -> None:
         self.app = app
+        self.backup_subdir = backup_subdir
         self.data_dir = Path(data_dir) if data_dir is not None else None
         # True while form/restore rewrite the radio: a radio reset they cause is theirs, not a lost connection
         self.rewriting = False
@@ -395,9 +398,10 @@ class NetworkManager:
         if self.data_dir is None:
             raise NetworkError("no data_dir: automatic backups need one")
         path = self.data_dir / BACKUP_DIR
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path, 0o700)
-        return path
+        for folder in (path, path / self.backup_subdir) if self.backup_subdir else (path,):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)
+        return path / self.backup_subdir if self.backup_subdir else path
 
     async def auto_backup(self, keep: int, now: float | None = None) -> Path:
         """Write one automatic backup into the data dir and delete the oldest beyond `keep`."""

@@ -12,7 +12,14 @@ from adapters.zigbee.network import FormRequest, NetworkError, NetworkManager, n
 from gateway.plugins import PluginRoute, RouteError
 
 
-def _manager(adapter: Any) -> NetworkManager:
+def _manager(adapter: Any, params: dict[str, Any]) -> NetworkManager:
+    """The NetworkManager of the radio named by `radio` (several radios), or of the only one."""
+    pick = getattr(adapter, "running", None)
+    if callable(pick):
+        try:
+            adapter = pick(params.get("radio"))
+        except LookupError as exc:
+            raise RouteError(400, str(exc), field="radio") from None
     manager: NetworkManager | None = getattr(adapter, "network", None)
     if manager is None:
         raise RouteError(503, "the zigbee radio is not attached")
@@ -23,7 +30,7 @@ def _call(status_conflict: int = 409) -> Any:
     def wrap(fn: Any) -> Any:
         async def handler(adapter: Any, params: dict[str, Any]) -> Any:
             try:
-                return await fn(_manager(adapter), params)
+                return await fn(_manager(adapter, params), params)
             except NetworkError as exc:
                 raise RouteError(status_conflict if exc.conflict else 400, str(exc)) from None
 
