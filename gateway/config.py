@@ -158,7 +158,7 @@ class BudgetConfig(Section):
 
     global_: int = Field(16, alias="global", ge=1, description="transfers at once, all protocols")
     per_protocol: dict[Literal["matter", "zigbee"], int] = Field(default_factory=dict)
-    per_network: dict[str, int] = Field(default_factory=dict, description="e.g. {'pan:1a2b': 1}")
+    per_network: dict[str, int] = Field(default_factory=dict, description="e.g. {'epid:00124b0001020304': 1} (Zigbee: the extended PAN id)")
     per_network_default: int | None = Field(
         4, ge=1, description="per Zigbee PAN / Matter fabric unless listed"
     )
@@ -308,13 +308,28 @@ class MatterConfig(Section):
 
 # ------------------------------------------------------------------------------------------ zigbee
 class ZigbeeRadioConfig(Section):
-    type: Literal["ezsp", "znp", "deconz", "zigate", "xbee"] = "ezsp"
+    type: Literal["ezsp", "znp", "deconz", "zigate", "xbee"] = Field(
+        "ezsp",
+        description="ezsp: Silicon Labs (bellows, built in); znp: TI Z-Stack, deconz: ConBee/RaspBee, zigate, "
+        "xbee: install the extra of that name (pip install 'otagw[znp]')",
+    )
     device: str = Field(
         "/dev/ttyUSB0", description="serial path, or socket://HOST:PORT for a networked radio"
     )
     baudrate: int = Field(115200, gt=0)
     flow_control: Literal["hardware", "software"] | None = None
     startup_timeout_s: float = Field(60.0, gt=0, description="give up starting the radio after this long")
+
+
+class ZigbeeRadioEntry(ZigbeeRadioConfig):
+    """One of several radios (`zigbee.radios`), each coordinator of its own network."""
+
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="short name: logs, health, `--radio`"
+    )
+    database: str | None = Field(
+        None, description="its zigpy database in data_dir (default zigbee-<name>.db)"
+    )
 
 
 class ZigbeeBlockCap(Section):
@@ -339,6 +354,11 @@ class ZigbeeConfig(Section):
 
     enabled: bool = False
     radio: ZigbeeRadioConfig = Field(default_factory=ZigbeeRadioConfig)
+    radios: list[ZigbeeRadioEntry] = Field(
+        default_factory=list,
+        description="several radios in one gateway, each its own network with its own per-network budget "
+        "(empty: the single `radio` above)",
+    )
     database: str = Field("zigbee.db", description="zigpy's device database, a file name inside data_dir")
     default_max_block_bytes: int = Field(64, ge=1, le=255, description="block size cap when no rule matches")
     block_size_caps: list[ZigbeeBlockCap] = Field(default_factory=list, description="per manufacturer/model")
@@ -365,6 +385,26 @@ class ZigbeeConfig(Section):
     apply_recheck_s: float = Field(
         60.0, gt=0, description="when policy says 'wait', ask it again this often (unless it says when)"
     )
+    backup_interval_s: float = Field(
+        86400.0,
+        ge=0,
+        description="write a network backup (Open ZigBee Coordinator Backup JSON, 0600) into "
+        "data_dir/zigbee-backups this often (0 = never)",
+    )
+    backup_keep: int = Field(7, ge=1, description="automatic network backups kept (oldest deleted first)")
+
+    @field_validator("radios")
+    @classmethod
+    def _unique_radios(cls, v: list[ZigbeeRadioEntry]) -> list[ZigbeeRadioEntry]:
+        seen: set[str] = set()
+        for entry in v:
+            if entry.name in seen:
+                raise ValueError(f"radio name {entry.name!r} used twice")
+            seen.add(entry.name)
+        devices = [e.device for e in v]
+        if len(set(devices)) != len(devices):
+            raise ValueError("two radios with the same device path")
+        return v
 
 
 # ------------------------------------------------------------------------------------------ publish

@@ -309,6 +309,8 @@ class Gateway:
             metrics_access=metrics_access,
             extra={"sources": self.sources},
             notify_device=self.notify_device,
+            plugin_routes=self._plugin_routes(),
+            adapter_instance=self._running_instance,
         )
         from gateway.publish.routes import attach
         from gateway.publish.service import Publisher
@@ -365,6 +367,19 @@ class Gateway:
                 run_bridge(ctl, core.observe, identify, password=password, sleep=self.clock.sleep)
             )
             self._tasks.append(task)
+    def _plugin_routes(self) -> dict[str, list[Any]]:
+        from gateway.plugins import plugin_api_routes
+
+        routes = {a.name: plugin_api_routes(a.plugin) for a in self.adapters if a.state != "disabled"}
+        return {name: r for name, r in routes.items() if r}
+
+    def _running_instance(self, name: str) -> tuple[Any, str | None]:
+        rt = self.adapter(name)
+        if rt is None:
+            return None, "not configured"
+        if rt.instance is None or rt.state != "running":
+            return None, rt.error or rt.state
+        return rt.instance, None
 
     async def _start_mqtt(self) -> None:
         """Home Assistant over MQTT: a client of the core like the API; it failing never stops the gateway."""

@@ -367,6 +367,41 @@ class UpdateCore:
         await self._engine.after_terminal(rec, hist, now)
         return result
 
+    async def rename_network(self, protocol: str, old: str, new: str) -> int:
+        """Move the records of network `old` to `new` (an adapter changing how it names a network, e.g. Zigbee
+        from the 16-bit PAN id to the extended PAN id); returns how many moved. Idempotent."""
+        moved = self._book.rename_network(protocol, old, new, self.clock.now())
+        if moved:
+            await self._repo.rename_network(protocol, old, new)
+            log.info(
+                "device records moved to a new network id",
+                extra={"fields": {"protocol": protocol, "old": old, "new": new, "records": len(moved)}},
+            )
+        return len(moved)
+
+    async def query_version(self, device: DeviceInfo, version: int) -> QueryResult:
+        await self._check_external_changes()
+        now = self.clock.now()
+        rec = self._book.devices.get(device.key.device_id)
+        if rec is not None:
+            d = self._decide(rec, now)
+            if (
+                d.image is not None
+                and d.image.numeric_version == version
+                and d.outcome in ("available", "busy")
+            ):
+                return await self.query(device)
+            offered = (
+                f"{d.image.version_string} ({d.image.numeric_version})" if d.image is not None else "none"
+            )
+        else:
+            offered = "none (unknown device)"
+        self.counters.decisions["NotAvailable"] += 1
+        return NotAvailable(
+            self.config.policy.callback_interval_s,
+            f"version {version} requested; the plan for this device offers {offered}",
+        )
+
     def _answer(
         self, rec: DeviceRecord, now: float, installed: list[str] | None, hist: list[HistoryEntry]
     ) -> QueryResult:
