@@ -2,13 +2,17 @@
 # Build: docker build -t otagw .     Run: see the Docker section of README.md
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# ---- build: wheels for otagw and its dependencies (incl. the chip SDK, Linux x86_64/aarch64 only)
+# ---- build: wheels for otagw and exactly the locked dependencies (incl. the chip SDK, Linux x86_64/aarch64 only)
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
+# constraints/image.txt is the whole install, pinned (scripts/lock-image): --no-deps keeps out what a dependency
+# declares without needing it (the lock's header names it). Dependencies first: a code change reuses this layer.
+COPY constraints/image.txt ./constraints/
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels -r constraints/image.txt
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY adapters ./adapters
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[matter]"
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # ---- runtime
 FROM ${PYTHON_IMAGE}
@@ -33,11 +37,10 @@ RUN groupadd --system --gid 10001 otagw \
     && chown otagw:otagw /data \
     && chmod 0700 /data
 
-COPY --from=build /wheels /wheels
-# --no-index: only the wheels built above, which pyproject.toml pins where it matters (zigpy, bellows, chip)
-# hadolint ignore=DL3013
-RUN pip install --no-cache-dir --no-index --find-links=/wheels "otagw[matter]" \
-    && rm -rf /wheels
+# the wheels are bind-mounted from the build stage, never copied into a layer; --no-index --no-deps: exactly the
+# locked wheels built above (constraints/image.txt pins every one) and otagw itself
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --no-deps /wheels/*.whl
 
 # Container config: data in the /data volume. The API listens on loopback by default, so `--network host` does not
 # put it on every host interface; choose the address at run time with OTAGW_API_LISTEN (published ports:
