@@ -48,8 +48,8 @@ pytestmark = pytest.mark.container
 
 VID, PID = 0xFFF1, 0x8000
 LOCK = REPO / "constraints" / "image.txt"
-# Installed size budget of the image (MB, podman's figure): the base is about 200, the gateway + chip SDK about 190.
-SIZE_BUDGET_MB = 420
+# Installed size budget of the image (MB, podman's figure): base 197, native libs 7.5, gateway + locked deps 126.
+SIZE_BUDGET_MB = 360
 UID = "10001"
 
 
@@ -89,8 +89,18 @@ PROBE = r"""
 import importlib.metadata as md, json, subprocess, sys
 dists = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in md.distributions()}
 import chip.native, chip.ChipDeviceCtrl  # the native library loads (libnl, libgio present)
+import pathlib
+native = pathlib.Path(chip.native.__file__).parents[1] / "_ChipDeviceCtrl.so"
+elf = native.read_bytes()
+import gateway, adapters, hashlib
+code = {}
+for pkg in (gateway, adapters):
+    root = pathlib.Path(pkg.__file__).parent
+    for f in root.rglob("*.py"):
+        code[f"{root.name}/{f.relative_to(root)}"] = hashlib.sha256(f.read_bytes()).hexdigest()
 check = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
-print(json.dumps({"dists": dists, "pip_check": check.stdout.splitlines()}))
+print(json.dumps({"dists": dists, "pip_check": check.stdout.splitlines(), "native_mb": len(elf) / 1e6,
+                  "native_debug": b".debug_info" in elf, "code": code}))
 """
 
 
@@ -125,6 +135,16 @@ def test_image_is_lean_and_pinned(built: Built) -> None:
     wrong = {n: (v, dists.get(n)) for n, v in pins.items() if dists.get(n) != v}
     assert not wrong, f"installed versions differ from {LOCK} (pinned, installed): {wrong}"
     assert "otagw" in dists
+    # the image runs this checkout's code (not a stale cached install layer)
+    here = {
+        str(f.relative_to(REPO)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for pkg in ("gateway", "adapters")
+        for f in (REPO / pkg).rglob("*.py")
+    }
+    stale = sorted(k for k in here.keys() | probe["code"].keys() if here.get(k) != probe["code"].get(k))
+    assert not stale, f"the image's code differs from the checkout: {stale[:10]}"
+    # the chip SDK's native library without its debug info (the Dockerfile strips it: 114 -> about 38 MB)
+    assert not probe["native_debug"] and probe["native_mb"] < 60, probe["native_mb"]
     assert not dropped & dists.keys(), f"dropped packages are installed: {dropped & dists.keys()}"
     for noise in ("ipython", "jedi", "prompt-toolkit", "ipdb"):
         assert noise not in dists, f"{noise} is in the image"
