@@ -19,6 +19,7 @@ import re
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -73,15 +74,20 @@ def built() -> Built:
     argv = build.argv[1:]
     assert argv[-1] == ".", f"README's build command does not build the checkout: {build.text}"
     argv = [IMAGE if prev == "-t" else a for prev, a in zip(["", *argv[:-1]], argv, strict=True)]
-    argv = [*argv[:-1], "--build-arg", f"PYTHON_IMAGE={base}", str(REPO)]
-    t0 = time.monotonic()
-    podman(*argv, timeout=900)
-    build_s = time.monotonic() - t0
-    new = image_id(IMAGE)
-    if old and old != new:  # the previous build of this tag is now dangling: drop it (only ours)
-        podman("rmi", old, check=False)
-    print(f"\ncontainer: base {base} ({base_s:.1f} s to make), build {build_s:.1f} s")
-    return Built(IMAGE, base, base_s, build_s)
+    with tempfile.TemporaryDirectory() as tmp:
+        # the built image's id, not the tag, is what the tests use (another run may retag meanwhile)
+        iidfile = Path(tmp) / "iid"
+        argv = [*argv[:-1], "--build-arg", f"PYTHON_IMAGE={base}", "--iidfile", str(iidfile), str(REPO)]
+        t0 = time.monotonic()
+        podman(*argv, timeout=900)
+        build_s = time.monotonic() - t0
+        new = iidfile.read_text().strip().removeprefix("sha256:")
+    if old and old != new:
+        podman(
+            "rmi", old, check=False
+        )  # the previous build of this tag, now dangling (fails if still in use)
+    print(f"\ncontainer: base {base} ({base_s:.1f} s to make), build {build_s:.1f} s, image {new}")
+    return Built(new, base, base_s, build_s)
 
 
 # ----------------------------------------------------------------------------------------------- lean + pinned
@@ -162,6 +168,7 @@ class Run:
     pair: NetnsPair
     name: str
     volume: str
+    image: str
     vars: dict[str, str]
 
     def argv(self, cmd: Command) -> list[str]:
@@ -183,7 +190,7 @@ class Run:
                 tok = self.volume + tok[len("otagw-data") :]
             elif sub == "run" and i == len(src) - 1:
                 assert tok == "otagw", f"README run command does not end with the image: {cmd.text}"
-                tok = IMAGE
+                tok = self.image
             out.append(tok)
         return out
 
@@ -277,6 +284,7 @@ async def test_readme_commands_update_a_matter_device_from_the_container(
         pair,
         f"otagw-ct-{tag}",
         f"otagw-ct-{tag}-data",
+        built.image,
         {"PWD": str(tmp_path), "FIRMWARE": str(firmware), "DEVICE_IP": pair.b.address},
     )
     _config_dir(tmp_path)
