@@ -4,7 +4,8 @@ Every key has a default, so the gateway runs on its embedded defaults with no fi
 documents the same defaults (a test keeps the two equal). Unknown keys, wrong types and bad values raise
 `ConfigError` naming the file, the key path and what was expected.
 
-Sections: top-level `data_dir`, `log`, `images` (image sources), `policy`, `matter`, `zigbee`, `api`.
+Sections: top-level `data_dir`, `log`, `images` (image sources), `policy`, `matter`, `zigbee`, `api`, `metrics`,
+`mqtt` (Home Assistant over MQTT discovery).
 Each section's model is owned by the part of the gateway that uses it.
 """
 
@@ -366,6 +367,83 @@ class ZigbeeConfig(Section):
     )
 
 
+# ------------------------------------------------------------------------------------------ publish
+class BridgeMqttConfig(Section):
+    """Where a Zigbee2MQTT controller publishes `<base_topic>/bridge/devices` (its own broker settings)."""
+
+    host: str = Field(..., min_length=1, description="MQTT broker host the controller publishes to")
+    port: int = Field(1883, ge=1, le=65535)
+    base_topic: str = Field("zigbee2mqtt", min_length=1, description="Zigbee2MQTT's mqtt.base_topic")
+    username: str | None = None
+    password_file: Path | None = Field(None, description="file holding the broker password (owner-only)")
+    client_id: str | None = Field(None, description="MQTT client id (default: otagw-<controller name>)")
+
+
+class PublishController(Section):
+    """One consuming controller (Zigbee2MQTT, ZHA/zigpy, python-matter-server): a network of its own in otagw.
+
+    It sees an image only once policy offers it on the network named `name` (gateway/publish/staging.py)."""
+
+    name: str = Field(
+        ..., pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="network name of the controller's devices"
+    )
+    kind: Literal["z2m", "zigpy", "matter-server"]
+    enabled: bool = True
+    path: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="URL segment under /publish/ (default: name)"
+    )
+    access: Literal["token", "open"] = Field(
+        "token", description="token: a catalog-read token in the URL; open: no token (trusted LAN only)"
+    )
+    credential: str | None = Field(
+        None, description="name of the catalog-read credential (`otagw token create`) this controller uses"
+    )
+    bridge: BridgeMqttConfig | None = Field(
+        None, description="z2m only: subscribe to its bridge/devices to observe its devices and versions"
+    )
+
+    @property
+    def url_path(self) -> str:
+        return self.path or self.name
+
+    @model_validator(mode="after")
+    def _access(self) -> PublishController:
+        if self.access == "token" and not self.credential:
+            raise ValueError("credential: required when access is 'token' (the catalog-read token's name)")
+        if self.bridge is not None and self.kind != "z2m":
+            raise ValueError("bridge: only a z2m controller publishes bridge/devices")
+        return self
+
+
+class PublishConfig(Section):
+    """Publishing the approved catalog to other controllers (gateway/publish)."""
+
+    base_url: str | None = Field(
+        None, description="URL the controllers reach otagw's API at (default: http://<api.listen>)"
+    )
+    controllers: list[PublishController] = Field(default_factory=list)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", v):
+            raise ValueError(f"expected an http(s) URL, got {v!r}")
+        return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _unique(self) -> PublishConfig:
+        names: set[str] = set()
+        paths: set[str] = set()
+        for i, c in enumerate(self.controllers):
+            if c.name in names:
+                raise ValueError(f"controllers[{i}].name: {c.name!r} is used by an earlier controller")
+            if c.url_path in paths:
+                raise ValueError(f"controllers[{i}].path: {c.url_path!r} is used by an earlier controller")
+            names.add(c.name)
+            paths.add(c.url_path)
+        return self
+
+
 # --------------------------------------------------------------------------------------------- api
 class ApiConfig(Section):
     """HTTP API, dashboard and metrics."""
@@ -388,6 +466,104 @@ class ApiConfig(Section):
         ):
             raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8480 or [::1]:8480")
         return v
+
+
+# ----------------------------------------------------------------------------------------- metrics
+class MetricsConfig(Section):
+    """Who may scrape `/metrics`. Never the admin token's business: Prometheus gets its own credential."""
+
+    # owned by gateway/api (auth + metrics)
+
+    auth: Literal["token", "open"] = Field(
+        "token",
+        description="token: Bearer <metrics token> (OTAGW_METRICS_TOKEN, or <data_dir>/metrics-token, 0600, "
+        "generated on first run); open: anyone who reaches api.listen may scrape",
+    )
+
+
+# -------------------------------------------------------------------------------------------- mqtt
+_MQTT_URL = re.compile(r"(mqtts?)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+)(?::(\d{1,5}))?/?")
+_TOPIC_SEGMENT = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*")
+
+
+class MqttConfig(Section):
+    """Home Assistant over MQTT discovery: one `update` entity per device, gateway sensors, install button."""
+
+    # owned by gateway/integrations/mqtt
+
+    enabled: bool = False
+    broker: str = Field(
+        "mqtt://127.0.0.1:1883",
+        description="mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS, default port 8883)",
+    )
+    client_id: str = Field("otagw", min_length=1, max_length=64, description="MQTT client identifier")
+    username: str | None = None
+    password_file: Path | None = Field(
+        None, description="file holding the broker password (owner-only); env OTAGW_MQTT_PASSWORD wins"
+    )
+    tls_ca_file: Path | None = Field(None, description="CA bundle for mqtts:// (unset: the system's CAs)")
+    tls_cert_file: Path | None = Field(None, description="client certificate (PEM) for mqtts://")
+    tls_key_file: Path | None = Field(None, description="client certificate's private key (PEM)")
+    tls_insecure: bool = Field(
+        False, description="skip the broker host name check (self-signed test brokers)"
+    )
+    base_topic: str = Field("otagw", description="otagw's own topics live under this prefix")
+    discovery_prefix: str = Field("homeassistant", description="Home Assistant's discovery prefix")
+    allow_install: bool = Field(
+        True, description="Home Assistant's install button starts a single-device rollout (false: refused)"
+    )
+    state_interval_s: float = Field(
+        2.0, ge=0, description="while a transfer runs, publish a device's state at most this often"
+    )
+    gateway_interval_s: float = Field(30.0, gt=0, description="refresh of the gateway sensors")
+    keepalive_s: int = Field(60, ge=5, le=65535)
+    connect_timeout_s: float = Field(10.0, gt=0, description="give up a connection attempt after this long")
+    reconnect_min_s: float = Field(1.0, gt=0, description="first reconnect delay (doubles up to the max)")
+    reconnect_max_s: float = Field(60.0, gt=0)
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, v: str) -> str:
+        m = _MQTT_URL.fullmatch(v)
+        if not m or (m.group(3) and int(m.group(3)) > 65535):
+            raise ValueError("expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], e.g. mqtt://127.0.0.1:1883")
+        return v
+
+    @field_validator("base_topic", "discovery_prefix")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        if not _TOPIC_SEGMENT.fullmatch(v):
+            raise ValueError(
+                "expected topic levels of letters, digits, _ and - separated by / (no wildcards)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> MqttConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        tls_keys = self.tls_ca_file or self.tls_cert_file or self.tls_insecure
+        if tls_keys and not self.tls:
+            raise ValueError("TLS settings need an mqtts:// broker URL")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.broker.startswith("mqtts://")
+
+    @property
+    def host(self) -> str:
+        m = _MQTT_URL.fullmatch(self.broker)
+        assert m is not None
+        return m.group(2).strip("[]")
+
+    @property
+    def port(self) -> int:
+        m = _MQTT_URL.fullmatch(self.broker)
+        assert m is not None
+        return int(m.group(3)) if m.group(3) else (8883 if self.tls else 1883)
 
 
 # ----------------------------------------------------------------------------------------- sources
@@ -472,9 +648,14 @@ class Config(Section):
     matter: MatterConfig = Field(default_factory=MatterConfig)
     zigbee: ZigbeeConfig = Field(default_factory=ZigbeeConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
     sources: list[SourceConfig] = Field(
         default_factory=_default_sources,
         description="upstream firmware sources (gateway/sources); none is contacted unless enabled",
+    )
+    publish: PublishConfig = Field(
+        default_factory=PublishConfig, description="catalog published to Zigbee2MQTT, ZHA, python-matter-server"
     )
 
     source: Path | None = Field(None, exclude=True, description="file this config was loaded from")
@@ -554,6 +735,13 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
     if not cfg.data_dir.is_absolute():
         # absolute from here on: workers (the chip SDK controller) run with another working directory
         cfg = cfg.model_copy(update={"data_dir": (base_dir or Path.cwd()).absolute() / cfg.data_dir})
+    mqtt_files = {
+        k: (base_dir or Path.cwd()).absolute() / v
+        for k in ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file")
+        if (v := getattr(cfg.mqtt, k)) is not None and not v.is_absolute()
+    }
+    if mqtt_files:
+        cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update=mqtt_files)})
     return cfg
 
 

@@ -203,6 +203,13 @@ class Policy:
                 dl_win = rule.download_window
             if rule.apply_window is not None:
                 ap_win = rule.apply_window
+        # the owner's per-device overrides (DeviceRecord.pinned_version / excluded) come last: they win over rules
+        if rec.pinned_version is not None:
+            pin = rec.pinned_version
+            names.append(f"device pin {rec.pinned_version!r}")
+        if rec.excluded:
+            block.append("*")  # a shell pattern matching every version string: nothing is ever offered
+            names.append("device excluded by its owner")
         return EffectivePolicy(
             allow_versions=allow,
             block_versions=tuple(block),
