@@ -2,13 +2,31 @@
 # Build: docker build -t otagw .     Run: see the Docker section of README.md
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# ---- build: wheels for otagw and its dependencies (incl. the chip SDK, Linux x86_64/aarch64 only)
+# ---- build: wheels for otagw and exactly the locked dependencies (incl. the chip SDK, Linux x86_64/aarch64 only)
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
+# constraints/image.txt is the whole install, pinned (scripts/lock-image): --no-deps keeps out what a dependency
+# declares without needing it (the lock's header names it). Dependencies first: a code change reuses this layer.
+COPY constraints/image.txt ./constraints/
+# The chip SDK's wheel ships its native library with full debug info (about 75 of its 110 MB): strip that (code,
+# dynamic symbols and the symbol table stay, so native backtraces still name functions) and repack the wheel
+# (`wheel pack` rewrites RECORD, so the installed files match their hashes). binutils and wheel stay in this stage.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends "binutils=2.40*" \
+    && rm -rf /var/lib/apt/lists/* \
+    && pip install --no-cache-dir "wheel==0.45.1"
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels -r constraints/image.txt \
+    && mkdir /tmp/unpacked \
+    && python3 -m wheel unpack --dest /tmp/unpacked /wheels/home_assistant_chip_core-*.whl \
+    && rm /wheels/home_assistant_chip_core-*.whl \
+    && find /tmp/unpacked -name '*.so' -exec strip --strip-debug {} + \
+    && python3 -m wheel pack --dest-dir /wheels /tmp/unpacked/home_assistant_chip_core-* \
+    && rm -rf /tmp/unpacked
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY adapters ./adapters
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[matter]"
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && sha256sum /wheels/*.whl > /wheels.sha256
 
 # ---- runtime
 FROM ${PYTHON_IMAGE}
@@ -33,11 +51,13 @@ RUN groupadd --system --gid 10001 otagw \
     && chown otagw:otagw /data \
     && chmod 0700 /data
 
-COPY --from=build /wheels /wheels
-# --no-index: only the wheels built above, which pyproject.toml pins where it matters (zigpy, bellows, chip)
-# hadolint ignore=DL3013
-RUN pip install --no-cache-dir --no-index --find-links=/wheels "otagw[matter]" \
-    && rm -rf /wheels
+# The wheels are bind-mounted from the build stage, never copied into a layer; --no-index --no-deps: exactly the
+# locked wheels built above (constraints/image.txt pins every one) and otagw itself. Their checksums are copied
+# first: buildah (podman build) caches a RUN with a bind mount without looking at the mounted files, so without
+# this COPY (whose cache key is the content) a code change would reuse the stale install layer.
+COPY --from=build /wheels.sha256 /usr/local/share/otagw/wheels.sha256
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --no-deps /wheels/*.whl
 
 # Container config: data in the /data volume. The API listens on loopback by default, so `--network host` does not
 # put it on every host interface; choose the address at run time with OTAGW_API_LISTEN (published ports:
