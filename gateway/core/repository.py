@@ -28,6 +28,7 @@ import aiosqlite
 from gateway.config import PolicySelector
 from gateway.core.records import DeviceRecord, HistoryEntry, StateDBError
 from gateway.core.rollouts import Rollout, RolloutStatus, parse_waves
+from gateway.core.schema import MIGRATIONS, SCHEMA_VERSION, render
 from gateway.core.states import DeviceState
 
 __all__ = [
@@ -40,57 +41,6 @@ __all__ = [
     "StateDBError",
 ]
 
-SCHEMA_VERSION = 1
-
-MIGRATIONS: list[tuple[int, list[str]]] = [
-    (
-        1,
-        [
-            """CREATE TABLE devices (
-                device_id TEXT PRIMARY KEY,
-                protocol TEXT NOT NULL, network TEXT NOT NULL, address TEXT NOT NULL, endpoint INTEGER NOT NULL,
-                vendor_id INTEGER, product_id INTEGER, vendor_name TEXT, model TEXT, hardware_version INTEGER,
-                current_version INTEGER, current_version_string TEXT, sleepy INTEGER,
-                tags TEXT NOT NULL DEFAULT '[]', extra TEXT NOT NULL DEFAULT '{}',
-                state TEXT NOT NULL, state_since REAL NOT NULL, state_reason TEXT NOT NULL DEFAULT '',
-                resume_state TEXT,
-                target_image_id TEXT, target_version INTEGER, target_version_string TEXT, target_size INTEGER,
-                token BLOB, token_issued_at REAL,
-                bytes_sent INTEGER NOT NULL DEFAULT 0, acked_offset INTEGER NOT NULL DEFAULT 0,
-                last_progress_at REAL, apply_at REAL, verify_deadline REAL,
-                rollout_id TEXT, rollout_wave INTEGER, rollout_failures INTEGER NOT NULL DEFAULT 0,
-                attempts INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0, next_retry_at REAL,
-                last_error TEXT, reported_status TEXT, reported_percent INTEGER,
-                first_seen REAL NOT NULL, last_seen REAL NOT NULL, last_query REAL, present INTEGER NOT NULL DEFAULT 1
-            )""",
-            "CREATE UNIQUE INDEX devices_token ON devices(token) WHERE token IS NOT NULL",
-            """CREATE TABLE history (
-                id INTEGER PRIMARY KEY AUTOINCREMENT,
-                device_id TEXT NOT NULL, at REAL NOT NULL, old_state TEXT, new_state TEXT NOT NULL,
-                reason TEXT NOT NULL, image_id TEXT, version INTEGER, offset INTEGER
-            )""",
-            "CREATE INDEX history_device ON history(device_id, id)",
-            """CREATE TABLE rollouts (
-                rollout_id TEXT PRIMARY KEY, name TEXT NOT NULL,
-                image_id TEXT NOT NULL, image_sha256 TEXT NOT NULL, protocol TEXT NOT NULL,
-                vendor_id INTEGER NOT NULL, product_id INTEGER NOT NULL,
-                numeric_version INTEGER NOT NULL, version_string TEXT NOT NULL,
-                selector TEXT NOT NULL, waves TEXT NOT NULL, soak_s REAL NOT NULL,
-                max_failures INTEGER, max_failure_rate REAL, wave_deadline_s REAL,
-                status TEXT NOT NULL, status_reason TEXT NOT NULL DEFAULT '',
-                current_wave INTEGER NOT NULL, wave_opened_at REAL, wave_completed_at REAL,
-                created_at REAL NOT NULL, updated_at REAL NOT NULL
-            )""",
-            """CREATE TABLE rollout_events (
-                id INTEGER PRIMARY KEY AUTOINCREMENT, rollout_id TEXT NOT NULL, at REAL NOT NULL,
-                event TEXT NOT NULL, wave INTEGER, reason TEXT NOT NULL
-            )""",
-            "CREATE INDEX rollout_events_rollout ON rollout_events(rollout_id, id)",
-        ],
-    ),
-]
-
-
 _COLUMNS = [f.name for f in fields(DeviceRecord)]
 _UPSERT = (
     f"INSERT INTO devices ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
@@ -98,7 +48,7 @@ _UPSERT = (
     + ", ".join(f"{c}=excluded.{c}" for c in _COLUMNS if c != "device_id")
 )
 _HISTORY_INSERT = (
-    "INSERT INTO history (device_id, at, old_state, new_state, reason, image_id, version, offset) "
+    "INSERT INTO history (device_id, at, old_state, new_state, reason, image_id, version, \"offset\") "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
@@ -185,7 +135,7 @@ class SQLiteRecordsRepository:
                 if target <= version:
                     continue
                 for stmt in stmts:
-                    await self.conn.execute(stmt)
+                    await self.conn.execute(render(stmt, "sqlite"))
                 await self.conn.execute(f"PRAGMA user_version={target}")
             await self.conn.commit()
         except BaseException:
@@ -280,7 +230,7 @@ class SQLiteRecordsRepository:
     async def history(self, device_id: str, limit: int | None = None) -> list[HistoryEntry]:
         """Transitions of one device, oldest first (the newest `limit` when given)."""
         q = (
-            "SELECT device_id, at, old_state, new_state, reason, image_id, version, offset FROM history "
+            "SELECT device_id, at, old_state, new_state, reason, image_id, version, \"offset\" FROM history "
             "WHERE device_id = ? ORDER BY id DESC"
         )
         params: tuple[Any, ...] = (device_id,)
