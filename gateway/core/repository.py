@@ -1,7 +1,8 @@
 """The records repository: the ONLY place with SQL for device records, transition history and rollouts.
 
-`RecordsRepository` is the interface the core uses (async; a PostgreSQL backend can implement it later);
-`SQLiteRecordsRepository` implements it over `<data_dir>/state.db`.
+`RecordsRepository` is the interface the core uses (async); `SQLiteRecordsRepository` implements it over
+`<data_dir>/state.db` and `PostgresRecordsRepository` (gateway/core/pg_repository.py) over a shared PostgreSQL
+database, from the same migration list (gateway/core/schema.py) and the same statement texts.
 
 `state.db` is SQLite in WAL mode, shared by the running gateway (writer of device records) and the CLI (reader, and
 writer of rollout commands). The schema is versioned with `PRAGMA user_version` and upgraded by the ordered
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 
 import aiosqlite
 
-from gateway.config import PolicySelector
+from gateway.config import Config, PolicySelector
 from gateway.core.records import DeviceRecord, HistoryEntry, StateDBError
 from gateway.core.rollouts import Rollout, RolloutStatus, parse_waves
 from gateway.core.schema import MIGRATIONS, SCHEMA_VERSION, render
@@ -39,6 +40,8 @@ __all__ = [
     "SQLiteRecordsRepository",
     "StateDB",
     "StateDBError",
+    "make_repository",
+    "rollout_cas_statement",
 ]
 
 _COLUMNS = [f.name for f in fields(DeviceRecord)]
@@ -265,30 +268,9 @@ class SQLiteRecordsRepository:
         operator command (expect_wave None) writes the status only, conditional on the status - plus, when
         resuming a halted rollout, a fresh wave clock and no failure thresholds.
         """
-        if change.expect_wave is not None:
-            sets = "status=?, status_reason=?, current_wave=?, wave_opened_at=?, wave_completed_at=?, updated_at=?"
-            params: tuple[Any, ...] = (
-                change.status.value,
-                change.status_reason,
-                change.current_wave,
-                change.wave_opened_at,
-                change.wave_completed_at,
-                change.at,
-                change.rollout_id,
-                change.expect_status.value,
-                change.expect_wave,
-            )
-            where = " WHERE rollout_id=? AND status=? AND current_wave=?"
-        else:
-            sets = "status=?, status_reason=?, updated_at=?"
-            params = (change.status.value, change.status_reason, change.at)
-            if change.clear_thresholds:
-                sets += ", wave_opened_at=?, wave_completed_at=NULL, max_failures=NULL, max_failure_rate=NULL"
-                params += (change.wave_opened_at,)
-            params += (change.rollout_id, change.expect_status.value)
-            where = " WHERE rollout_id=? AND status=?"
+        stmt, params = rollout_cas_statement(change)
         n = await self._execute_cas(
-            f"UPDATE rollouts SET {sets}{where}",
+            stmt,
             params,
             [
                 (
@@ -305,6 +287,33 @@ class SQLiteRecordsRepository:
         ) as cur:
             rows = await cur.fetchall()
         return [{"at": a, "event": e, "wave": w, "reason": why} for a, e, w, why in rows]
+
+
+def rollout_cas_statement(change: RolloutChange) -> tuple[str, tuple[Any, ...]]:
+    """The compare-and-set UPDATE for `change` (`?` placeholders; both backends run this text)."""
+    if change.expect_wave is not None:
+        sets = "status=?, status_reason=?, current_wave=?, wave_opened_at=?, wave_completed_at=?, updated_at=?"
+        params: tuple[Any, ...] = (
+            change.status.value,
+            change.status_reason,
+            change.current_wave,
+            change.wave_opened_at,
+            change.wave_completed_at,
+            change.at,
+            change.rollout_id,
+            change.expect_status.value,
+            change.expect_wave,
+        )
+        where = " WHERE rollout_id=? AND status=? AND current_wave=?"
+    else:
+        sets = "status=?, status_reason=?, updated_at=?"
+        params = (change.status.value, change.status_reason, change.at)
+        if change.clear_thresholds:
+            sets += ", wave_opened_at=?, wave_completed_at=NULL, max_failures=NULL, max_failure_rate=NULL"
+            params += (change.wave_opened_at,)
+        params += (change.rollout_id, change.expect_status.value)
+        where = " WHERE rollout_id=? AND status=?"
+    return f"UPDATE rollouts SET {sets}{where}", params
 
 
 StateDB = SQLiteRecordsRepository  # the name the CLI and older tests know
@@ -329,7 +338,7 @@ class RolloutChange:
 
 
 class RecordsRepository(Protocol):
-    """What the core needs of the device-state store (SQLite today; PostgreSQL behind the same interface later)."""
+    """What the core needs of the device-state store (SQLite or PostgreSQL behind the same interface)."""
 
     async def open(self) -> None: ...
 
@@ -339,8 +348,13 @@ class RecordsRepository(Protocol):
         """Changes whenever another process commits (the CLI's rollout commands)."""
         ...
 
-    async def write(self, devices: Iterable[DeviceRecord] = (), history: Iterable[HistoryEntry] = ()) -> None:
-        """Persist snapshots of `devices` and append `history`; returns once durable."""
+    async def write(
+        self,
+        devices: Iterable[DeviceRecord] = (),
+        history: Iterable[HistoryEntry] = (),
+        sql: Iterable[tuple[str, tuple[Any, ...]]] = (),
+    ) -> None:
+        """Persist snapshots of `devices`, append `history`, run `sql` (`?` placeholders); once durable."""
         ...
 
     async def load_devices(self) -> list[DeviceRecord]: ...
@@ -358,6 +372,15 @@ class RecordsRepository(Protocol):
     async def update_rollout_if(self, change: RolloutChange) -> bool: ...
 
     async def rollout_events(self, rollout_id: str) -> list[dict[str, Any]]: ...
+
+
+def make_repository(config: Config) -> RecordsRepository:
+    """The repository `config.store` names: SQLite under data_dir (the default) or PostgreSQL."""
+    if config.store.backend == "postgres":
+        from gateway.core.pg_repository import PostgresRecordsRepository  # asyncpg: optional extra
+
+        return PostgresRecordsRepository(config.store)
+    return SQLiteRecordsRepository(config.data_dir / "state.db")
 
 
 # ------------------------------------------------------------------------------------------ rollout rows

@@ -60,7 +60,9 @@ class PgCluster:
     def _run(self, *argv: str) -> None:
         proc = subprocess.run(self._cmd(*argv), capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
-            raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+            raise RuntimeError(
+                f"{argv[0]} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
+            )
 
     def start(self) -> None:
         pwfile = self.root / "pw"
