@@ -51,7 +51,7 @@ _UPSERT = (
     + ", ".join(f"{c}=excluded.{c}" for c in _COLUMNS if c != "device_id")
 )
 _HISTORY_INSERT = (
-    "INSERT INTO history (device_id, at, old_state, new_state, reason, image_id, version, \"offset\") "
+    'INSERT INTO history (device_id, at, old_state, new_state, reason, image_id, version, "offset") '
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
@@ -233,7 +233,7 @@ class SQLiteRecordsRepository:
     async def history(self, device_id: str, limit: int | None = None) -> list[HistoryEntry]:
         """Transitions of one device, oldest first (the newest `limit` when given)."""
         q = (
-            "SELECT device_id, at, old_state, new_state, reason, image_id, version, \"offset\" FROM history "
+            'SELECT device_id, at, old_state, new_state, reason, image_id, version, "offset" FROM history '
             "WHERE device_id = ? ORDER BY id DESC"
         )
         params: tuple[Any, ...] = (device_id,)
@@ -292,7 +292,9 @@ class SQLiteRecordsRepository:
 def rollout_cas_statement(change: RolloutChange) -> tuple[str, tuple[Any, ...]]:
     """The compare-and-set UPDATE for `change` (`?` placeholders; both backends run this text)."""
     if change.expect_wave is not None:
-        sets = "status=?, status_reason=?, current_wave=?, wave_opened_at=?, wave_completed_at=?, updated_at=?"
+        sets = (
+            "status=?, status_reason=?, current_wave=?, wave_opened_at=?, wave_completed_at=?, updated_at=?"
+        )
         params: tuple[Any, ...] = (
             change.status.value,
             change.status_reason,
