@@ -483,7 +483,9 @@ class StoreConfig(Section):
     tls_mode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = Field(
         "prefer", description="postgres: TLS to the server (libpq sslmode semantics)"
     )
-    tls_ca_file: Path | None = Field(None, description="postgres: CA bundle that signs the server certificate")
+    tls_ca_file: Path | None = Field(
+        None, description="postgres: CA bundle that signs the server certificate"
+    )
     tls_cert_file: Path | None = Field(None, description="postgres: client certificate (cert auth)")
     tls_key_file: Path | None = Field(None, description="postgres: client key (owner-only file)")
     pool_size: int = Field(4, ge=1, le=100, description="postgres: connections this gateway keeps at most")

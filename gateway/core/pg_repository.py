@@ -40,7 +40,7 @@ from gateway.core.schema import MIGRATIONS, SCHEMA_VERSION, qmark_to_dollar, ren
 if TYPE_CHECKING:
     import asyncpg
 
-__all__ = ["MIGRATION_LOCK_KEY", "PostgresRecordsRepository", "ssl_context"]
+__all__ = ["MIGRATION_LOCK_KEY", "PostgresRecordsRepository", "fence_condition", "ssl_context"]
 
 # pg_advisory_xact_lock key held while migrating ("otagw" + schema, as a stable 63-bit number)
 MIGRATION_LOCK_KEY = 0x6F7461677700_0001
@@ -67,6 +67,15 @@ def ssl_context(cfg: StoreConfig) -> ssl.SSLContext | str | None:
     return ctx
 
 
+def fence_condition(first_param: int) -> str:
+    """SQL true only while a leader lease (params from `$first_param`: name, holder, epoch) is held, unexpired."""
+    n = first_param
+    return (
+        f"EXISTS (SELECT 1 FROM fleet_leases WHERE name = ${n} AND holder = ${n + 1} AND epoch = ${n + 2} "
+        "AND lease_until > clock_timestamp())"
+    )
+
+
 @dataclass(slots=True)
 class _Pending:
     devices: list[tuple[Any, ...]]
@@ -83,6 +92,9 @@ class PostgresRecordsRepository:
         self._pool: asyncpg.Pool | None = None
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
+        # (lease name, holder, epoch) every rollout change must still hold (gateway/fleet/leader.py); None: a
+        # single gateway or the operator's CLI, whose changes are compare-and-set only
+        self.fence: tuple[str, str, int] | None = None
 
     @property
     def where(self) -> str:
@@ -232,8 +244,13 @@ class PostgresRecordsRepository:
     async def update_rollout_if(self, change: RolloutChange) -> bool:
         """Compare-and-set, exactly as `SQLiteRecordsRepository.update_rollout_if` (same statement text)."""
         stmt, params = rollout_cas_statement(change)
+        stmt = qmark_to_dollar(stmt)
+        if self.fence is not None:
+            # fenced: a deposed leader's late step matches no row (the lease has a new epoch or expired)
+            stmt += " AND " + fence_condition(len(params) + 1)
+            params += self.fence
         async with self.pool.acquire() as conn, conn.transaction():
-            status = await conn.execute(qmark_to_dollar(stmt), *params)
+            status = await conn.execute(stmt, *params)
             changed = int(status.rsplit(" ", 1)[1])
             if changed:
                 await conn.execute(
