@@ -894,6 +894,10 @@ class UpdateCore:
         self.counters.transfers_active.update(self._ledger.active_by_protocol())
         return self.counters.to_dict()
 
+    def load_counts(self) -> tuple[int, int]:
+        """(devices known, transfers holding a slot): what this gateway reports to the fleet."""
+        return len(self._book.devices), sum(self._ledger.active_by_protocol().values())
+
     def subscribe(self, queue_size: int | None = None) -> AsyncIterator[CoreEvent]:
         return self.events.subscribe(queue_size)
 
