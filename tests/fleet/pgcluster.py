@@ -42,6 +42,8 @@ class PgCluster:
     root: Path
     port: int
     run_as: str | None  # system user the server runs as (None: the current, non-root user)
+    # tests trade durability for speed; the bench asks for fsync on (comparable to SQLite WAL + NORMAL)
+    durable: bool = False
 
     @property
     def datadir(self) -> Path:
@@ -78,10 +80,14 @@ class PgCluster:
             "-D", str(self.datadir), "-U", SUPERUSER, "--pwfile", str(pwfile),
             "-A", "scram-sha-256", "-E", "UTF8", "--no-sync", "--locale=C",
         )  # fmt: skip
+        durability = (
+            "-c synchronous_commit=off"
+            if self.durable
+            else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
         opts = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.sockdir} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
-            "-c shared_buffers=32MB"
+            f"{durability} -c max_connections=200 -c shared_buffers=64MB"
         )
         self._run(
             str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.root / "log"),
@@ -94,6 +100,21 @@ class PgCluster:
             capture_output=True,
             timeout=60,
         )
+
+    def server_cpu_s(self) -> float:
+        """CPU seconds (user + system) used so far by the postmaster and its backends (Linux /proc)."""
+        pid = int((self.datadir / "postmaster.pid").read_text().split()[0])
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            proc_pid, ppid = int(stat.parent.name), int(fields[1])
+            if proc_pid == pid or ppid == pid:
+                total += (int(fields[11]) + int(fields[12])) / tick
+        return total
 
 
 def _ensure_user() -> str:
@@ -108,14 +129,14 @@ def _ensure_user() -> str:
     return TEST_USER
 
 
-def running_cluster() -> Iterator[PgCluster]:
+def running_cluster(durable: bool = False) -> Iterator[PgCluster]:
     """Start a cluster, yield it, tear it down (the generator body of the pytest fixture)."""
     bindir = pg_bindir()
     if bindir is None:
         raise RuntimeError("PostgreSQL server binaries not found (apt-get install postgresql)")
     run_as = _ensure_user() if os.geteuid() == 0 else None
     root = Path(tempfile.mkdtemp(prefix="otagw-pg-"))
-    cluster = PgCluster(bindir, root, _free_port(), run_as)
+    cluster = PgCluster(bindir, root, _free_port(), run_as, durable)
     try:
         cluster.start()
         yield cluster
