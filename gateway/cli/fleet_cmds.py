@@ -94,9 +94,12 @@ def store_migrate_cmd(ctx: click.Context, to: str, dsn: str | None) -> None:
     except ValueError as exc:
         raise UserError(f"--dsn: {exc}") from None
     try:
-        report = asyncio.run(migrate_sqlite_to_postgres(cfg.data_dir / "state.db", target))
+        report = asyncio.run(
+            migrate_sqlite_to_postgres(cfg.data_dir / "state.db", target, cfg.gateway.id, cfg.gateway.site)
+        )
     except StateDBError as exc:
         raise UserError(str(exc)) from None
     for table, n in report.rows.items():
         click.echo(f"{table}: {n} rows copied, sha256 {report.digests[table][:16]} identical on both sides")
+    click.echo(f"records owned by gateway {cfg.gateway.id} at site {cfg.gateway.site}")
     click.echo("now set store.backend: postgres and store.dsn in the config")

@@ -26,7 +26,6 @@ from gateway.core.repository import (
     _INSERT_EVENT,
     _INSERT_ROLLOUT,
     _SELECT_ROLLOUTS,
-    _UPSERT,
     RolloutChange,
     record_from_row,
     record_row,
@@ -45,7 +44,12 @@ __all__ = ["MIGRATION_LOCK_KEY", "PostgresRecordsRepository", "fence_condition",
 # pg_advisory_xact_lock key held while migrating ("otagw" + schema, as a stable 63-bit number)
 MIGRATION_LOCK_KEY = 0x6F7461677700_0001
 
-_UPSERT_PG = qmark_to_dollar(_UPSERT).replace("excluded.", "EXCLUDED.")
+# the SQLite upsert plus the owner columns: the last gateway to write a device's record owns it
+_UPSERT_PG = qmark_to_dollar(
+    f"INSERT INTO devices ({', '.join(_COLUMNS)}, gateway_id, site) "
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)}, ?, ?) ON CONFLICT(device_id) DO UPDATE SET "
+    + ", ".join(f"{c}=EXCLUDED.{c}" for c in [*_COLUMNS, "gateway_id", "site"] if c != "device_id")
+)
 _HISTORY_INSERT_PG = qmark_to_dollar(_HISTORY_INSERT)
 _INSERT_ROLLOUT_PG = qmark_to_dollar(_INSERT_ROLLOUT)
 _INSERT_EVENT_PG = qmark_to_dollar(_INSERT_EVENT)
@@ -87,8 +91,10 @@ class _Pending:
 class PostgresRecordsRepository:
     """`RecordsRepository` over a PostgreSQL database reached through an asyncpg pool."""
 
-    def __init__(self, cfg: StoreConfig) -> None:
+    def __init__(self, cfg: StoreConfig, gateway_id: str = "gw-1", site: str = "home") -> None:
         self.cfg = cfg
+        # this gateway's identity: stamped on every record it writes (it owns them) and the filter of its loads
+        self.gateway_id, self.site = gateway_id, site
         self._pool: asyncpg.Pool | None = None
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -133,7 +139,9 @@ class PostgresRecordsRepository:
         async with self.pool.acquire() as conn, conn.transaction():
             # one migrator at a time across the fleet; the lock ends with the transaction
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
-            await conn.execute("CREATE TABLE IF NOT EXISTS otagw_schema (version BIGINT NOT NULL)")
+            # no DDL when the schema is current: a gateway's least-privilege role may not create tables
+            if await conn.fetchval("SELECT to_regclass('otagw_schema') IS NULL"):
+                await conn.execute("CREATE TABLE otagw_schema (version BIGINT NOT NULL)")
             version = await conn.fetchval("SELECT max(version) FROM otagw_schema") or 0
             if version > SCHEMA_VERSION:
                 raise StateDBError(
@@ -185,7 +193,8 @@ class PostgresRecordsRepository:
                     devs = [r for p in batch for r in p.devices]
                     hist = [r for p in batch for r in p.history]
                     if devs:
-                        await conn.executemany(_UPSERT_PG, devs)
+                        owner = (self.gateway_id, self.site)
+                        await conn.executemany(_UPSERT_PG, [(*r, *owner) for r in devs])
                     if hist:
                         await conn.executemany(_HISTORY_INSERT_PG, hist)
                     for p in batch:
@@ -204,7 +213,10 @@ class PostgresRecordsRepository:
 
     # ------------------------------------------------------------------------------------------- reads
     async def load_devices(self) -> list[DeviceRecord]:
-        rows = await self.pool.fetch(f"SELECT {', '.join(_COLUMNS)} FROM devices")
+        """The records of the devices this gateway serves (other gateways' records are theirs)."""
+        rows = await self.pool.fetch(
+            f"SELECT {', '.join(_COLUMNS)} FROM devices WHERE gateway_id = $1", self.gateway_id
+        )
         return [record_from_row(tuple(r), _COLUMNS) for r in rows]
 
     async def get_device(self, device_id: str) -> DeviceRecord | None:

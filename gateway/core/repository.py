@@ -381,7 +381,7 @@ def make_repository(config: Config) -> RecordsRepository:
     if config.store.backend == "postgres":
         from gateway.core.pg_repository import PostgresRecordsRepository  # asyncpg: optional extra
 
-        return PostgresRecordsRepository(config.store)
+        return PostgresRecordsRepository(config.store, config.gateway.id, config.gateway.site)
     return SQLiteRecordsRepository(config.data_dir / "state.db")
 
 

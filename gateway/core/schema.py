@@ -80,6 +80,17 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX rollout_events_rollout ON rollout_events(rollout_id, id)",
         ],
     ),
+    (
+        2,
+        [
+            # fleet ownership: the gateway serving the device and its site ('' on a single SQLite gateway). The
+            # last gateway to write a record owns it, so a record moves with a device that moves; PostgreSQL's
+            # row-level security restricts a gateway's role to its site's rows (gateway/fleet/roles.py).
+            "ALTER TABLE devices ADD COLUMN gateway_id TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE devices ADD COLUMN site TEXT NOT NULL DEFAULT ''",
+            "CREATE INDEX devices_gateway ON devices(gateway_id)",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -75,7 +75,8 @@ async def migrate_fleet(pool: asyncpg.Pool) -> None:
     """Create or upgrade the fleet tables (once, whichever gateway gets the lock first)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
-        await conn.execute("CREATE TABLE IF NOT EXISTS otagw_fleet_schema (version BIGINT NOT NULL)")
+        if await conn.fetchval("SELECT to_regclass('otagw_fleet_schema') IS NULL"):  # no DDL when current
+            await conn.execute("CREATE TABLE otagw_fleet_schema (version BIGINT NOT NULL)")
         version = await conn.fetchval("SELECT max(version) FROM otagw_fleet_schema") or 0
         if version > FLEET_SCHEMA_VERSION:
             raise StateDBError(

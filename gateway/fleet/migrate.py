@@ -92,8 +92,12 @@ def _sqlite_rows(conn: sqlite3.Connection, table: str) -> Iterator[tuple[Any, ..
         yield from chunk
 
 
-async def migrate_sqlite_to_postgres(state_db: Path, target: StoreConfig) -> MigrationReport:
-    """Copy `state_db` into the (empty) PostgreSQL database `target` names, then verify (see docstring)."""
+async def migrate_sqlite_to_postgres(
+    state_db: Path, target: StoreConfig, gateway_id: str, site: str
+) -> MigrationReport:
+    """Copy `state_db` into the (empty) PostgreSQL database `target` names, then verify (see docstring).
+
+    The device records become owned by `gateway_id` at `site` (this gateway, as configured)."""
     if not state_db.is_file():
         raise StateDBError(f"{state_db}: no device state database to migrate")
     # opening through the repository upgrades an older state.db to the current schema first
@@ -115,12 +119,14 @@ async def migrate_sqlite_to_postgres(state_db: Path, target: StoreConfig) -> Mig
                         f"{pg.where}: table {table} already holds {n} rows; migrate into an empty database"
                     )
             for table, (cols, _, identity) in TABLES.items():
+                owner: tuple[Any, ...] = (gateway_id, site) if table == "devices" else ()
+                all_cols = [*cols, "gateway_id", "site"] if owner else cols
                 insert = qmark_to_dollar(
-                    f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
+                    f"INSERT INTO {table} ({', '.join(all_cols)}) VALUES ({', '.join('?' for _ in all_cols)})"
                 )
                 chunk: list[tuple[Any, ...]] = []
                 for row in _sqlite_rows(src, table):
-                    chunk.append(row)
+                    chunk.append((*row, *owner))
                     if len(chunk) >= CHUNK_ROWS:
                         await conn.executemany(insert, chunk)
                         chunk = []
