@@ -49,6 +49,15 @@ FLEET_MIGRATIONS: list[tuple[int, list[str]]] = [
             )""",
         ],
     ),
+    (
+        2,
+        [
+            # database role -> the gateway it is and the site it may see (gateway/fleet/roles.py)
+            """CREATE TABLE fleet_roles (
+                role_name TEXT PRIMARY KEY, gateway_id TEXT NOT NULL UNIQUE, site TEXT NOT NULL
+            )""",
+        ],
+    ),
 ]
 FLEET_SCHEMA_VERSION = FLEET_MIGRATIONS[-1][0]
 

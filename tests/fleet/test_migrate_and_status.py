@@ -37,7 +37,10 @@ async def test_migrate_sqlite_to_postgres_is_lossless_and_verified(tmp_path: Pat
     cfg_path = _write_config(tmp_path, "a")
     lite = SQLiteRecordsRepository(tmp_path / "data-a" / "state.db")
     await lite.open()
-    recs = [replace(full_record(i), token=i.to_bytes(16, "big"), extra={"i": i, "utf8": "ü€"}) for i in range(2500)]
+    recs = [
+        replace(full_record(i), token=i.to_bytes(16, "big"), extra={"i": i, "utf8": "ü€"})
+        for i in range(2500)
+    ]
     hist = [
         HistoryEntry(r.device_id, T0 + i / 3, None, "idle", "seen", None, None, None)
         for i, r in enumerate(recs)
