@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import secrets
+from pathlib import Path
 from typing import Any
 
 import click
@@ -103,3 +107,90 @@ def store_migrate_cmd(ctx: click.Context, to: str, dsn: str | None) -> None:
         click.echo(f"{table}: {n} rows copied, sha256 {report.digests[table][:16]} identical on both sides")
     click.echo(f"records owned by gateway {cfg.gateway.id} at site {cfg.gateway.site}")
     click.echo("now set store.backend: postgres and store.dsn in the config")
+
+
+@fleet.command("add-gateway")
+@click.argument("gateway_id")
+@click.option("--site", required=True, help="Site whose devices this gateway may see.")
+@click.option(
+    "--password-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the generated password (created owner-only, 0600).",
+)
+@click.pass_context
+def fleet_add_gateway_cmd(ctx: click.Context, gateway_id: str, site: str, password_file: Path) -> None:
+    """Create a gateway's own database role (least privilege, its site only); run with the admin DSN."""
+    from gateway.core.pg_repository import PostgresRecordsRepository
+    from gateway.fleet.db import migrate_fleet
+    from gateway.fleet.roles import install_row_security, provision_gateway, role_name
+
+    cfg = _fleet_config(ctx)
+    try:
+        name = role_name(gateway_id)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", site):
+        raise UserError(f"--site {site!r}: expected lower-case letters, digits, '_', '.', '-'")
+    password = secrets.token_urlsafe(24)
+    try:
+        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise UserError(f"{password_file}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(password + "\n")
+
+    async def go() -> None:
+        repo = PostgresRecordsRepository(cfg.store)
+        await repo.open()  # both schemas exist before policies refer to them
+        try:
+            await migrate_fleet(repo.pool)
+            async with repo.pool.acquire() as conn:
+                await install_row_security(conn)
+                await provision_gateway(conn, gateway_id, site, password)
+        finally:
+            await repo.close()
+
+    try:
+        asyncio.run(go())
+    except Exception as exc:
+        password_file.unlink(missing_ok=True)
+        if isinstance(exc, StateDBError):
+            raise UserError(str(exc)) from None
+        raise
+    click.echo(f"role {name} (gateway {gateway_id}, site {site}); password in {password_file}")
+
+
+@fleet.command("budget")
+@click.argument("limits", nargs=-1, required=True)
+@click.pass_context
+def fleet_budget_cmd(ctx: click.Context, limits: tuple[str, ...]) -> None:
+    """Set fleet-wide transfer limits: global=N, site:NAME=N, protocol:P=N, network:SITE/NET=N."""
+    from gateway.fleet.budget import FleetBudget
+    from gateway.fleet.db import connect_pool, migrate_fleet
+
+    cfg = _fleet_config(ctx)
+    parsed: dict[str, int] = {}
+    for i, item in enumerate(limits, 1):
+        m = re.fullmatch(
+            r"(global|site:[^=\s]+|protocol:(?:matter|zigbee)|network:[^=\s/]+/[^=\s]+)=(\d+)", item
+        )
+        if not m:
+            raise UserError(
+                f"argument {i} {item!r}: expected global=N, site:NAME=N, protocol:P=N or network:SITE/NET=N"
+            )
+        parsed[m.group(1)] = int(m.group(2))
+
+    async def go() -> None:
+        pool = await connect_pool(cfg.store, max_size=1)
+        try:
+            await migrate_fleet(pool)
+            await FleetBudget(pool, "", "").set_limits(parsed)
+        finally:
+            await pool.close()
+
+    try:
+        asyncio.run(go())
+    except StateDBError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(", ".join(f"{k}={v}" for k, v in parsed.items()))

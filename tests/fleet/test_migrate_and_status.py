@@ -139,3 +139,47 @@ async def test_gateway_with_unreachable_database_fails_to_start_with_one_line(tm
         assert "pw@" not in str(exc)
     else:
         raise AssertionError("started without its database")
+
+
+async def test_add_gateway_and_budget_commands(tmp_path: Path, pg_dsn: str) -> None:
+    import asyncpg
+
+    store = {"backend": "postgres", "dsn": pg_dsn, "tls_mode": "disable"}
+    cfg_path = _write_config(tmp_path, "admin", store=store)
+    pw_file = tmp_path / "gw-x.pw"
+    res = await _cli(
+        "-c", str(cfg_path), "fleet", "add-gateway", "gw-x", "--site", "east", "--password-file", str(pw_file)
+    )
+    assert res.exit_code == 0, res.output
+    assert pw_file.stat().st_mode & 0o777 == 0o600
+    conn = await asyncpg.connect(
+        pg_dsn.replace("otagw:otagw-test-password", f"otagw_gw_gw-x:{pw_file.read_text().strip()}")
+    )
+    try:
+        assert await conn.fetchval("SELECT otagw_my_site()") == "east"
+    finally:
+        await conn.close()
+    res = await _cli(
+        "-c", str(cfg_path), "fleet", "add-gateway", "gw-x", "--site", "east", "--password-file", str(pw_file)
+    )
+    assert res.exit_code == 2 and "File exists" in res.output  # never overwrites a secret
+    res = await _cli(
+        "-c",
+        str(cfg_path),
+        "fleet",
+        "add-gateway",
+        "GW X",
+        "--site",
+        "east",
+        "--password-file",
+        str(tmp_path / "p2"),
+    )
+    assert res.exit_code == 2 and "gateway id 'GW X'" in res.output
+    res = await _cli(
+        "-c", str(cfg_path), "fleet", "budget", "global=2", "site:east=1", "network:east/pan:1a2b=1"
+    )
+    assert res.exit_code == 0, res.output
+    status = json.loads((await _cli("-c", str(cfg_path), "fleet", "status", "--json")).output)
+    assert status["budgets"]["global"] == {"limit": 2, "used": 0}
+    res = await _cli("-c", str(cfg_path), "fleet", "budget", "global=2", "sites:x=1")
+    assert res.exit_code == 2 and "argument 2 'sites:x=1'" in res.output
