@@ -58,6 +58,20 @@ FLEET_MIGRATIONS: list[tuple[int, list[str]]] = [
             )""",
         ],
     ),
+    (
+        3,
+        [
+            # the shared content-addressed blob store (gateway/fleet/blobs.py): a blob row appears only once all
+            # of its chunks are in and their digest matched its name
+            """CREATE TABLE fleet_blobs (
+                sha256 TEXT PRIMARY KEY CHECK (sha256 ~ '^[0-9a-f]{64}$'), size BIGINT NOT NULL,
+                chunk_size INTEGER NOT NULL, chunks INTEGER NOT NULL, created_at TIMESTAMPTZ NOT NULL
+            )""",
+            """CREATE TABLE fleet_blob_chunks (
+                sha256 TEXT NOT NULL, seq INTEGER NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (sha256, seq)
+            )""",
+        ],
+    ),
 ]
 FLEET_SCHEMA_VERSION = FLEET_MIGRATIONS[-1][0]
 

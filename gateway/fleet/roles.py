@@ -11,7 +11,7 @@ gateway id and site. What a gateway's role can and cannot do:
 - rollouts: read; update only the progress columns the rollout engine moves (status, wave, clocks) - never the
   image, selector or waves, and no new rollouts (those are operator actions, made with the admin role);
 - rollout events: read and append;
-- fleet_budgets, fleet_roles, schema versions: read only; fleet_gateways and fleet_slots: rows of others are
+- fleet_budgets, fleet_roles, schema versions, the shared blobs: read only; fleet_gateways and fleet_slots: rows of others are
   readable (budgets are counted fleet-wide) but only its own are written (expired rows of dead gateways may be
   reaped); fleet_leases: any gateway may campaign for leadership.
 
@@ -67,7 +67,7 @@ _STATEMENTS = [
     f"GRANT UPDATE ({_PROGRESS_COLUMNS}) ON rollouts TO {GATEWAY_GROUP}",
     f"GRANT INSERT ON rollout_events TO {GATEWAY_GROUP}",
     # fleet tables
-    f"GRANT SELECT ON fleet_budgets, fleet_roles TO {GATEWAY_GROUP}",
+    f"GRANT SELECT ON fleet_budgets, fleet_roles, fleet_blobs, fleet_blob_chunks TO {GATEWAY_GROUP}",
     "ALTER TABLE fleet_gateways ENABLE ROW LEVEL SECURITY",
     "DROP POLICY IF EXISTS gateway_read ON fleet_gateways",
     "DROP POLICY IF EXISTS gateway_own ON fleet_gateways",
