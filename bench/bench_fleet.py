@@ -11,7 +11,8 @@ fleet budgets on one PostgreSQL primary.
    that state.db uses); the ratio PG/SQLite is printed.
 2) `--gateways` simulated gateways (asyncio tasks, each with its own connection pool of 2, its own records
    repository and its own fleet membership) drive `--fleet-devices` devices through a global budget of
-   `--global-budget` slots (plus 4 per site): each device acquires a slot (retrying while the fleet is full),
+   `--global-budget` slots (plus 4 per site), `--per-gateway` devices at once per gateway: each device acquires
+   a slot (asking again 5 ms after a Busy while the fleet is full),
    writes 4 progress updates of its record, writes its final record and releases. Prints total time,
    slot acquisitions/s, record writes/s, the peak number of slots held at once (must be <= the budget), and the
    PostgreSQL server's CPU seconds per second of wall time.
@@ -95,7 +96,7 @@ async def decisions(cfg: Config, store: ImageStore, n_dev: int, label: str) -> t
     return seq_rate, conc_rate, pct(lat, 0.99)
 
 
-async def fleet(cluster: PgCluster, n_gw: int, n_dev: int, budget: int) -> None:
+async def fleet(cluster: PgCluster, n_gw: int, n_dev: int, budget: int, per_gateway: int) -> None:
     dsn = await create_db(cluster, "fleet")
     cfg = StoreConfig(backend="postgres", dsn=dsn, tls_mode="disable", pool_size=2)
     admin = await connect_pool(cfg, max_size=2)
@@ -126,26 +127,34 @@ async def fleet(cluster: PgCluster, n_gw: int, n_dev: int, budget: int) -> None:
             for i in range(g, n_dev, n_gw)
         ]
         pending = list(mine)
-        while pending:
-            rec = pending.pop(0)
-            ok, _why = await b.acquire(SlotRequest(rec.device_id, rec.protocol, rec.network))
-            if not ok:
+
+        async def device_worker() -> None:
+            nonlocal held, peak, acquisitions, busy, writes
+            while pending:
+                rec = pending.pop(0)
+                await one_device(rec)
+
+        async def one_device(rec: DeviceRecord) -> None:
+            nonlocal held, peak, acquisitions, busy, writes
+            while True:
+                ok, _why = await b.acquire(SlotRequest(rec.device_id, rec.protocol, rec.network))
+                if ok:
+                    break
                 busy += 1
-                pending.append(rec)
-                await asyncio.sleep(0.002)  # a real gateway answers Busy/Wait; the device asks again later
-                continue
+                await asyncio.sleep(0.005)  # a real gateway answers Busy/Wait; the device asks again later
             acquisitions += 1
             held += 1
             peak = max(peak, held)
             for off in range(4):
-                await repo.write(
-                    devices=[replace(rec, state=DeviceState.DOWNLOADING, acked_offset=off * 4096)]
-                )
+                progress = replace(rec, state=DeviceState.DOWNLOADING, acked_offset=off * 4096)
+                await repo.write(devices=[progress])
                 writes += 1
             held -= 1
             await b.release(rec.device_id)
             await repo.write(devices=[replace(rec, state=DeviceState.UPDATED)])
             writes += 1
+
+        await asyncio.gather(*(device_worker() for _ in range(per_gateway)))
 
     cpu0 = cluster.server_cpu_s()
     t = time.perf_counter()
@@ -166,30 +175,35 @@ async def fleet(cluster: PgCluster, n_gw: int, n_dev: int, budget: int) -> None:
     await admin.close()
 
 
+async def compare_decisions(cluster: PgCluster, a: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ImageStore(Path(tmp) / "images")
+        await store.open()
+        await fill_store(store, a.images)
+        lite_cfg = parse_config({"data_dir": str(Path(tmp) / "lite")})
+        pg_dsn = await create_db(cluster, "decisions")
+        pg_cfg = parse_config(
+            {
+                "data_dir": str(Path(tmp) / "pg"),
+                "store": {"backend": "postgres", "dsn": pg_dsn, "tls_mode": "disable"},
+            }
+        )
+        s_seq, s_conc, s_p99 = await decisions(lite_cfg, store, a.devices, "SQLite")
+        p_seq, p_conc, p_p99 = await decisions(pg_cfg, store, a.devices, "PostgreSQL")
+        print(
+            f"ratio PostgreSQL/SQLite: sequential {p_seq / s_seq:.2f}x decisions/s, "
+            f"concurrent {p_conc / s_conc:.2f}x, p99 latency {p_p99 / s_p99:.2f}x"
+        )
+        await store.close()
+
+
 async def main(a: argparse.Namespace) -> None:
     gen = running_cluster(durable=True)
     cluster = next(gen)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            store = ImageStore(Path(tmp) / "images")
-            await store.open()
-            await fill_store(store, a.images)
-            lite_cfg = parse_config({"data_dir": str(Path(tmp) / "lite")})
-            pg_dsn = await create_db(cluster, "decisions")
-            pg_cfg = parse_config(
-                {
-                    "data_dir": str(Path(tmp) / "pg"),
-                    "store": {"backend": "postgres", "dsn": pg_dsn, "tls_mode": "disable"},
-                }
-            )
-            s_seq, s_conc, s_p99 = await decisions(lite_cfg, store, a.devices, "SQLite")
-            p_seq, p_conc, p_p99 = await decisions(pg_cfg, store, a.devices, "PostgreSQL")
-            print(
-                f"ratio PostgreSQL/SQLite: sequential {p_seq / s_seq:.2f}x decisions/s, "
-                f"concurrent {p_conc / s_conc:.2f}x, p99 latency {p_p99 / s_p99:.2f}x"
-            )
-            await store.close()
-        await fleet(cluster, a.gateways, a.fleet_devices, a.global_budget)
+        if not a.skip_decisions:
+            await compare_decisions(cluster, a)
+        await fleet(cluster, a.gateways, a.fleet_devices, a.global_budget, a.per_gateway)
     finally:
         for _ in gen:
             pass
@@ -202,4 +216,6 @@ if __name__ == "__main__":
     ap.add_argument("--gateways", type=int, default=20)
     ap.add_argument("--fleet-devices", type=int, default=4000)
     ap.add_argument("--global-budget", type=int, default=16)
+    ap.add_argument("--per-gateway", type=int, default=4, help="devices each gateway transfers to at once")
+    ap.add_argument("--skip-decisions", action="store_true", help="only the fleet part")
     asyncio.run(main(ap.parse_args()))
