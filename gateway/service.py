@@ -304,7 +304,7 @@ class Gateway:
             clock=self.clock,
             health=self.health,
             progress_interval=self._progress_interval,
-            extra={"sources": self.sources},
+            extra={"sources": self.sources, "fleet": self.fleet},
             notify_device=self.notify_device,
         )
         app = create_app(svc)

@@ -183,3 +183,33 @@ async def test_add_gateway_and_budget_commands(tmp_path: Path, pg_dsn: str) -> N
     assert status["budgets"]["global"] == {"limit": 2, "used": 0}
     res = await _cli("-c", str(cfg_path), "fleet", "budget", "global=2", "sites:x=1")
     assert res.exit_code == 2 and "argument 2 'sites:x=1'" in res.output
+
+
+async def test_fleet_api_route(tmp_path: Path, pg_dsn: str) -> None:
+    import aiohttp
+
+    token = "t" * 40
+    store = {"backend": "postgres", "dsn": pg_dsn, "tls_mode": "disable"}
+    api = {"enabled": True, "listen": "127.0.0.1:0", "token": token}
+    cfg = load_config(
+        _write_config(tmp_path, "api", store=store, api=api, gateway={"id": "gw-api", "site": "x"})
+    )
+    gw = Gateway(cfg, plugins=(), clock=ManualClock())
+    lite = Gateway(load_config(_write_config(tmp_path, "lite-api", api=api)), plugins=(), clock=ManualClock())
+    await gw.start()
+    await lite.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            auth = {"Authorization": f"Bearer {token}"}
+            async with http.get(f"{gw.api_url}/api/v1/fleet", headers=auth) as resp:
+                assert resp.status == 200
+                body = await resp.json()
+            assert [(g["id"], g["site"], g["alive"]) for g in body["gateways"]] == [("gw-api", "x", True)]
+            async with http.get(f"{gw.api_url}/api/v1/fleet") as resp:
+                assert resp.status == 401
+            async with http.get(f"{lite.api_url}/api/v1/fleet", headers=auth) as resp:
+                assert resp.status == 404
+                assert "not in a fleet" in (await resp.json())["error"]["message"]
+    finally:
+        await gw.stop()
+        await lite.stop()
