@@ -4,8 +4,8 @@ Every key has a default, so the gateway runs on its embedded defaults with no fi
 documents the same defaults (a test keeps the two equal). Unknown keys, wrong types and bad values raise
 `ConfigError` naming the file, the key path and what was expected.
 
-Sections: top-level `data_dir`, `log`, `images` (image sources), `policy`, `matter`, `zigbee`, `api`, `metrics`,
-`mqtt` (Home Assistant over MQTT discovery).
+Sections: top-level `data_dir`, `gateway` (fleet identity), `store` (state backend), `log`, `images` (image
+sources), `policy`, `matter`, `zigbee`, `api`, `metrics`, `mqtt` (Home Assistant over MQTT discovery).
 Each section's model is owned by the part of the gateway that uses it.
 """
 
@@ -679,9 +679,59 @@ def _default_sources() -> list[SourceConfig]:
     ]
 
 
+# ------------------------------------------------------------------------------------------ fleet
+_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
+class GatewayConfig(Section):
+    """Who this gateway is in a fleet (owned by gateway/fleet). One gateway on SQLite can keep the defaults."""
+
+    id: str = Field("gw-1", pattern=_NAME, description="unique id of this gateway within the fleet")
+    site: str = Field("home", pattern=_NAME, description="site (home, building) this gateway serves")
+
+
+class StoreConfig(Section):
+    """Where device records, history and rollouts live (owned by gateway/core repositories)."""
+
+    backend: Literal["sqlite", "postgres"] = Field(
+        "sqlite", description="sqlite: <data_dir>/state.db, one gateway; postgres: shared by a fleet"
+    )
+    dsn: str | None = Field(
+        None, description="postgres: postgresql://user:password@host:port/database (required for postgres)"
+    )
+    tls_mode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = Field(
+        "prefer", description="postgres: TLS to the server (libpq sslmode semantics)"
+    )
+    tls_ca_file: Path | None = Field(
+        None, description="postgres: CA bundle that signs the server certificate"
+    )
+    tls_cert_file: Path | None = Field(None, description="postgres: client certificate (cert auth)")
+    tls_key_file: Path | None = Field(None, description="postgres: client key (owner-only file)")
+    pool_size: int = Field(4, ge=1, le=100, description="postgres: connections this gateway keeps at most")
+    connect_timeout_s: float = Field(10.0, gt=0, description="postgres: per connection attempt")
+    command_timeout_s: float = Field(30.0, gt=0, description="postgres: per statement")
+
+    @field_validator("dsn")
+    @classmethod
+    def _postgres_dsn(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"postgres(ql)?://", v):
+            raise ValueError("expected a postgresql:// URL, e.g. postgresql://otagw@db.example:5432/otagw")
+        return v
+
+    @model_validator(mode="after")
+    def _dsn_for_postgres(self) -> StoreConfig:
+        if self.backend == "postgres" and not self.dsn:
+            raise ValueError("dsn: required when backend is postgres")
+        if self.tls_key_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_key_file: given without tls_cert_file")
+        return self
+
+
 # ------------------------------------------------------------------------------------------- root
 class Config(Section):
     data_dir: Path = Field(Path("otagw-data"), description="catalog, blobs, device state, keys")
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)

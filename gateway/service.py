@@ -110,6 +110,7 @@ class Gateway:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._retries: dict[str, asyncio.Task[None]] = {}
+        self.fleet: Any = None  # gateway.fleet.presence.FleetPresence with store.backend: postgres
 
     def adapter(self, name: str) -> AdapterRuntime | None:
         return next((a for a in self.adapters if a.name == name), None)
@@ -153,6 +154,7 @@ class Gateway:
 
     async def _start(self) -> None:
         from gateway.core.interface import UpdateCoreInterface
+        from gateway.core.records import StateDBError
         from gateway.core.service import UpdateCore
         from gateway.store.errors import StoreError
         from gateway.store.store import ImageStore
@@ -178,8 +180,16 @@ class Gateway:
         core = UpdateCore(cfg, self.store, self.clock)
         _adapters_view: UpdateCoreInterface = core  # mypy proves the core offers adapters the whole interface
         self.core = core
-        await self.core.start()
-        self.core_state = "running"
+        try:
+            await self.core.start()
+            self.core_state = "running"
+            if cfg.store.backend == "postgres":
+                from gateway.fleet.presence import FleetPresence
+
+                self.fleet = FleetPresence(cfg, self.clock, core.load_counts)
+                await self.fleet.start()  # membership + heartbeat: `otagw fleet status` shows this gateway
+        except StateDBError as exc:  # e.g. the PostgreSQL server is unreachable: one line, not a traceback
+            raise GatewayStartError(str(exc)) from None
         from gateway.sources.manager import manager_for_core
 
         self.sources = manager_for_core(cfg, self.store, self.core, self.clock)
@@ -307,7 +317,7 @@ class Gateway:
             health=self.health,
             progress_interval=self._progress_interval,
             metrics_access=metrics_access,
-            extra={"sources": self.sources},
+            extra={"sources": self.sources, "fleet": self.fleet},
             notify_device=self.notify_device,
             plugin_routes=self._plugin_routes(),
             adapter_instance=self._running_instance,
@@ -447,6 +457,12 @@ class Gateway:
         if self.sources is not None:
             await self.sources.stop()
             self.sources = None
+        if self.fleet is not None:
+            try:
+                await self.fleet.stop()  # leave: our slots free at once instead of after the lease
+            except Exception:
+                log.exception("fleet presence did not stop cleanly")
+            self.fleet = None
         if self.core is not None:
             try:
                 await self.core.stop()

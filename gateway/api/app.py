@@ -89,6 +89,7 @@ def route_table() -> RouteTable:
     """Every API operation, from the route modules (imported here so the table is built once per call)."""
     from gateway.api import (
         routes_devices,
+        routes_fleet,
         routes_images,
         routes_query,
         routes_rollouts,
@@ -106,6 +107,7 @@ def route_table() -> RouteTable:
         routes_query,
         routes_tokens,
         routes_sources,
+        routes_fleet,
     ):
         module.declare(table)
     return table

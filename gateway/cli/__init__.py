@@ -89,6 +89,7 @@ _COMMAND_MODULES = (
     "gateway.cli.token_cmds",
     "gateway.cli.demo",
     "gateway.cli.sources_cmds",
+    "gateway.cli.fleet_cmds",
 )
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name)

@@ -68,7 +68,7 @@ class DeviceRecord:
     reported_percent: int | None = None
     last_query: float | None = None
     present: bool = True  # False after device_left
-    # owner overrides (schema step 2, MIGRATION_DEVICE_OVERRIDES): set by the owner, never by a device
+    # owner overrides (schema step 3 in gateway/core/schema.py): set by the owner, never by a device
     name: str | None = None  # the owner's name for the device ("Kitchen lamp")
     pinned_version: str | None = None  # a version spec this device is held at (policy.version_matches syntax)
     excluded: bool = False  # never offered an update (rules and rollouts alike)

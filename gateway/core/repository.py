@@ -1,7 +1,8 @@
 """The records repository: the ONLY place with SQL for device records, transition history and rollouts.
 
-`RecordsRepository` is the interface the core uses (async; a PostgreSQL backend can implement it later);
-`SQLiteRecordsRepository` implements it over `<data_dir>/state.db`.
+`RecordsRepository` is the interface the core uses (async); `SQLiteRecordsRepository` implements it over
+`<data_dir>/state.db` and `PostgresRecordsRepository` (gateway/core/pg_repository.py) over a shared PostgreSQL
+database, from the same migration list (gateway/core/schema.py) and the same statement texts.
 
 `state.db` is SQLite in WAL mode, shared by the running gateway (writer of device records) and the CLI (reader, and
 writer of rollout commands). The schema is versioned with `PRAGMA user_version` and upgraded by the ordered
@@ -25,86 +26,24 @@ from typing import Any, Protocol
 
 import aiosqlite
 
-from gateway.config import PolicySelector
+from gateway.config import Config, PolicySelector
 from gateway.core.records import DeviceRecord, HistoryEntry, StateDBError
 from gateway.core.rollouts import Rollout, RolloutStatus, parse_waves
+from gateway.core.schema import MIGRATIONS, OVERRIDE_COLUMNS, SCHEMA_VERSION, render
 from gateway.core.states import DeviceState
 
 __all__ = [
     "MIGRATIONS",
-    "MIGRATION_DEVICE_OVERRIDES",
     "SCHEMA_VERSION",
     "RecordsRepository",
     "RolloutChange",
     "SQLiteRecordsRepository",
     "StateDB",
     "StateDBError",
+    "make_repository",
+    "rename_network_sql",
+    "rollout_cas_statement",
 ]
-
-SCHEMA_VERSION = 2
-
-MIGRATIONS: list[tuple[int, list[str]]] = [
-    (
-        1,
-        [
-            """CREATE TABLE devices (
-                device_id TEXT PRIMARY KEY,
-                protocol TEXT NOT NULL, network TEXT NOT NULL, address TEXT NOT NULL, endpoint INTEGER NOT NULL,
-                vendor_id INTEGER, product_id INTEGER, vendor_name TEXT, model TEXT, hardware_version INTEGER,
-                current_version INTEGER, current_version_string TEXT, sleepy INTEGER,
-                tags TEXT NOT NULL DEFAULT '[]', extra TEXT NOT NULL DEFAULT '{}',
-                state TEXT NOT NULL, state_since REAL NOT NULL, state_reason TEXT NOT NULL DEFAULT '',
-                resume_state TEXT,
-                target_image_id TEXT, target_version INTEGER, target_version_string TEXT, target_size INTEGER,
-                token BLOB, token_issued_at REAL,
-                bytes_sent INTEGER NOT NULL DEFAULT 0, acked_offset INTEGER NOT NULL DEFAULT 0,
-                last_progress_at REAL, apply_at REAL, verify_deadline REAL,
-                rollout_id TEXT, rollout_wave INTEGER, rollout_failures INTEGER NOT NULL DEFAULT 0,
-                attempts INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0, next_retry_at REAL,
-                last_error TEXT, reported_status TEXT, reported_percent INTEGER,
-                first_seen REAL NOT NULL, last_seen REAL NOT NULL, last_query REAL, present INTEGER NOT NULL DEFAULT 1
-            )""",
-            "CREATE UNIQUE INDEX devices_token ON devices(token) WHERE token IS NOT NULL",
-            """CREATE TABLE history (
-                id INTEGER PRIMARY KEY AUTOINCREMENT,
-                device_id TEXT NOT NULL, at REAL NOT NULL, old_state TEXT, new_state TEXT NOT NULL,
-                reason TEXT NOT NULL, image_id TEXT, version INTEGER, offset INTEGER
-            )""",
-            "CREATE INDEX history_device ON history(device_id, id)",
-            """CREATE TABLE rollouts (
-                rollout_id TEXT PRIMARY KEY, name TEXT NOT NULL,
-                image_id TEXT NOT NULL, image_sha256 TEXT NOT NULL, protocol TEXT NOT NULL,
-                vendor_id INTEGER NOT NULL, product_id INTEGER NOT NULL,
-                numeric_version INTEGER NOT NULL, version_string TEXT NOT NULL,
-                selector TEXT NOT NULL, waves TEXT NOT NULL, soak_s REAL NOT NULL,
-                max_failures INTEGER, max_failure_rate REAL, wave_deadline_s REAL,
-                status TEXT NOT NULL, status_reason TEXT NOT NULL DEFAULT '',
-                current_wave INTEGER NOT NULL, wave_opened_at REAL, wave_completed_at REAL,
-                created_at REAL NOT NULL, updated_at REAL NOT NULL
-            )""",
-            """CREATE TABLE rollout_events (
-                id INTEGER PRIMARY KEY AUTOINCREMENT, rollout_id TEXT NOT NULL, at REAL NOT NULL,
-                event TEXT NOT NULL, wave INTEGER, reason TEXT NOT NULL
-            )""",
-            "CREATE INDEX rollout_events_rollout ON rollout_events(rollout_id, id)",
-        ],
-    ),
-]
-
-# Schema step 2, kept as its own named constant because a PostgreSQL helper mirrors the schema step by step:
-# the owner's per-device overrides (a display name, a pinned version spec, an exclusion from updates).
-MIGRATION_DEVICE_OVERRIDES: tuple[int, list[str]] = (
-    2,
-    [
-        "ALTER TABLE devices ADD COLUMN name TEXT",
-        "ALTER TABLE devices ADD COLUMN pinned_version TEXT",
-        "ALTER TABLE devices ADD COLUMN excluded INTEGER NOT NULL DEFAULT 0",
-    ],
-)
-MIGRATIONS.append(MIGRATION_DEVICE_OVERRIDES)
-
-# the columns only the owner writes (the gateway re-reads them when another process commits)
-OVERRIDE_COLUMNS = ("name", "pinned_version", "excluded")
 
 _COLUMNS = [f.name for f in fields(DeviceRecord)]
 _UPSERT = (
@@ -113,7 +52,7 @@ _UPSERT = (
     + ", ".join(f"{c}=excluded.{c}" for c in _COLUMNS if c != "device_id")
 )
 _HISTORY_INSERT = (
-    "INSERT INTO history (device_id, at, old_state, new_state, reason, image_id, version, offset) "
+    'INSERT INTO history (device_id, at, old_state, new_state, reason, image_id, version, "offset") '
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
@@ -201,7 +140,7 @@ class SQLiteRecordsRepository:
                 if target <= version:
                     continue
                 for stmt in stmts:
-                    await self.conn.execute(stmt)
+                    await self.conn.execute(render(stmt, "sqlite"))
                 await self.conn.execute(f"PRAGMA user_version={target}")
             await self.conn.commit()
         except BaseException:
@@ -296,7 +235,7 @@ class SQLiteRecordsRepository:
     async def history(self, device_id: str, limit: int | None = None) -> list[HistoryEntry]:
         """Transitions of one device, oldest first (the newest `limit` when given)."""
         q = (
-            "SELECT device_id, at, old_state, new_state, reason, image_id, version, offset FROM history "
+            'SELECT device_id, at, old_state, new_state, reason, image_id, version, "offset" FROM history '
             "WHERE device_id = ? ORDER BY id DESC"
         )
         params: tuple[Any, ...] = (device_id,)
@@ -349,30 +288,9 @@ class SQLiteRecordsRepository:
         operator command (expect_wave None) writes the status only, conditional on the status - plus, when
         resuming a halted rollout, a fresh wave clock and no failure thresholds.
         """
-        if change.expect_wave is not None:
-            sets = "status=?, status_reason=?, current_wave=?, wave_opened_at=?, wave_completed_at=?, updated_at=?"
-            params: tuple[Any, ...] = (
-                change.status.value,
-                change.status_reason,
-                change.current_wave,
-                change.wave_opened_at,
-                change.wave_completed_at,
-                change.at,
-                change.rollout_id,
-                change.expect_status.value,
-                change.expect_wave,
-            )
-            where = " WHERE rollout_id=? AND status=? AND current_wave=?"
-        else:
-            sets = "status=?, status_reason=?, updated_at=?"
-            params = (change.status.value, change.status_reason, change.at)
-            if change.clear_thresholds:
-                sets += ", wave_opened_at=?, wave_completed_at=NULL, max_failures=NULL, max_failure_rate=NULL"
-                params += (change.wave_opened_at,)
-            params += (change.rollout_id, change.expect_status.value)
-            where = " WHERE rollout_id=? AND status=?"
+        stmt, params = rollout_cas_statement(change)
         n = await self._execute_cas(
-            f"UPDATE rollouts SET {sets}{where}",
+            stmt,
             params,
             [
                 (
@@ -389,23 +307,7 @@ class SQLiteRecordsRepository:
         record of network `old` and its history to `new`, rewriting device ids `<protocol>:<old>:...` to
         `<protocol>:<new>:...`. A record whose new id already exists stays where it is (the newer identity wins),
         with its history. Queued behind pending writes, one transaction."""
-        old_prefix, new_prefix = f"{protocol}:{old}:", f"{protocol}:{new}:"
-        tail = len(old_prefix) + 1  # SQL substr is 1-based
-        await self.write(
-            sql=[
-                (
-                    "UPDATE devices SET network = ?, device_id = ? || substr(device_id, ?) "
-                    "WHERE protocol = ? AND network = ? AND substr(device_id, 1, ?) = ? "
-                    "AND NOT EXISTS (SELECT 1 FROM devices AS d WHERE d.device_id = ? || substr(devices.device_id, ?))",
-                    (new, new_prefix, tail, protocol, old, len(old_prefix), old_prefix, new_prefix, tail),
-                ),
-                (
-                    "UPDATE history SET device_id = ? || substr(device_id, ?) WHERE substr(device_id, 1, ?) = ? "
-                    "AND NOT EXISTS (SELECT 1 FROM devices AS d WHERE d.device_id = history.device_id)",
-                    (new_prefix, tail, len(old_prefix), old_prefix),
-                ),
-            ]
-        )
+        await self.write(sql=rename_network_sql(protocol, old, new))
 
     async def rollout_events(self, rollout_id: str) -> list[dict[str, Any]]:
         async with self.conn.execute(
@@ -413,6 +315,35 @@ class SQLiteRecordsRepository:
         ) as cur:
             rows = await cur.fetchall()
         return [{"at": a, "event": e, "wave": w, "reason": why} for a, e, w, why in rows]
+
+
+def rollout_cas_statement(change: RolloutChange) -> tuple[str, tuple[Any, ...]]:
+    """The compare-and-set UPDATE for `change` (`?` placeholders; both backends run this text)."""
+    if change.expect_wave is not None:
+        sets = (
+            "status=?, status_reason=?, current_wave=?, wave_opened_at=?, wave_completed_at=?, updated_at=?"
+        )
+        params: tuple[Any, ...] = (
+            change.status.value,
+            change.status_reason,
+            change.current_wave,
+            change.wave_opened_at,
+            change.wave_completed_at,
+            change.at,
+            change.rollout_id,
+            change.expect_status.value,
+            change.expect_wave,
+        )
+        where = " WHERE rollout_id=? AND status=? AND current_wave=?"
+    else:
+        sets = "status=?, status_reason=?, updated_at=?"
+        params = (change.status.value, change.status_reason, change.at)
+        if change.clear_thresholds:
+            sets += ", wave_opened_at=?, wave_completed_at=NULL, max_failures=NULL, max_failure_rate=NULL"
+            params += (change.wave_opened_at,)
+        params += (change.rollout_id, change.expect_status.value)
+        where = " WHERE rollout_id=? AND status=?"
+    return f"UPDATE rollouts SET {sets}{where}", params
 
 
 StateDB = SQLiteRecordsRepository  # the name the CLI and older tests know
@@ -437,7 +368,7 @@ class RolloutChange:
 
 
 class RecordsRepository(Protocol):
-    """What the core needs of the device-state store (SQLite today; PostgreSQL behind the same interface later)."""
+    """What the core needs of the device-state store (SQLite or PostgreSQL behind the same interface)."""
 
     async def open(self) -> None: ...
 
@@ -447,8 +378,13 @@ class RecordsRepository(Protocol):
         """Changes whenever another process commits (the CLI's rollout commands)."""
         ...
 
-    async def write(self, devices: Iterable[DeviceRecord] = (), history: Iterable[HistoryEntry] = ()) -> None:
-        """Persist snapshots of `devices` and append `history`; returns once durable."""
+    async def write(
+        self,
+        devices: Iterable[DeviceRecord] = (),
+        history: Iterable[HistoryEntry] = (),
+        sql: Iterable[tuple[str, tuple[Any, ...]]] = (),
+    ) -> None:
+        """Persist snapshots of `devices`, append `history`, run `sql` (`?` placeholders); once durable."""
         ...
 
     async def load_devices(self) -> list[DeviceRecord]: ...
@@ -472,6 +408,35 @@ class RecordsRepository(Protocol):
     async def rollout_events(self, rollout_id: str) -> list[dict[str, Any]]: ...
 
     async def rename_network(self, protocol: str, old: str, new: str) -> None: ...
+
+
+
+def rename_network_sql(protocol: str, old: str, new: str) -> list[tuple[str, tuple[Any, ...]]]:
+    """The network-identity migration step's statements (`?` placeholders, both engines): records of network `old`
+    and their history move to `new`; a record whose new id already exists stays (the newer identity wins)."""
+    old_prefix, new_prefix = f"{protocol}:{old}:", f"{protocol}:{new}:"
+    tail = len(old_prefix) + 1  # SQL substr is 1-based
+    return [
+        (
+            "UPDATE devices SET network = ?, device_id = ? || substr(device_id, ?) "
+            "WHERE protocol = ? AND network = ? AND substr(device_id, 1, ?) = ? "
+            "AND NOT EXISTS (SELECT 1 FROM devices AS d WHERE d.device_id = ? || substr(devices.device_id, ?))",
+            (new, new_prefix, tail, protocol, old, len(old_prefix), old_prefix, new_prefix, tail),
+        ),
+        (
+            "UPDATE history SET device_id = ? || substr(device_id, ?) WHERE substr(device_id, 1, ?) = ? "
+            "AND NOT EXISTS (SELECT 1 FROM devices AS d WHERE d.device_id = history.device_id)",
+            (new_prefix, tail, len(old_prefix), old_prefix),
+        ),
+    ]
+
+def make_repository(config: Config) -> RecordsRepository:
+    """The repository `config.store` names: SQLite under data_dir (the default) or PostgreSQL."""
+    if config.store.backend == "postgres":
+        from gateway.core.pg_repository import PostgresRecordsRepository  # asyncpg: optional extra
+
+        return PostgresRecordsRepository(config.store, config.gateway.id, config.gateway.site)
+    return SQLiteRecordsRepository(config.data_dir / "state.db")
 
 
 # ------------------------------------------------------------------------------------------ rollout rows

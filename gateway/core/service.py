@@ -80,7 +80,7 @@ from gateway.core.plan import PlanItem
 from gateway.core.policy import EffectivePolicy, Policy, version_permitted
 from gateway.core.recordbook import LIVE_STATES, RecordBook
 from gateway.core.records import DeviceRecord, HistoryEntry
-from gateway.core.repository import SQLiteRecordsRepository
+from gateway.core.repository import SQLiteRecordsRepository, make_repository
 from gateway.core.rollout_engine import RolloutEngine, check_params, selector_of
 from gateway.core.rollouts import Rollout, RolloutError, RolloutStatus
 from gateway.core.states import (
@@ -149,7 +149,7 @@ class UpdateCore:
         self.events = EventBus(event_queue_size)
         self.counters = Counters()
         self._policy = Policy(config.policy)
-        self._repo = SQLiteRecordsRepository(config.data_dir / "state.db")
+        self._repo = make_repository(config)
         self._ledger = TransferLedger(config.policy, store.open_reader)
         self._book = RecordBook(
             self._repo,
@@ -189,6 +189,8 @@ class UpdateCore:
 
     @property
     def _db(self) -> SQLiteRecordsRepository:
+        if not isinstance(self._repo, SQLiteRecordsRepository):
+            raise TypeError("_db is the SQLite repository; this core runs on another backend")
         return self._repo
 
     @property
@@ -1050,6 +1052,10 @@ class UpdateCore:
         self.counters.transfers_active.clear()
         self.counters.transfers_active.update(self._ledger.active_by_protocol())
         return self.counters.to_dict()
+
+    def load_counts(self) -> tuple[int, int]:
+        """(devices known, transfers holding a slot): what this gateway reports to the fleet."""
+        return len(self._book.devices), sum(self._ledger.active_by_protocol().values())
 
     def subscribe(self, queue_size: int | None = None) -> AsyncIterator[CoreEvent]:
         return self.events.subscribe(queue_size)

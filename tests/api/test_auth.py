@@ -45,6 +45,7 @@ PROTECTED = [
     ("GET", "/api/v1/sources"),
     ("POST", "/api/v1/sources/z2m/check"),
     ("POST", "/api/v1/sources/fetch"),
+    ("GET", "/api/v1/fleet"),
 ]
 
 

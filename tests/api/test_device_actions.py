@@ -15,7 +15,8 @@ from gateway.api.auth import CREDENTIALS_KEY
 from gateway.api.credentials import CredentialStore
 from gateway.cli import main
 from gateway.core.interface import Available, DeviceInfo, DeviceKey
-from gateway.core.repository import MIGRATION_DEVICE_OVERRIDES, MIGRATIONS, SQLiteRecordsRepository
+from gateway.core.repository import MIGRATIONS, SQLiteRecordsRepository
+from gateway.core.schema import SCHEMA_VERSION, render
 from gateway.core.service import UpdateCore
 from gateway.core.states import DeviceState
 from tests.api.conftest import TOKEN, ApiHarness, zigbee_image
@@ -172,9 +173,9 @@ async def test_schema_step_adds_override_columns(tmp_path: Path) -> None:
     db = tmp_path / "state.db"
     conn = sqlite3.connect(db)
     version, stmts = MIGRATIONS[0]
-    assert version == 1 and MIGRATION_DEVICE_OVERRIDES[0] == 2
+    assert version == 1
     for s in stmts:
-        conn.execute(s)
+        conn.execute(render(s, "sqlite"))
     conn.execute(
         "INSERT INTO devices (device_id, protocol, network, address, endpoint, state, state_since, first_seen,"
         " last_seen) VALUES (?, 'zigbee', 'pan:1a2b', '00:11:22:33:44:55:66:01', 1, 'idle', 0, 0, 0)",
@@ -193,7 +194,7 @@ async def test_schema_step_adds_override_columns(tmp_path: Path) -> None:
         assert rec is not None and rec.name == "Porch" and rec.excluded is True
     finally:
         await repo.close()
-    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 async def test_core_rejects_unknown_override(harness: ApiHarness) -> None:

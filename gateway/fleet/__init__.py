@@ -1,0 +1,1 @@
+"""Fleet coordination on PostgreSQL: gateway membership and leases, shared transfer budgets, leader election."""
