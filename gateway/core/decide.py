@@ -7,7 +7,8 @@ How a decision is made:
 1. the device must have told its vendor/product ids and version;
 2. a covering rollout decides the image: offered only while the device's wave is open and the rollout active;
    otherwise policy auto-approval (or a pin) picks the best permitted image with `gateway.store.selection`;
-3. policy constraints always apply (blocked / allowed / pinned versions, downgrade);
+3. policy constraints always apply (blocked / allowed / pinned versions, downgrade), and the payload check: an
+   invalid payload is never offered, one of unknown format only where `allow_unvalidated_payload` holds;
 4. back-off after failures, then the download window (Busy until it opens: state waiting_for_window).
 Transfer slots (budgets) are not part of the decision: the ledger grants them when the core acts on it.
 """
@@ -19,7 +20,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.config import PolicyConfig
-from gateway.core.policy import EffectivePolicy, Window, selector_matches, version_permitted
+from gateway.core.policy import (
+    EffectivePolicy,
+    Window,
+    payload_refusal,
+    selector_matches,
+    version_permitted,
+)
 from gateway.core.records import DeviceRecord
 from gateway.core.rollouts import RolloutStatus
 from gateway.core.states import DeviceState
@@ -111,6 +118,9 @@ def decide(
         ok, why = version_permitted(eff, entry)
         if not ok:
             return Decision("not_available", f"{tag}: {why} ({eff.source()})")
+        bad_payload = payload_refusal(eff, entry)
+        if bad_payload is not None:
+            return Decision("not_available", f"{tag}: {bad_payload}")
         wave = cover.wave
         if wave is None:
             return Decision("not_available", f"{tag}: device is in none of its waves")
@@ -153,6 +163,9 @@ def decide(
         refused: list[str] = []
         for e in cands:
             ok, why = version_permitted(eff, e)
+            bad_payload = payload_refusal(eff, e)
+            if ok and bad_payload is not None:
+                ok, why = False, bad_payload
             if ok:
                 permitted.append(e)
             elif rejection(e, desc, allow_downgrade=eff.allow_downgrade) is None:

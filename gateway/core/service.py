@@ -89,7 +89,7 @@ from gateway.core.states import (
     TERMINAL_STATES,
     DeviceState,
 )
-from gateway.store.errors import CorruptBlobError, StoreError
+from gateway.store.errors import CatalogMismatchError, CorruptBlobError, StoreError
 from gateway.store.model import CatalogEntry
 from gateway.store.selection import SelectionIndex
 
@@ -107,7 +107,6 @@ _CONTINUE = Continue()  # immutable: one instance serves every progress() call
 _OFFER_WAITING = frozenset({S.UPDATE_AVAILABLE, S.NOTIFIED, S.WAITING_FOR_WINDOW})
 _OFFER_RUNNING = frozenset({S.QUERYING, S.DOWNLOADING, S.PAUSED})
 
-
 class ImageSource(Protocol):
     """What the core needs of gateway.store's ImageStore."""
 
@@ -118,7 +117,8 @@ class ImageSource(Protocol):
         ...
 
     def open_reader(self, entry: CatalogEntry) -> Any:
-        """Raises gateway.store.errors.CorruptBlobError when the blob no longer matches its digest."""
+        """Raises gateway.store.errors.CorruptBlobError when the blob no longer matches its digest or its payload
+        fails the pre-flight check (CatalogMismatchError: the file is sound but disagrees with `entry`)."""
         ...
 
     async def mark_invalid(self, image_id: str, reason: str) -> None:
@@ -421,6 +421,10 @@ class UpdateCore:
                 self._book.transition(rec, d.hold, d.reason, hist, now)
             return Busy(max(1, math.ceil(d.retry_after_s)), d.reason)
         assert d.image is not None
+        if self._preflight(d.image) is not None:
+            # the image was just quarantined (invalid from now on): decide again without it; each entry is
+            # quarantined once, so this ends
+            return self._answer(rec, now, installed, hist)
         ok, why = self._ledger.try_acquire(rec, now)
         if not ok:
             # routers retry sooner than sleepy end devices: part of their priority
@@ -458,20 +462,42 @@ class UpdateCore:
         try:
             reader = self._ledger.reader(entry)
         except CorruptBlobError as exc:
-            why = self._quarantine(entry, exc)
+            why = self._quarantine(entry, exc, whole_blob=not isinstance(exc, CatalogMismatchError))
             raise UnknownToken(f"token {bytes(token).hex()}: {why}") from None
         return _SharedView(reader)
 
-    def _quarantine(self, entry: CatalogEntry, exc: CorruptBlobError) -> str:
-        """The blob of `entry` is corrupt: invalidate every entry of it, end their offers; returns the reason.
+    def _preflight(self, entry: CatalogEntry) -> str | None:
+        """Before an offer: open the image through the store as a transfer would, which checks that the blob still
+        hashes to its name, that its payload passes the pre-flight check and that a Matter header agrees with the
+        catalog entry (cheap when nothing changed: the store caches both by the file's identity). None when it
+        may be offered, otherwise the reason it was quarantined. No block of a bad image is sent: this runs
+        before a token exists, and `open_image` runs the same checks for a reader opened later."""
+        try:
+            reader = self.store.open_reader(entry)
+        except CorruptBlobError as exc:
+            return self._quarantine(entry, exc, whole_blob=not isinstance(exc, CatalogMismatchError))
+        close = getattr(reader, "close", None)
+        if close is not None:
+            close()
+        return None
+
+    def _quarantine(self, entry: CatalogEntry, exc: CorruptBlobError, *, whole_blob: bool = True) -> str:
+        """The blob of `entry` is corrupt: invalidate every entry of it (only `entry` when `whole_blob` is
+        false: its catalog row, not the file, is wrong), end their offers; returns the reason.
 
         Synchronous (adapters call open_image synchronously); the records and the catalog are committed by a
         background task (`sweep` and `stop` wait for it)."""
-        why = f"image {entry.image_id} is corrupt ({exc.problem}); marked invalid, offers withdrawn"
-        bad = [e for e in self._catalog.entries.values() if e.sha256 == entry.sha256 and e.valid]
+        what = "is corrupt" if whole_blob else "disagrees with its catalog entry"
+        why = f"image {entry.image_id} {what} ({exc.problem}); marked invalid, offers withdrawn"
+        bad = [
+            e
+            for e in self._catalog.entries.values()
+            if (e.sha256 == entry.sha256 if whole_blob else e.image_id == entry.image_id) and e.valid
+        ]
         for e in bad:
             self._corrupt[e.image_id] = why if e is entry else f"image {e.image_id} shares the corrupt blob"
-        self._ledger.drop_reader(entry.sha256)
+        if whole_blob:
+            self._ledger.drop_reader(entry.sha256)
         self._set_catalog(
             [
                 dataclasses.replace(e, valid=False) if e.image_id in self._corrupt else e
