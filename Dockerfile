@@ -16,14 +16,16 @@ LABEL org.opencontainers.image.title="otagw" \
       org.opencontainers.image.description="Multi-protocol OTA firmware-update gateway (Matter + Zigbee)" \
       org.opencontainers.image.licenses="Apache-2.0"
 
-# native libraries the chip SDK loads (libnl), nothing else. Not version-pinned: the base image's Debian release
-# fixes them, and pins would break with every Debian security update.
-# hadolint ignore=DL3008
+# native libraries the chip SDK loads, nothing else: libnl (its network layer) and libglib2.0-0 (its
+# _ChipDeviceCtrl.so links libgio-2.0). Pinned to the upstream versions of Debian bookworm (glob on the Debian
+# revision, so a security update still installs instead of failing the build).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libnl-3-200 libnl-route-3-200 \
+    && apt-get install -y --no-install-recommends \
+       "libnl-3-200=3.7.*" "libnl-route-3-200=3.7.*" "libglib2.0-0=2.74.*" \
     && rm -rf /var/lib/apt/lists/*
 
-# unprivileged user; dialout for serial Zigbee radios passed with --device
+# unprivileged user. Serial Zigbee radios (--device): the device node keeps the HOST's group id, which is not
+# always the image's dialout (20); pass it at run time: --group-add "$(stat -c %g /dev/ttyUSB0)".
 RUN groupadd --system --gid 10001 otagw \
     && useradd --system --uid 10001 --gid otagw --groups dialout --home-dir /data --no-create-home \
        --shell /usr/sbin/nologin otagw \
@@ -37,20 +39,23 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links=/wheels "otagw[matter]" \
     && rm -rf /wheels
 
-# Container config: data in the /data volume; the API listens on all interfaces of the container (publish it
-# on the host's loopback unless remote access is wanted). The API token is generated into /data/api-token on
-# first start unless OTAGW_API_TOKEN is set.
+# Container config: data in the /data volume. The API listens on loopback by default, so `--network host` does not
+# put it on every host interface; choose the address at run time with OTAGW_API_LISTEN (published ports:
+# -e OTAGW_API_LISTEN=0.0.0.0:8480 -p 127.0.0.1:8480:8480). The API token is generated into /data/api-token on
+# first start unless OTAGW_API_TOKEN is set. Matter: the chip SDK's fixed /data/chip_*.ini land in the volume
+# (owned by uid 10001: no root, no capability needed; see adapters/matter/fabric/datadir.py).
 RUN printf '%s\n' \
       'data_dir: /data' \
       'api:' \
-      '  listen: 0.0.0.0:8480' \
+      '  listen: 127.0.0.1:8480' \
       'matter:' \
       '  port: 5540' \
       > /etc/otagw/otagw.yaml
 ENV OTAGW_CONFIG=/etc/otagw/otagw.yaml \
     PYTHONUNBUFFERED=1
 
-USER 10001:10001
+# uid only (no :gid): the runtime then also applies the user's supplementary groups from /etc/group
+USER 10001
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8480/tcp 5540/udp

@@ -13,7 +13,12 @@ OTA_FAST=1). Needs root, the chip SDK and Node with tests/js installed.
    from the announcements to the last device's "applied", plus the time until the core marked all updated; the
    gateway process's peak RSS during the transfers (VmHWM, reset before them) and the controller worker's.
 
-Usage: python bench/bench_matter_ota.py [--size BYTES] [--devices 10] [--skip-matterjs]
+Thread-like link (`--loss PERCENT --idle-interval-ms N`): both namespaces drop PERCENT % of incoming packets
+(nftables numgen; this machine's kernel has no sch_netem, so no added delay/jitter) and the requestors advertise a
+sleepy MRP idle interval of N ms; part 1 then compares both providers over that link.
+
+Usage: python bench/bench_matter_ota.py [--size BYTES] [--devices 10] [--skip-matterjs] [--loss 3]
+       [--idle-interval-ms 5000]
 """
 
 from __future__ import annotations
@@ -82,6 +87,38 @@ def _status_kb(pid: int | str, key: str) -> int:
     return 0
 
 
+DEVICE_ARGS: list[
+    str
+] = []  # extra ota_requestor_device.mjs arguments for every bench device (--idle-interval-ms)
+LOSS_PERCENT = 0
+
+
+def impair(pair: NetnsPair) -> None:
+    """Drop LOSS_PERCENT % of the packets entering each namespace (both directions lossy)."""
+    if not LOSS_PERCENT:
+        return
+    for ns in (pair.a.netns, pair.b.netns):
+        for cmd in (
+            ["add", "table", "inet", "otagw_loss"],
+            ["add", "chain", "inet", "otagw_loss", "in", "{ type filter hook input priority 0; }"],
+            [
+                "add",
+                "rule",
+                "inet",
+                "otagw_loss",
+                "in",
+                "numgen",
+                "random",
+                "mod",
+                "100",
+                "<",
+                str(LOSS_PERCENT),
+                "drop",
+            ],
+        ):
+            subprocess.run(["ip", "netns", "exec", ns, "nft", *cmd], check=True, capture_output=True)
+
+
 def transfer_seconds(dev: MatterJsDevice, applied: dict[str, Any]) -> float:
     starts = [t for t, _ in dev.marks if t <= applied["t"]]
     if not starts:
@@ -141,10 +178,12 @@ class Gateway:
 
 async def one_otagw(pair: NetnsPair, tmp: Path, image: Path) -> float:
     dev = MatterJsDevice(pair.b.netns, tmp / "dev-otagw")
+    dev.args += DEVICE_ARGS
     try:
         ready = await dev.start()
         async with Gateway(pair, tmp / "otagw1", image) as gw:
             node = await gw.commission(ready)
+            impair(pair)
             await gw.adapter._announce_due()
             applied = await dev.wait_for(lambda e: e["event"] == "applied", 300, "applied")
             assert applied["sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
@@ -156,6 +195,7 @@ async def one_otagw(pair: NetnsPair, tmp: Path, image: Path) -> float:
 
 async def one_matterjs(pair: NetnsPair, tmp: Path, image: Path) -> float:
     dev = MatterJsDevice(pair.b.netns, tmp / "dev-matterjs")
+    dev.args += DEVICE_ARGS
     provider: asyncio.subprocess.Process | None = None
     try:
         ready = await dev.start()
@@ -180,6 +220,7 @@ async def one_matterjs(pair: NetnsPair, tmp: Path, image: Path) -> float:
             start_new_session=True,
         )
         log.close()
+        impair(pair)  # from the start here: matter.js's controller commissions and serves in one process
         applied = await dev.wait_for(lambda e: e["event"] == "applied", 300, "applied (matter.js provider)")
         assert applied["sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
         return transfer_seconds(dev, applied)
@@ -223,13 +264,18 @@ async def many_otagw(pair: NetnsPair, tmp: Path, image: Path, n: int) -> dict[st
                 *(d.wait_for(lambda e: e["event"] == "applied", 600, "applied") for d in devs)
             )
             t_applied = max(a["t"] for a in applied) - t0
+            restarted = await asyncio.gather(
+                *(d.wait_for(lambda e: e["event"] == "restarted", 600, "restarted") for d in devs)
+            )
+            t_restarted = max(r["t"] for r in restarted) - t0
             await gw.wait_updated(nodes, 300)
             t_updated = time.monotonic() - t0
             assert gw.adapter.admin is not None and gw.adapter.admin.runner._proc is not None
             worker = gw.adapter.admin.runner._proc.pid
-            # the worker runs as `unshare ... sh -c ... exec python`: its pid is the python process
+            # the worker is the python process itself (its /data set-up happens inside it)
             return {
                 "applied_s": t_applied,
+                "restarted_s": t_restarted,
                 "updated_s": t_updated,
                 "gateway_peak_mib": _status_kb("self", "VmHWM") / 1024,
                 "worker_peak_mib": _status_kb(worker, "VmHWM") / 1024,
@@ -244,7 +290,17 @@ async def main() -> int:
     ap.add_argument("--size", type=int, default=1 << 20, help="payload bytes of the image (default 1 MiB)")
     ap.add_argument("--devices", type=int, default=10, help="requestors at once in part 2 (0: skip part 2)")
     ap.add_argument("--skip-matterjs", action="store_true")
+    ap.add_argument("--loss", type=int, default=0, help="percent of packets dropped entering each namespace")
+    ap.add_argument("--idle-interval-ms", type=int, default=0, help="requestors' MRP idle interval (sleepy)")
     a = ap.parse_args()
+    global LOSS_PERCENT
+    LOSS_PERCENT = a.loss
+    if a.idle_interval_ms:
+        DEVICE_ARGS.extend(["--idle-interval-ms", str(a.idle_interval_ms)])
+    if a.loss or a.idle_interval_ms:
+        print(
+            f"link: {a.loss} % loss each way, requestor MRP idle interval {a.idle_interval_ms or 'default'} ms"
+        )
     for reason in (netns_unavailable_reason(), runner_unavailable_reason(), node_unavailable_reason()):
         if reason:
             print(f"skipped: {reason}")
@@ -280,8 +336,8 @@ async def main() -> int:
         finally:
             delete_pair(pair)
         print(
-            f"2. {a.devices} requestors at once from otagw: all applied after {r['applied_s']:.2f} s, all verified "
-            f"updated after {r['updated_s']:.2f} s (mean per-device transfer {r['per_device_s']:.2f} s; "
+            f"2. {a.devices} requestors at once from otagw: all applied after {r['applied_s']:.2f} s, all back up "
+            f"on the new version after {r['restarted_s']:.2f} s, all verified updated after {r['updated_s']:.2f} s (mean per-device transfer {r['per_device_s']:.2f} s; "
             f"aggregate {a.devices * mib / r['applied_s']:.2f} MiB/s)"
         )
         print(

@@ -10,6 +10,7 @@ Each section's model is owned by the part of the gateway that uses it.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -292,6 +293,9 @@ class MatterConfig(Section):
         None, description="directory of PAA certificates (DER) for attestation"
     )
     announce: bool = Field(True, description="send AnnounceOTAProvider when an update is due for a node")
+    announce_check_s: float = Field(
+        15.0, gt=0, le=86400, description="how often the plan is checked for nodes to announce to"
+    )
     max_transfers: int = Field(64, ge=1, description="concurrent BDX transfers the provider serves")
     bdx_block_size: int = Field(1024, ge=64, le=8192, description="max BDX block size offered")
     test_mode: MatterTestMode | None = Field(
@@ -576,10 +580,28 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
     return cfg
 
 
+LISTEN_ENV = "OTAGW_API_LISTEN"
+
+
+def _listen_from_env(cfg: Config) -> Config:
+    """`OTAGW_API_LISTEN=HOST:PORT` overrides `api.listen` (containers: choose the address at `docker run`)."""
+    value = os.environ.get(LISTEN_ENV)
+    if not value:
+        return cfg
+    try:
+        ApiConfig(listen=value)
+    except ValidationError:
+        raise ConfigError(
+            f"{LISTEN_ENV}={value!r}: expected HOST:PORT, e.g. 127.0.0.1:8480 or [::1]:8480"
+        ) from None
+    return cfg.model_copy(update={"api": cfg.api.model_copy(update={"listen": value})})
+
+
 def load_config(path: Path | None) -> Config:
-    """Load `path`, or the embedded defaults when None. Relative paths resolve against the file's folder."""
+    """Load `path`, or the embedded defaults when None. Relative paths resolve against the file's folder.
+    `OTAGW_API_LISTEN` overrides `api.listen`."""
     if path is None:
-        return parse_config({}, "<defaults>")
+        return _listen_from_env(parse_config({}, "<defaults>"))
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -596,7 +618,7 @@ def load_config(path: Path | None) -> Config:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{path}: invalid YAML at {where}: {problem}") from None
     cfg = parse_config(data, str(path), base_dir=path.resolve().parent)
-    return cfg.model_copy(update={"source": path})
+    return _listen_from_env(cfg.model_copy(update={"source": path}))
 
 
 def _yaml_scalar(value: Any) -> str:

@@ -57,6 +57,20 @@ class AdapterRuntime:
         return self.plugin.name
 
 
+async def _notify_via(adapters: list[AdapterRuntime], protocol: str, device_id: str) -> str:
+    from gateway.api.routes_devices import DeviceNotReady
+
+    for rt in adapters:
+        if rt.name == protocol:
+            fn = getattr(rt.instance, "notify_device", None)
+            if rt.state != "running" or fn is None:
+                raise DeviceNotReady(
+                    f"the {protocol} adapter is {rt.state}" + (f": {rt.error}" if rt.error else "")
+                )
+            return str(await fn(device_id))
+    raise DeviceNotReady(f"no {protocol} adapter in this gateway")
+
+
 class GatewayStartError(Exception):
     """A component without which the gateway cannot serve (store, core, API socket) failed to start."""
 
@@ -96,6 +110,13 @@ class Gateway:
 
     def adapter(self, name: str) -> AdapterRuntime | None:
         return next((a for a in self.adapters if a.name == name), None)
+
+    async def notify_device(self, device_id: str) -> str:
+        """Ask one device to query now through the adapter of its protocol (the API's notify action)."""
+        rec = self.core.get_device(device_id) if self.core is not None else None
+        if rec is None:
+            raise LookupError(f"no device {device_id!r}")
+        return await _notify_via(self.adapters, rec.protocol, device_id)
 
     # ------------------------------------------------------------------------------------------ health
     def health(self) -> dict[str, Any]:
@@ -274,6 +295,7 @@ class Gateway:
             health=self.health,
             progress_interval=self._progress_interval,
             extra={"sources": self.sources},
+            notify_device=self.notify_device,
         )
         app = create_app(svc)
         host, _, port = cfg.api.listen.rpartition(":")

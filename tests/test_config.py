@@ -69,6 +69,17 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml")
 
 
+def test_listen_env_overrides_api_listen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("api:\n  listen: 127.0.0.1:8480\n")
+    monkeypatch.setenv("OTAGW_API_LISTEN", "[::]:9000")
+    assert load_config(f).api.listen == "[::]:9000"
+    assert load_config(None).api.listen == "[::]:9000"
+    monkeypatch.setenv("OTAGW_API_LISTEN", "everywhere")
+    with pytest.raises(ConfigError, match="OTAGW_API_LISTEN='everywhere': expected HOST:PORT"):
+        load_config(f)
+
+
 def test_config_not_utf8_is_a_config_error_naming_file_and_byte_offset(tmp_path: Path) -> None:
     f = tmp_path / "bad.yaml"
     f.write_bytes(b"data_dir: x\n# \xc8\xff\n")

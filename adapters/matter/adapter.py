@@ -1,7 +1,7 @@
 """The Matter adapter the service starts: fabric admin + the Python OTA Provider node + the admin loop.
 
 `MatterAdapter(matter_config, core, clock, data_dir)` (its `MatterConfig` section, like the Zigbee adapter); `await start()` / `await stop()`. Start-up, in order:
-  1. preconditions: IPv6 sockets, the chip SDK controller worker (root, unshare, SDK importable); otherwise
+  1. preconditions: IPv6 sockets, the chip SDK controller worker (SDK importable, a /data per datadir.py); otherwise
      `AdapterStartError` with the reason (the gateway serves without Matter);
   2. the fabric (`FabricAdmin`, storage in `<data_dir>/matter/`, owner-only): created on first start, loaded later;
      the provider node's NOC is minted on it by the same controller (M2's identity.py) and kept in credentials/;
@@ -45,11 +45,24 @@ __all__ = ["AdapterStartError", "MatterAdapter"]
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # how often subscription reports are drained from the worker
-ANNOUNCE_CHECK_S = 15.0  # how often the plan is checked for nodes to announce to
 ANNOUNCE_REPEAT_S = 3600.0  # re-announce the same image to a silent node after this long
 RETRY_S = 60.0  # a node that could not be reached is retried after this long
-VERIFY_BACKOFF_S = (3.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)  # SoftwareVersion read-backs after an install
+VERIFY_BACKOFF_S = (
+    2.0,
+    2.0,
+    2.0,
+    3.0,
+    3.0,
+    5.0,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+)  # read-backs after an install: often at first (a reboot takes seconds), then rarer
 VERIFY_TIMEOUT_MS = 5000
+ANNOUNCE_URGENT = 2  # AnnouncementReasonEnum.UrgentUpdateAvailable: query now, not after a long random wait
+VERIFY_PARALLEL = 16  # read-backs in flight at once (each is one CASE session + read in the worker)
 SUBSCRIBE_MAX_S = (
     10  # max interval: a rebooted node's lost subscription is noticed (and re-made) within ~this
 )
@@ -64,7 +77,27 @@ _IDLE, _QUERYING, _DELAYED_ON_QUERY, _DOWNLOADING, _APPLYING, _DELAYED_ON_APPLY,
     6,
     7,
 )
-_FAILURE = 2  # ChangeReasonEnum
+_FAILURE, _TIMEOUT = 2, 3  # ChangeReasonEnum
+_STATE_NAMES = {
+    0: "Unknown",
+    1: "Idle",
+    2: "Querying",
+    3: "DelayedOnQuery",
+    4: "Downloading",
+    5: "Applying",
+    6: "DelayedOnApply",
+    7: "RollingBack",
+    8: "DelayedOnUserConsent",
+}
+_REASON_NAMES = {0: "Unknown", 1: "Success", 2: "Failure", 3: "TimeOut", 4: "DelayByProvider"}
+
+
+def _named(names: dict[int, str], value: Any) -> str:
+    return names.get(value, str(value)) if isinstance(value, int) else str(value)
+
+
+# record states in which a requestor-reported failure ends the episode (then the policy's retry back-off)
+_IN_FLIGHT = frozenset({"querying", "downloading", "downloaded", "waiting_to_apply", "applying", "verifying"})
 
 
 class AdapterStartError(Exception):
@@ -210,11 +243,17 @@ class MatterAdapter:
         return matter_device_key(self.fabric.compressed_fabric_id, node_id)
 
     async def commission(
-        self, code: str, *, ip: str | None = None, node_id: int | None = None, timeout_s: float = 60.0
+        self,
+        code: str,
+        *,
+        ip: str | None = None,
+        port: int | None = None,
+        node_id: int | None = None,
+        timeout_s: float = 60.0,
     ) -> dict[str, Any]:
         """Commission a device onto our fabric and adopt it (observe, provider, subscription)."""
         assert self.admin is not None
-        entry = await self.admin.commission(code, ip=ip, node_id=node_id, timeout_s=timeout_s)
+        entry = await self.admin.commission(code, ip=ip, port=port, node_id=node_id, timeout_s=timeout_s)
         await self.adopt(entry.node_id)
         return asdict(self.admin.nodes[entry.node_id])
 
@@ -244,16 +283,42 @@ class MatterAdapter:
         self._adopted.add(node_id)
         self._retry_at.pop(node_id, None)
 
+    async def query_now(self, node_id: int) -> None:
+        """Make one node query now (`otagw matter announce`, the API's notify): AnnounceOTAProvider with
+        UrgentUpdateAvailable, whatever the plan says (the device's QueryImage then gets the policy's answer)."""
+        assert self.admin is not None
+        if node_id not in self.admin.nodes:
+            raise LookupError(f"node 0x{node_id:016X} is not commissioned on the gateway's fabric")
+        await self.announce(node_id, reason=ANNOUNCE_URGENT)
+        mark = getattr(self.core, "mark_notified", None)
+        if mark is not None:
+            await mark(self.key(node_id), "AnnounceOTAProvider (query now) sent")
+
+    async def notify_device(self, device_id: str) -> str:
+        """The gateway's protocol-neutral "query now" for one device record of ours; returns what was sent."""
+        assert self.admin is not None
+        for nid in self.admin.nodes:
+            if self.key(nid).device_id == device_id:
+                await self.query_now(nid)
+                return "AnnounceOTAProvider"
+        raise LookupError(f"device {device_id!r} is not a node on the gateway's fabric")
+
     async def announce(self, node_id: int, reason: int = 1) -> None:
         assert self.admin is not None
         await self.admin.announce(node_id, reason=reason)
         log.info("matter adapter: AnnounceOTAProvider sent to node 0x%016X", node_id)
 
-    async def _verify(self, key: DeviceKey, timeout_ms: int | None = VERIFY_TIMEOUT_MS) -> None:
-        """Read SoftwareVersion back (after NotifyUpdateApplied / VersionApplied / an apply): the core's proof."""
+    async def _verify(
+        self, key: DeviceKey, timeout_ms: int | None = VERIFY_TIMEOUT_MS, *, after_reboot: bool = False
+    ) -> None:
+        """Read SoftwareVersion back (after NotifyUpdateApplied / VersionApplied / an apply): the core's proof.
+        `after_reboot`: on a new CASE session (the old one died with the device's process)."""
         assert self.admin is not None
         node_id = int(key.address, 16)
-        info = await self.admin.node_info(node_id, timeout_ms=timeout_ms)
+        if after_reboot:
+            info = await self.admin.node_info(node_id, timeout_ms=timeout_ms, fresh_session=True)
+        else:
+            info = await self.admin.node_info(node_id, timeout_ms=timeout_ms)
         b = info.get("basic", {})
         if b.get("SoftwareVersion") is not None:
             await self.core.report_version(key, int(b["SoftwareVersion"]), b.get("SoftwareVersionString"))
@@ -281,7 +346,7 @@ class MatterAdapter:
                     await self._on_report(ev)
                 await self._verify_installs(now)
                 if self.cfg.announce and now >= next_announce:
-                    next_announce = now + ANNOUNCE_CHECK_S
+                    next_announce = now + self.cfg.announce_check_s
                     await self._announce_due()
             except asyncio.CancelledError:
                 raise
@@ -294,6 +359,7 @@ class MatterAdapter:
         Subscriptions notice a rebooted node only after their liveness timeout, and NotifyUpdateApplied is
         optional, so this read is what verifies an update in time."""
         wall = self.clock.now()
+        due: list[tuple[int, int]] = []
         for nid in list(self._adopted):
             rec = self.core.get_device(self.key(nid).device_id)
             if (
@@ -304,14 +370,23 @@ class MatterAdapter:
                 self._verify_at.pop(nid, None)
                 continue
             at, attempt = self._verify_at.setdefault(nid, (now + VERIFY_BACKOFF_S[0], 0))
-            if now < at:
-                continue
-            try:
-                await self._verify(self.key(nid), timeout_ms=VERIFY_TIMEOUT_MS)
-            except ControllerError as exc:
-                log.info("matter adapter: node 0x%016X not readable yet (%s)", nid, exc)
+            if now >= at:
+                due.append((nid, attempt))
+        if not due:
+            return
+        # in parallel, bounded: a fleet rebooting together is verified within seconds, not one timeout apart
+        limit = asyncio.Semaphore(VERIFY_PARALLEL)
+
+        async def read_back(nid: int, attempt: int) -> None:
+            async with limit:
+                try:
+                    await self._verify(self.key(nid), timeout_ms=VERIFY_TIMEOUT_MS, after_reboot=True)
+                except ControllerError as exc:
+                    log.info("matter adapter: node 0x%016X not readable yet (%s)", nid, exc)
             attempt += 1
             self._verify_at[nid] = (now + VERIFY_BACKOFF_S[min(attempt, len(VERIFY_BACKOFF_S) - 1)], attempt)
+
+        await asyncio.gather(*(read_back(nid, attempt) for nid, attempt in due))
 
     async def _announce_due(self) -> None:
         assert self.fabric is not None
@@ -376,31 +451,38 @@ class MatterAdapter:
                 with contextlib.suppress(ControllerError):
                     await self._verify(key)
             elif name == "DownloadError":
-                # not an update failure: the token stays live and the requestor retries (see provider.py)
-                log.info(
-                    "matter adapter: node 0x%016X download error at %s bytes (platform code %s)",
-                    node_id,
-                    data.get("bytesDownloaded"),
-                    data.get("platformCode"),
+                why = (
+                    f"download error at {data.get('bytesDownloaded')} bytes"
+                    f" ({data.get('progressPercent')}%, platform code {data.get('platformCode')})"
                 )
-            elif name == "StateTransition" and (
-                data.get("newState") == _ROLLING_BACK
-                or (
-                    data.get("previousState") == _APPLYING
-                    and data.get("newState") == _IDLE
-                    and data.get("reason") == _FAILURE
-                )
-            ):
-                await self.core.status_report(
-                    key,
-                    StatusReport(ReportedStatus.FAILED_TO_UPDATE, error=f"requestor state transition {data}"),
-                )
+                log.info("matter adapter: node 0x%016X %s", node_id, why)
+                await self._requestor_failed(key, why)
+            elif name == "StateTransition":
+                prev, new, reason = data.get("previousState"), data.get("newState"), data.get("reason")
+                if new == _ROLLING_BACK or (
+                    new == _IDLE and reason in (_FAILURE, _TIMEOUT) and prev not in (None, _IDLE)
+                ):
+                    await self._requestor_failed(
+                        key,
+                        f"requestor went {_named(_STATE_NAMES, prev)} -> {_named(_STATE_NAMES, new)}"
+                        f" ({_named(_REASON_NAMES, reason)})",
+                    )
         elif kind == "error":
             log.info(
                 "matter adapter: subscription to node 0x%016X: error %s (the SDK resubscribes)",
                 node_id,
                 ev.get("error"),
             )
+
+    async def _requestor_failed(self, key: DeviceKey, why: str) -> None:
+        """A failure the requestor reports ends the episode (FAILED with the reason; the policy's back-off then
+        decides the retry). Once per episode: DownloadError and the StateTransition that follows name one failure,
+        and the first (the more precise) keeps its words."""
+        get = getattr(self.core, "get_device", None)
+        rec = get(key.device_id) if get is not None else None
+        if rec is not None and rec.state.value not in _IN_FLIGHT:
+            return
+        await self.core.status_report(key, StatusReport(ReportedStatus.FAILED_TO_UPDATE, error=why))
 
     # ------------------------------------------------------------------------------------------ control socket
     async def _start_control(self) -> None:
@@ -423,9 +505,13 @@ class MatterAdapter:
                 result: Any = await self.commission(
                     str(req["code"]),
                     ip=req.get("ip"),
+                    port=req.get("port"),
                     node_id=req.get("node_id"),
                     timeout_s=float(req.get("timeout_s", 60)),
                 )
+            elif op == "announce":
+                await self.query_now(int(req["node_id"]))
+                result = True
             elif op == "refresh":
                 assert self.admin is not None
                 for nid in list(self.admin.nodes):

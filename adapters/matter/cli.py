@@ -1,6 +1,7 @@
 """`otagw matter ...`: commission devices onto the gateway's fabric and list the nodes it administers.
 
-`commission CODE [--ip ADDR]` takes a QR (`MT:...`) or manual pairing code, commissions the device with the chip SDK
+`announce NODE` makes one node query now (AnnounceOTAProvider, UrgentUpdateAvailable).
+`commission CODE [--ip ADDR [--port N]]` takes a QR (`MT:...`) or manual pairing code, commissions the device with the chip SDK
 controller (fabric created on first use in `<data_dir>/matter/`), reads its identity and versions, and points its
 OTA requestor at the gateway's provider node (DefaultOTAProviders). `nodes [--json] [--refresh]` lists the
 commissioned nodes (from `<data_dir>/matter/nodes.json`; `--refresh` reads them live first).
@@ -74,7 +75,9 @@ async def _via_gateway(ctx: CliContext, request: dict[str, Any], timeout: float)
     return reply.get("result")
 
 
-async def _commission(ctx: CliContext, code: str, ip: str | None, node_id: int | None, timeout: float) -> Any:
+async def _commission(
+    ctx: CliContext, code: str, ip: str | None, port: int | None, node_id: int | None, timeout: float
+) -> Any:
     from adapters.matter.fabric.admin import FabricBusyError, NodeEntry
     from adapters.matter.fabric.controller import ControllerError
 
@@ -84,14 +87,21 @@ async def _commission(ctx: CliContext, code: str, ip: str | None, node_id: int |
     except FabricBusyError:
         got = await _via_gateway(
             ctx,
-            {"op": "commission", "code": code, "ip": ip, "node_id": node_id, "timeout_s": timeout},
+            {
+                "op": "commission",
+                "code": code,
+                "ip": ip,
+                "port": port,
+                "node_id": node_id,
+                "timeout_s": timeout,
+            },
             timeout + 120,
         )
         return NodeEntry(**got)
     except ControllerError as exc:
         raise UserError(str(exc)) from None
     try:
-        entry = await admin.commission(code, ip=ip, node_id=node_id, timeout_s=timeout)
+        entry = await admin.commission(code, ip=ip, port=port, node_id=node_id, timeout_s=timeout)
         info = await admin.node_info(entry.node_id)
         if info.get("has_requestor"):
             await admin.set_provider(entry.node_id)
@@ -107,7 +117,12 @@ async def _commission(ctx: CliContext, code: str, ip: str | None, node_id: int |
 
 @matter.command("commission")
 @click.argument("code")
-@click.option("--ip", "ip", help="Device address (skips mDNS discovery of the commissionable node).")
+@click.option(
+    "--ip",
+    "ip",
+    help="Device address: ADDR, [IPv6]:PORT or IPv4:PORT (skips mDNS discovery of the commissionable node).",
+)
+@click.option("--port", "port", type=int, help="Device UDP port with --ip (default 5540).")
 @click.option("--node-id", "node_id", help="Operational node id to assign (default: next free).")
 @click.option(
     "--timeout", "timeout", type=float, default=60.0, show_default=True, help="Discovery timeout (s)."
@@ -115,10 +130,25 @@ async def _commission(ctx: CliContext, code: str, ip: str | None, node_id: int |
 @click.option("--json", "as_json", is_flag=True, help="Print the node record as JSON.")
 @click.pass_obj
 def commission_cmd(
-    ctx: CliContext, code: str, ip: str | None, node_id: str | None, timeout: float, as_json: bool
+    ctx: CliContext,
+    code: str,
+    ip: str | None,
+    port: int | None,
+    node_id: str | None,
+    timeout: float,
+    as_json: bool,
 ) -> None:
     """Commission a device (QR or manual pairing CODE) and point its OTA requestor at this gateway."""
-    entry = asyncio.run(_commission(ctx, code, ip, _node_id(node_id), timeout))
+    from adapters.matter.fabric.address import parse_device_address
+
+    if port is not None and ip is None:
+        raise UserError("--port needs --ip (without --ip the device is found by mDNS, port included)")
+    if ip is not None:
+        try:
+            parse_device_address(ip, port)  # bad input: a precise error before any controller starts
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    entry = asyncio.run(_commission(ctx, code, ip, port, _node_id(node_id), timeout))
     if as_json:
         click.echo(json.dumps(asdict(entry), indent=1))
         return
@@ -193,3 +223,36 @@ def nodes_cmd(ctx: CliContext, as_json: bool, refresh: bool) -> None:
             f"0x{n.node_id:016X}  {_hex(n.vendor_id)}:{_hex(n.product_id)[2:]:<6}  {version:<20}  "
             f"{provider:<18}  {n.product_name or ''}" + (f"  [{n.last_error}]" if n.last_error else "")
         )
+
+
+async def _announce(ctx: CliContext, node_id: int) -> None:
+    from adapters.matter.fabric.admin import FabricBusyError
+    from adapters.matter.fabric.controller import ControllerError
+
+    admin = _admin(ctx)
+    try:
+        await admin.start()
+    except FabricBusyError:  # the running gateway owns the fabric (and the record): it sends the announce
+        await _via_gateway(ctx, {"op": "announce", "node_id": node_id}, 120)
+        return
+    except ControllerError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        if node_id not in admin.nodes:
+            raise UserError(f"node 0x{node_id:016X} is not commissioned on the gateway's fabric")
+        await admin.announce(node_id, reason=2)  # UrgentUpdateAvailable: query now
+    except ControllerError as exc:
+        raise UserError(f"announce failed: {exc}") from None
+    finally:
+        await admin.close()
+
+
+@matter.command("announce")
+@click.argument("node")
+@click.pass_obj
+def announce_cmd(ctx: CliContext, node: str) -> None:
+    """Make one node query for an update now (AnnounceOTAProvider, UrgentUpdateAvailable). NODE: decimal or 0x hex."""
+    node_id = _node_id(node)
+    assert node_id is not None
+    asyncio.run(_announce(ctx, node_id))
+    click.echo(f"AnnounceOTAProvider sent to node 0x{node_id:016X}")

@@ -8,7 +8,7 @@ reporting component health. Handlers reach it through `services(request)`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
@@ -49,6 +49,8 @@ class ApiServices:
     token: str
     clock: Clock = field(default_factory=SystemClock)
     health: Callable[[], dict[str, Any]] = field(default=lambda: {})
+    # ask one device to query now through its protocol's adapter; returns what was sent (None: not wired)
+    notify_device: Callable[[str], Awaitable[str]] | None = None
     hub: EventHub | None = None  # built by create_app when None
     progress_interval: float = 0.25
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,4 +1,5 @@
-"""Device routes: the fleet list with filters, one device with its transition history, and the update plan.
+"""Device routes: the fleet list with filters, one device with its transition history, the update plan, and
+"query now" (the device's adapter asks it to query: Matter AnnounceOTAProvider).
 
 Devices of both protocols are one list (the core's OTA_Device records); the transfer token is never exposed.
 """
@@ -148,6 +149,34 @@ async def show_device(request: web.Request) -> web.Response:
     return reply(DeviceDetail.model_validate(data))
 
 
+class NotifyOut(Model):
+    device_id: str
+    sent: str = Field(description="what the adapter sent the device, e.g. AnnounceOTAProvider")
+
+
+class DeviceNotReady(RuntimeError):
+    """The device's adapter is not running or cannot ask a device to query (answered 409)."""
+
+
+async def notify_device(request: web.Request) -> web.Response:
+    """Ask one device to query for an update now (Matter: AnnounceOTAProvider, UrgentUpdateAvailable)."""
+    svc = services(request)
+    device_id = request.match_info["device_id"]
+    if svc.core.get_device(device_id) is None:
+        raise ApiError(404, "not_found", f"no device {device_id!r}", field="device_id")
+    if svc.notify_device is None:
+        raise ApiError(409, "not_available", "no adapter can notify devices in this gateway")
+    try:
+        sent = await svc.notify_device(device_id)
+    except LookupError as exc:
+        raise ApiError(404, "not_found", str(exc), field="device_id") from None
+    except DeviceNotReady as exc:
+        raise ApiError(409, "adapter_not_running", str(exc)) from None
+    except Exception as exc:  # the device did not answer: say so, it is not a server bug
+        raise ApiError(502, "device_unreachable", f"{device_id}: {exc}") from None
+    return reply(NotifyOut(device_id=device_id, sent=sent))
+
+
 async def plan(request: web.Request) -> web.Response:
     """What the core would offer each device now (policy, catalog and rollouts applied; nothing changes)."""
     return reply([PlanItemOut.model_validate(i.to_dict()) for i in services(request).core.plan()])
@@ -170,6 +199,18 @@ def declare(t: RouteTable) -> None:
         tag="devices",
         responses={200: Resp("the record", DeviceDetail), 404: err("no such device")},
     )(show_device)
+    t.op(
+        "POST",
+        p + "/{device_id}/notify",
+        summary="Ask a device to query for an update now",
+        tag="devices",
+        responses={
+            200: Resp("sent", NotifyOut),
+            404: err("no such device"),
+            409: err("its adapter is not running"),
+            502: err("the device did not answer"),
+        },
+    )(notify_device)
     t.op(
         "GET",
         f"{API_PREFIX}/plan",

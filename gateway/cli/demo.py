@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import tempfile
@@ -107,8 +106,7 @@ class DemoMatterAdapter:
     def __init__(self, config: Any, core: Any, clock: Any, data_dir: Path) -> None:
         MatterAdapter = get_plugin("matter").adapter_class()
         # a demo wants to see waves move: check the plan for nodes to announce to every 2 s, not every 15 s
-        adapter_module: Any = inspect.getmodule(MatterAdapter)
-        adapter_module.ANNOUNCE_CHECK_S = 2.0
+        config = config.model_copy(update={"announce_check_s": 2.0})
         self.adapter = MatterAdapter(config, core, clock, data_dir, netns=self.pair.a.netns)
 
     async def start(self) -> None:

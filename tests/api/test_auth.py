@@ -23,6 +23,7 @@ PROTECTED = [
     ("POST", "/api/v1/images/0123456789abcdef/revoke"),
     ("GET", "/api/v1/devices"),
     ("GET", "/api/v1/devices/zigbee:pan:1:aa:1"),
+    ("POST", "/api/v1/devices/zigbee:pan:1:aa:1/notify"),
     ("GET", "/api/v1/plan"),
     ("GET", "/api/v1/rollouts"),
     ("POST", "/api/v1/rollouts"),

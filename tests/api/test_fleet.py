@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.api.app import SERVICES_KEY
 from tests.api.conftest import TOKEN, ApiHarness, zigbee_image
 
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -222,3 +223,31 @@ async def test_large_json_body_is_refused(harness: ApiHarness) -> None:
         headers={"Content-Type": "application/json"},
     )
     assert ans["error"]["code"] == "too_large"
+
+
+async def test_notify_device_answers_precisely(harness: ApiHarness) -> None:
+    """POST /devices/{id}/notify: 404 for an unknown device, 409 when no adapter can reach it, 200 with what was
+    sent, 502 when the device does not answer (the protocol adapter's "query now")."""
+    from gateway.core.interface import DeviceInfo, DeviceKey
+
+    await harness.call("POST", "/api/v1/devices/matter:nope:1:0/notify", 404)
+    key = DeviceKey("matter", "fabric:0102030405060708", "0000000000001001", 0)
+    await harness.core.observe(DeviceInfo(key, vendor_id=0xFFF1, product_id=0x8000, current_version=1))
+    path = f"/api/v1/devices/{key.device_id}/notify"
+    body = await harness.call("POST", path, 409)  # the harness gateway runs no adapter
+    assert body["error"]["code"] == "not_available"
+    svc = harness.app[SERVICES_KEY]
+    sent: list[str] = []
+
+    async def notify(device_id: str) -> str:
+        sent.append(device_id)
+        if len(sent) > 1:
+            raise TimeoutError("no answer within 20 s")
+        return "AnnounceOTAProvider"
+
+    svc.notify_device = notify
+    body = await harness.call("POST", path, 200)
+    assert body == {"device_id": key.device_id, "sent": "AnnounceOTAProvider"}
+    body = await harness.call("POST", path, 502)
+    assert body["error"]["code"] == "device_unreachable" and "no answer" in body["error"]["message"]
+    assert sent == [key.device_id, key.device_id]

@@ -91,7 +91,13 @@ ROWS = [
         "auto-approve off, no rollout",
         policy={"auto_approve": False},
         outcome="not_available",
-        reason="auto-approve is off",
+        reason="not approved",
+    ),
+    Row(
+        "auto-approve off, approved image offered",
+        policy={"auto_approve": False},
+        entries=(replace(V3, approval="approved"),),
+        image=V3,
     ),
     Row(
         "blocked version held back by policy",
@@ -184,7 +190,8 @@ ROWS = [
 
 
 def run(row: Row) -> Decision:
-    cfg = parse_config({"data_dir": "/nonexistent", "policy": row.policy}).policy
+    # the table's rows are about selection: images are offered without approval unless a row turns that off
+    cfg = parse_config({"data_dir": "/nonexistent", "policy": {"auto_approve": True, **row.policy}}).policy
     pol = Policy(cfg)
     eff = pol.effective(row.record)
     view = CatalogView({e.image_id: e for e in row.entries}, SelectionIndex.build(row.entries))

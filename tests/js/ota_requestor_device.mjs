@@ -2,6 +2,7 @@
 //
 // Usage: node ota_requestor_device.mjs --dir DIR [--port 5540] [--vendor-id 0xFFF1] [--product-id 0x8000]
 //        [--version 1] [--version-string 1.0] [--passcode 20202021] [--discriminator 3840] [--reboot-exit]
+//        [--idle-interval-ms N]   (a sleepy device: MRP idle interval N ms in its session parameters)
 //
 // Prints one JSON object per line on stdout, prefixed "OTAGW-EVENT ", for the test driving it:
 //   {"event":"ready","version":N,"manualPairingCode":"...","qrPairingCode":"...","port":P,"commissioned":bool}
@@ -36,6 +37,8 @@ const { values: args } = parseArgs({
         passcode: { type: "string", default: "20202021" },
         discriminator: { type: "string", default: "3840" },
         "reboot-exit": { type: "boolean", default: false },
+        // a sleepy (Thread-like) device: its session idle interval in ms (MRP SII), e.g. 5000; 0 = matter.js default
+        "idle-interval-ms": { type: "string", default: "0" },
     },
 });
 if (!args.dir) {
@@ -116,6 +119,17 @@ async function startNode() {
             uniqueId: `otagw-test-${args.port}`,
         },
         otaSoftwareUpdateRequestor: { updateQueryInterval: 24 * 3600 * 1000 },
+        ...(Number(args["idle-interval-ms"]) > 0
+            ? {
+                  sessions: {
+                      intervals: {
+                          idleInterval: Number(args["idle-interval-ms"]),
+                          activeInterval: 300,
+                          activeThreshold: 4000,
+                      },
+                  },
+              }
+            : {}),
     });
     await node.add(OnOffLightDevice);
     node.events.otaSoftwareUpdateRequestor?.updateState$Changed?.on(state => {

@@ -164,3 +164,53 @@ async def test_cli_commission_goes_through_the_running_gateway(netns_pair: Netns
         await core.stop()
         await store.close()
         await device.stop()
+
+
+@pytest.mark.parametrize("form", ["bracketed", "port-option"])
+async def test_cli_commission_at_ip_on_another_port(netns_pair: NetnsPair, tmp_path: Path, form: str) -> None:
+    """A device on port 5541 (not 5540): `--ip [ADDR]:5541` and `--ip ADDR --port 5541` both commission it."""
+    _skip_unless_peers()
+    pair = netns_pair
+    paa = export_paas(tmp_path / "paa")
+    device = MatterJsDevice(pair.b.netns, tmp_path / "device", port=5541)
+    cfg_file = tmp_path / "otagw.yaml"
+    cfg_file.write_text(
+        f"data_dir: {tmp_path / 'data'}\nmatter:\n  node_id: {PROVIDER_NODE}\n  paa_trust_store: {paa}\n"
+    )
+    where = (
+        ["--ip", f"[{pair.b.address}]:5541"]
+        if form == "bracketed"
+        else ["--ip", pair.b.address, "--port", "5541"]
+    )
+    try:
+        ready = await device.start()
+        assert ready["port"] == 5541
+        proc = await asyncio.create_subprocess_exec(
+            "ip",
+            "netns",
+            "exec",
+            pair.a.netns,
+            sys.executable,
+            "-m",
+            "gateway",
+            "-c",
+            str(cfg_file),
+            "matter",
+            "commission",
+            ready["manualPairingCode"],
+            *where,
+            "--json",
+            cwd=REPO,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 180)
+        assert proc.returncode == 0, err.decode()[-3000:]
+        entry = json.loads(out)
+        assert (entry["vendor_id"], entry["product_id"], entry["default_provider"]) == (
+            0xFFF1,
+            0x8000,
+            PROVIDER_NODE,
+        )
+    finally:
+        await device.stop()

@@ -284,7 +284,9 @@ async def test_requestor_of_another_fabric_cannot_open_a_session(
     _skip_unless_peers()
     image = image_by_cli(tmp_path, 2, 10_000)
     gw = await start_gateway(netns_pair, tmp_path, [image])
-    foreign = ControllerRunner(tmp_path / "foreign", netns=netns_pair.b.netns, timeout_s=90)
+    foreign = ControllerRunner(
+        tmp_path / "foreign", netns=netns_pair.b.netns, timeout_s=90, isolation="private"
+    )
     try:
         await asyncio.to_thread(foreign.start)
         await asyncio.to_thread(foreign.init_fabric, fabric_id=7, vendor_id=0xFFF1, controller_node_id=0x5555)

@@ -42,8 +42,8 @@ async def test_chip_controller_case_and_foreign_fabric_refused(
         pytest.skip(reason)
     caplog.set_level(logging.INFO, logger="adapters.matter")
     pair = netns_pair
-    ctl = ControllerRunner(tmp_path / "ctl1", netns=pair.b.netns, timeout_s=90)
-    ctl2 = ControllerRunner(tmp_path / "ctl2", netns=pair.b.netns, timeout_s=90)
+    ctl = ControllerRunner(tmp_path / "ctl1", netns=pair.b.netns, timeout_s=90, isolation="private")
+    ctl2 = ControllerRunner(tmp_path / "ctl2", netns=pair.b.netns, timeout_s=90, isolation="private")
     node: ProviderNode | None = None
     try:
         await _call(ctl.start)

@@ -25,12 +25,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters.matter.fabric.address import parse_device_address
 from adapters.matter.fabric.controller import ControllerError, ControllerRunner
 from adapters.matter.fabric.identity import ensure_identity
 from gateway.config import MatterConfig
 from gateway.sources.paa import attestation_hint
 
-__all__ = ["FabricAdmin", "FabricBusyError", "NodeEntry", "load_nodes", "matter_dir"]
+# worker ops that only read a node or send it a command: safe to run side by side
+CONCURRENT_OPS = frozenset({"node_info", "announce", "poll_events", "read_attribute", "fabric_info"})
+
+__all__ = ["CONCURRENT_OPS", "FabricAdmin", "FabricBusyError", "NodeEntry", "load_nodes", "matter_dir"]
 
 OPS_MODULE = "adapters.matter.fabric.admin_ops"
 FIRST_NODE_ID = 0x0000_0000_0000_1001
@@ -184,6 +188,10 @@ class FabricAdmin:
         await self.close()
 
     async def call(self, op: str, _timeout: float | None = None, **args: Any) -> Any:
+        """One worker op. Reads and announces run concurrently (the worker runs each request as its own task, so
+        ten rebooted nodes are read back at once); ops that change the controller's state go one at a time."""
+        if op in CONCURRENT_OPS:
+            return await asyncio.to_thread(self.runner.call, op, _timeout, **args)
         async with self._call_lock:
             return await asyncio.to_thread(self.runner.call, op, _timeout, **args)
 
@@ -213,12 +221,22 @@ class FabricAdmin:
         return max([FIRST_NODE_ID - 1, *self.nodes]) + 1
 
     async def commission(
-        self, code: str, *, ip: str | None = None, node_id: int | None = None, timeout_s: float = 60.0
+        self,
+        code: str,
+        *,
+        ip: str | None = None,
+        port: int | None = None,
+        node_id: int | None = None,
+        timeout_s: float = 60.0,
     ) -> NodeEntry:
+        """Commission onto our fabric: by mDNS, or at `ip` (`ADDR`, `[v6]:PORT`, `v4:PORT`) and `port`."""
         nid = node_id or self.next_node_id()
+        where: dict[str, Any] = {}
+        if ip:
+            where["ip"], where["port"] = parse_device_address(ip, port)
         try:
             got = await self.call(
-                "commission", _timeout=timeout_s + 60, code=code, node_id=nid, ip=ip, timeout_s=timeout_s
+                "commission", _timeout=timeout_s + 60, code=code, node_id=nid, timeout_s=timeout_s, **where
             )
         except ControllerError as exc:
             if "attestation" not in str(exc).lower():
@@ -230,8 +248,12 @@ class FabricAdmin:
         _save_nodes(self.dir, self.nodes)
         return entry
 
-    async def node_info(self, node_id: int, timeout_ms: int | None = None) -> dict[str, Any]:
-        info: dict[str, Any] = await self.call("node_info", node_id=node_id, timeout_ms=timeout_ms)
+    async def node_info(
+        self, node_id: int, timeout_ms: int | None = None, *, fresh_session: bool = False
+    ) -> dict[str, Any]:
+        info: dict[str, Any] = await self.call(
+            "node_info", node_id=node_id, timeout_ms=timeout_ms, fresh_session=fresh_session
+        )
         b = info.get("basic", {})
         e = self.nodes.get(node_id)
         if e is not None:

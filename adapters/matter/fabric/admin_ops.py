@@ -4,9 +4,10 @@ Runs *inside* the worker process (the chip SDK is imported lazily, per op). Ever
 `WorkerState` and a JSON args dict and returns JSON-able data:
 
   parse_code      {code}                                  -> {passcode, discriminator, long_discriminator, vendor_id..}
-  commission      {code, node_id, ip?, timeout_s?}        -> {node_id}   (QR "MT:..." or manual pairing code; on the
-                                                              network by mDNS, or at `ip` directly)
-  node_info       {node_id, timeout_ms?}                  -> BasicInformation + OTA requestor attributes (by name)
+  commission      {code, node_id, ip?, port?, timeout_s?} -> {node_id}   (QR "MT:..." or manual pairing code; on the
+                                                              network by mDNS, or at `ip` [`port`, 5540] directly)
+  node_info       {node_id, timeout_ms?, fresh_session?}  -> BasicInformation + OTA requestor attributes (by name;
+                                                              fresh_session: a new CASE session, after a reboot)
   set_provider    {node_id, provider_node_id, endpoint?}  -> DefaultOTAProviders after the write (our fabric's entry
                                                               replaced, other fabrics' entries untouched)
   announce        {node_id, provider_node_id, vendor_id, reason?, endpoint?}  -> AnnounceOTAProvider sent
@@ -17,6 +18,7 @@ Runs *inside* the worker process (the chip SDK is imported lazily, per op). Ever
                                                               {"node_id", "kind": "attribute"|"event"|"error", ...}
   unsubscribe     {node_id}
   remove_node     {node_id}                               -> RemoveFabric on the node (decommission)
+  open_window     {node_id, timeout_s?, discriminator?}   -> {passcode, manual_code, qr_code} (enhanced window)
 
 Subscription callbacks only append to a buffer (bounded, oldest dropped); the parent drains it with poll_events.
 """
@@ -116,7 +118,9 @@ async def _op_commission(st: WorkerState, a: dict[str, Any]) -> Any:
     info = _parse(str(a["code"]))
     timeout_ms = int(float(a.get("timeout_s", 60)) * 1000)
     if a.get("ip"):
-        got = await ctrl.CommissionIP(str(a["ip"]), info["passcode"], node_id)
+        # PASE to ip:port, then commissioning over that session (CommissionIP has no port: 5540 only)
+        await ctrl.EstablishPASESessionIP(str(a["ip"]), info["passcode"], node_id, int(a.get("port") or 5540))
+        got = await ctrl.Commission(node_id)
     else:
         ftype = (
             FilterType.LONG_DISCRIMINATOR
@@ -149,6 +153,10 @@ async def _op_node_info(st: WorkerState, a: dict[str, Any]) -> Any:
 
     ctrl = st.require_controller()
     node_id = int(a["node_id"])
+    if a.get("fresh_session"):
+        # a read-back after a reboot: the old CASE session died with the device's process, and reading on it
+        # only ends in a timeout; start from a new session instead
+        ctrl.ExpireSessions(node_id)
     if a.get("timeout_ms"):  # bound the CASE set-up (a rebooting node must not stall the worker for long)
         await ctrl.GetConnectedDevice(node_id, allowPASE=False, timeoutMs=int(a["timeout_ms"]))
     basic, req = Clusters.BasicInformation, Clusters.OtaSoftwareUpdateRequestor
@@ -173,9 +181,13 @@ async def _op_set_provider(st: WorkerState, a: dict[str, Any]) -> Any:
     endpoint = int(a.get("endpoint", 0))
     req = Clusters.OtaSoftwareUpdateRequestor
     # fabric-filtered read: only our fabric's entries come back, and a write replaces only our fabric's entries
-    res = await ctrl.ReadAttribute(node_id, [(0, req.Attributes.DefaultOTAProviders)])
+    creds = Clusters.OperationalCredentials
+    res = await ctrl.ReadAttribute(
+        node_id, [(0, req.Attributes.DefaultOTAProviders), (0, creds.Attributes.CurrentFabricIndex)]
+    )
     current = list(res.get(0, {}).get(req, {}).get(req.Attributes.DefaultOTAProviders, []) or [])
-    fabric_index = current[0].fabricIndex if current else 1
+    # our index on this node (not 1 when another admin commissioned it first: multi-admin)
+    fabric_index = int(res.get(0, {}).get(creds, {}).get(creds.Attributes.CurrentFabricIndex, 1) or 1)
     new = [req.Structs.ProviderLocation(providerNodeID=provider, endpoint=endpoint, fabricIndex=fabric_index)]
     if not (len(current) == 1 and current[0].providerNodeID == provider and current[0].endpoint == endpoint):
         results = await ctrl.WriteAttribute(node_id, [(0, req.Attributes.DefaultOTAProviders(new))])
@@ -202,6 +214,24 @@ async def _op_announce(st: WorkerState, a: dict[str, Any]) -> Any:
     )
     await ctrl.SendCommand(int(a["node_id"]), 0, cmd, interactionTimeoutMs=int(a.get("timeout_ms", 20000)))
     return True
+
+
+async def _op_open_window(st: WorkerState, a: dict[str, Any]) -> Any:
+    """Enhanced commissioning window (new random passcode) on a node of ours: how a device is shared with
+    another admin (another controller, or otagw itself when an ecosystem opens the window)."""
+    ctrl = st.require_controller()
+    params = await ctrl.OpenCommissioningWindow(
+        nodeid=int(a["node_id"]),
+        timeout=int(a.get("timeout_s", 300)),
+        iteration=int(a.get("iteration", 1000)),
+        discriminator=int(a.get("discriminator", 3000)),
+        option=1,  # kTokenWithRandomPIN
+    )
+    return {
+        "passcode": int(params.setupPinCode),
+        "manual_code": str(params.setupManualCode),
+        "qr_code": str(params.setupQRCode),
+    }
 
 
 async def _op_subscribe(st: WorkerState, a: dict[str, Any]) -> Any:
@@ -323,4 +353,5 @@ OPS: dict[str, Any] = {
     "poll_events": _op_poll_events,
     "unsubscribe": _op_unsubscribe,
     "remove_node": _op_remove_node,
+    "open_window": _op_open_window,
 }

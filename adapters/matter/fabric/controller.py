@@ -2,11 +2,12 @@
 
 Why a subprocess: the SDK writes `/data/chip_*.ini` (a fixed path), aborts the process if its stack is not shut
 down, and keeps global state. So `ControllerRunner` starts `python -m adapters.matter.fabric.controller --worker`
-inside its own mount namespace (`unshare -m`) with a private directory `<data_dir>/controller/` (0700) bind-mounted
-over `/data`; the SDK's storage JSON (which holds the example issuer's CA keys in plaintext) lives there too, and
-the worker runs with umask 077 so every file it creates is owner-only. Optionally the worker runs in a network
-namespace (`netns=`, via `ip netns exec`). Needs root (for the mount namespace) and an existing `/data` mount point
-(created 0700 when missing).
+with a private directory `<data_dir>/controller/` (0700) that holds the SDK's storage JSON (the example issuer's CA
+keys in plaintext). How the SDK's `/data` is provided is chosen per host by `datadir.choose_plan` and logged: a
+private mount namespace (root), `/data` itself when it is ours (the Docker image's volume), or an unprivileged user
++ mount namespace (a plain user); see `adapters.matter.fabric.datadir`. `isolation="private"` insists on a private
+`/data` (tests running several controllers at once). The worker runs with umask 077 so every file it creates is
+owner-only. Optionally the worker runs in a network namespace (`netns=`, via `ip netns exec`, root only).
 
 Parent API (synchronous; wrap in `asyncio.to_thread` from async code):
 
@@ -37,9 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -49,6 +50,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapters.matter.fabric.datadir import (
+    DataDirUnavailable,
+    DataPlan,
+    Isolation,
+    choose_plan,
+    enter_private_data,
+)
+
 __all__ = [
     "ControllerError",
     "ControllerRunner",
@@ -57,7 +66,7 @@ __all__ = [
 ]
 
 _REPO_ROOT = Path(__file__).resolve().parents[3]
-_MOUNT_POINT = Path("/data")
+_log = logging.getLogger(__name__)
 
 
 class ControllerError(RuntimeError):
@@ -76,12 +85,8 @@ class NOCChain:
     vendor_id: int
 
 
-def runner_unavailable_reason() -> str | None:
-    """None when ControllerRunner can work here, else a human-readable reason (for pytest skips)."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "needs root (mount namespace for a private /data)"
-    if shutil.which("unshare") is None:
-        return "unshare(1) not installed"
+def runner_unavailable_reason(isolation: Isolation = "auto") -> str | None:
+    """None when ControllerRunner can work here, else a human-readable reason (adapter start, pytest skips)."""
     # Checked without importing the SDK here: its native library is large and belongs in the worker only.
     import ctypes.util
     import importlib.util
@@ -91,9 +96,10 @@ def runner_unavailable_reason() -> str | None:
     for lib in ("nl-3", "nl-route-3"):
         if ctypes.util.find_library(lib) is None:
             return f"lib{lib} missing (apt-get install -y libnl-3-200 libnl-route-3-200)"
-    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False)
-    if probe.returncode != 0:
-        return f"unshare -m not permitted: {probe.stderr.decode(errors='replace').strip()}"
+    try:
+        choose_plan(isolation)
+    except DataDirUnavailable as exc:
+        return str(exc)
     return None
 
 
@@ -108,6 +114,7 @@ class ControllerRunner:
         ops_module: str | None = None,
         timeout_s: float = 60.0,
         python: str = sys.executable,
+        isolation: Isolation = "auto",
     ) -> None:
         self.data_dir = Path(data_dir)
         self.private_dir = self.data_dir / "controller"
@@ -115,6 +122,8 @@ class ControllerRunner:
         self.ops_module = ops_module
         self.timeout_s = timeout_s
         self.python = python
+        self.isolation: Isolation = isolation
+        self.plan: DataPlan | None = None  # how the worker got its /data (set by start)
         self._proc: subprocess.Popen[bytes] | None = None
         self._next_id = 0
         self._buf = b""
@@ -130,31 +139,26 @@ class ControllerRunner:
     def start(self) -> None:
         if self._proc is not None:
             return
-        reason = runner_unavailable_reason()
+        reason = runner_unavailable_reason(self.isolation)
         if reason:
             raise ControllerError(f"cannot start the chip controller worker: {reason}")
+        self.plan = choose_plan(self.isolation)
+        _log.info("matter controller worker: /data mode %s (%s)", self.plan.mode, self.plan.reason)
         for d in (self.data_dir, self.private_dir):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(d, 0o700)
-        if not _MOUNT_POINT.exists():
-            _MOUNT_POINT.mkdir(mode=0o700)
         cmd: list[str] = []
         if self.netns:
             cmd += ["ip", "netns", "exec", self.netns]
         cmd += [
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            'd="$1"; shift; mount --bind "$d" /data && exec "$@"',
-            "sh",
-            str(self.private_dir),
             self.python,
             "-m",
             "adapters.matter.fabric.controller",
             "--worker",
+            "--data-mode",
+            self.plan.mode,
+            "--private-dir",
+            str(self.private_dir.resolve()),
         ]
         if self.ops_module:
             cmd += ["--ops-module", self.ops_module]
@@ -303,7 +307,7 @@ class ControllerRunner:
                 vendor_id=vendor_id,
                 controller_node_id=controller_node_id,
                 maximize_cert_chains=maximize_cert_chains,
-                paa_trust_store=paa_trust_store or str(self.private_dir / "paa"),
+                paa_trust_store=paa_trust_store,  # None: <storage>/paa as the worker sees it
             )
         )
 
@@ -379,7 +383,8 @@ def _jsonable(value: Any) -> Any:
 class WorkerState:
     """SDK objects held by the worker (passed to every op)."""
 
-    def __init__(self) -> None:
+    def __init__(self, storage_dir: str = "/data") -> None:
+        self.storage_dir = storage_dir  # where the SDK's storage JSON lives (in this process's view)
         self.stack: Any = None
         self.ca_manager: Any = None
         self.ca: Any = None
@@ -408,7 +413,10 @@ def _ensure_stack(st: WorkerState) -> None:
     from chip.CertificateAuthority import CertificateAuthorityManager
     from chip.ChipStack import ChipStack
 
-    st.stack = ChipStack(persistentStoragePath="/data/chip-storage.json", enableServerInteractions=False)
+    st.stack = ChipStack(
+        persistentStoragePath=os.path.join(st.storage_dir, "chip-storage.json"),
+        enableServerInteractions=False,
+    )
     st.ca_manager = CertificateAuthorityManager(st.stack, st.stack.GetStorageManager())
     st.ca_manager.LoadAuthoritiesFromStorage()
 
@@ -428,7 +436,11 @@ async def _op_init(st: WorkerState, a: dict[str, Any]) -> Any:
     )
     admins = [ad for ad in st.ca.adminList if ad.fabricId == fabric_id]
     st.admin = admins[0] if admins else st.ca.NewFabricAdmin(vendorId=vendor_id, fabricId=fabric_id)
-    paa = str(a.get("paa_trust_store") or "/data/paa")
+    given = a.get("paa_trust_store")
+    paa = str(given or os.path.join(st.storage_dir, "paa"))
+    if given and not os.path.isdir(paa):
+        # e.g. a store under /tmp while the worker has a private /tmp (user-namespace mode)
+        raise FileNotFoundError(f"PAA trust store {paa} is not a directory the controller worker can see")
     os.makedirs(paa, mode=0o700, exist_ok=True)
     st.controller = st.admin.NewController(
         nodeId=int(a.get("controller_node_id", 112233)), paaTrustStorePath=paa
@@ -532,12 +544,11 @@ _OPS: dict[str, Any] = {
 }
 
 
-async def _worker_main(ops_module: str | None) -> None:
+async def _worker_main(ops_module: str | None, storage_dir: str) -> None:
     import asyncio
     import importlib
     import inspect
 
-    os.umask(0o077)
     # fd 1 is reserved for JSON replies; the SDK's C logging goes to fd 1, so point fd 1 at stderr.
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
@@ -549,7 +560,7 @@ async def _worker_main(ops_module: str | None) -> None:
     ops = dict(_OPS)
     if ops_module:
         ops.update(importlib.import_module(ops_module).OPS)
-    st = WorkerState()
+    st = WorkerState(storage_dir)
     loop = asyncio.get_running_loop()
     running: set[asyncio.Task[None]] = set()
 
@@ -608,8 +619,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="chip SDK controller worker (JSON lines on stdin/stdout)")
     p.add_argument("--worker", action="store_true", required=True)
     p.add_argument("--ops-module")
+    p.add_argument("--data-mode", choices=["direct", "mount-namespace", "user-namespace"], required=True)
+    p.add_argument("--private-dir", required=True)
     args = p.parse_args(argv)
-    asyncio.run(_worker_main(args.ops_module))
+    os.umask(0o077)
+    # before anything starts a thread (unshare of a user namespace needs a single-threaded process)
+    enter_private_data(args.data_mode, args.private_dir)
+    storage_dir = args.private_dir if args.data_mode == "direct" else "/data"
+    asyncio.run(_worker_main(args.ops_module, storage_dir))
     return 0
 
 

@@ -105,6 +105,7 @@ async def ota(tmp_path: Path) -> AsyncIterator[OtaRig]:
     cfg = parse_config(
         {
             "data_dir": str(tmp_path),
+            "policy": {"auto_approve": True},  # these tests are about the radio path, not approval
             "zigbee": {"enabled": True, "radio": {"type": "ezsp", "device": path, "startup_timeout_s": 20}},
         }
     )
