@@ -53,7 +53,9 @@ def check_zigbee_payload(data: bytes, image: ZigbeeOtaImage | None = None) -> Pa
         return PayloadVerdict("invalid", f"upgrade image: {exc}", _bad_subelement_offset(data, image))
     if result == validators.ValidationResult.VALID:
         return PayloadVerdict("valid", "Silicon Labs EBL/GBL structure and CRC-32 checked (zigpy validators)")
-    return PayloadVerdict("unknown", "payload is not a Silicon Labs EBL/GBL image; no validator for its format")
+    return PayloadVerdict(
+        "unknown", "payload is not a Silicon Labs EBL/GBL image; no validator for its format"
+    )
 
 
 def _bad_subelement_offset(data: bytes, image: ZigbeeOtaImage | None) -> int | None:
