@@ -63,6 +63,22 @@ class DeviceOut(BaseModel):
     last_seen: float
     last_query: float | None
     present: bool
+    failure_kind: str | None = Field(
+        None, description="what ended the last failed episode: download, apply, device_reported, not_back, "
+        "not_verified, old_version"
+    )
+    blocked_image_id: str | None = Field(
+        None, description="parked: this image is not offered again until POST .../retry (needs attention)"
+    )
+    blocked_reason: str | None = None
+    blocked_at: float | None = None
+    last_answer: str | None = Field(None, description="the last query's answer: Available, NotAvailable, Busy")
+    last_answer_reason: str | None = None
+    power_source: Literal["mains", "battery"] | None = None
+    battery_percent: int | None = None
+    bytes_downloaded: int | None = Field(
+        None, description="contiguous bytes the device has of its target image (full size once finished)"
+    )
 
 
 class HistoryOut(BaseModel):
@@ -177,6 +193,17 @@ async def notify_device(request: web.Request) -> web.Response:
     return reply(NotifyOut(device_id=device_id, sent=sent))
 
 
+async def retry_device(request: web.Request) -> web.Response:
+    """A person lifts a parked device: its failed image may be offered again (attempts and back-off reset)."""
+    core = services(request).core
+    device_id = request.match_info["device_id"]
+    try:
+        rec = await core.retry_device(device_id, by="api")
+    except KeyError:
+        raise ApiError(404, "not_found", f"no device {device_id!r}", field="device_id") from None
+    return reply(device_out(rec))
+
+
 async def plan(request: web.Request) -> web.Response:
     """What the core would offer each device now (policy, catalog and rollouts applied; nothing changes)."""
     return reply([PlanItemOut.model_validate(i.to_dict()) for i in services(request).core.plan()])
@@ -211,6 +238,13 @@ def declare(t: RouteTable) -> None:
             502: err("the device did not answer"),
         },
     )(notify_device)
+    t.op(
+        "POST",
+        p + "/{device_id}/retry",
+        summary="Offer a parked device its failed update again",
+        tag="devices",
+        responses={200: Resp("the record", DeviceOut), 404: err("no such device")},
+    )(retry_device)
     t.op(
         "GET",
         f"{API_PREFIX}/plan",

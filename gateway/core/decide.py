@@ -9,7 +9,10 @@ How a decision is made:
    otherwise policy auto-approval (or a pin) picks the best permitted image with `gateway.store.selection`;
 3. policy constraints always apply (blocked / allowed / pinned versions, downgrade), and the payload check: an
    invalid payload is never offered, one of unknown format only where `allow_unvalidated_payload` holds;
-4. back-off after failures, then the download window (Busy until it opens: state waiting_for_window).
+4. a device parked as failed (an update did not take, or policy.max_attempts failed episodes) is offered nothing
+   it could have been offered then, only an image added later or a rollout's (both a person's act), and never
+   the image that failed, until a person lifts it (`otagw devices retry`);
+5. back-off after failures, then the download window (Busy until it opens: state waiting_for_window).
 Transfer slots (budgets) are not part of the decision: the ledger grants them when the core acts on it.
 """
 
@@ -87,6 +90,20 @@ def descriptor(rec: DeviceRecord) -> DeviceDescriptor | None:
     )
 
 
+def _parked_for(rec: DeviceRecord, entry: CatalogEntry) -> bool:
+    """A parked device is offered only images added after it was parked (and never the one that failed)."""
+    if rec.blocked_image_id is None:
+        return False
+    return entry.image_id == rec.blocked_image_id or entry.added_at <= (rec.blocked_at or 0.0)
+
+
+def _parked(rec: DeviceRecord) -> str:
+    return (
+        f"device parked as failed for image {rec.blocked_image_id}: {rec.blocked_reason}; "
+        f"`otagw devices retry {rec.device_id}` offers it again"
+    )
+
+
 def decide(
     rec: DeviceRecord,
     catalog: CatalogView,
@@ -121,6 +138,8 @@ def decide(
         bad_payload = payload_refusal(eff, entry)
         if bad_payload is not None:
             return Decision("not_available", f"{tag}: {bad_payload}")
+        if entry.image_id == rec.blocked_image_id:
+            return Decision("not_available", f"{tag}: {_parked(rec)}")
         wave = cover.wave
         if wave is None:
             return Decision("not_available", f"{tag}: device is in none of its waves")
@@ -166,6 +185,8 @@ def decide(
             bad_payload = payload_refusal(eff, e)
             if ok and bad_payload is not None:
                 ok, why = False, bad_payload
+            if ok and _parked_for(rec, e):
+                ok, why = False, _parked(rec)
             if ok:
                 permitted.append(e)
             elif rejection(e, desc, allow_downgrade=eff.allow_downgrade) is None:

@@ -40,7 +40,7 @@ __all__ = [
     "StateDBError",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (
@@ -86,6 +86,21 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 event TEXT NOT NULL, wave INTEGER, reason TEXT NOT NULL
             )""",
             "CREATE INDEX rollout_events_rollout ON rollout_events(rollout_id, id)",
+        ],
+    ),
+    # 2: update safety (issue 18) and the last answer (issue 11). Nullable columns only, so existing rows need
+    # no backfill; a PostgreSQL backend mirrors exactly these (same names, TEXT/INTEGER).
+    (
+        2,
+        [
+            "ALTER TABLE devices ADD COLUMN failure_kind TEXT",
+            "ALTER TABLE devices ADD COLUMN blocked_image_id TEXT",
+            "ALTER TABLE devices ADD COLUMN blocked_reason TEXT",
+            "ALTER TABLE devices ADD COLUMN blocked_at REAL",
+            "ALTER TABLE devices ADD COLUMN last_answer TEXT",
+            "ALTER TABLE devices ADD COLUMN last_answer_reason TEXT",
+            "ALTER TABLE devices ADD COLUMN power_source TEXT",
+            "ALTER TABLE devices ADD COLUMN battery_percent INTEGER",
         ],
     ),
 ]
@@ -204,6 +219,29 @@ class SQLiteRecordsRepository:
         async with self.conn.execute("PRAGMA data_version") as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    async def lift_block(self, device_id: str) -> bool:
+        """A person lifts a parked device (`otagw devices retry` from another process): clears its block,
+        attempts and back-off in one transaction; False when there is no such device. The gateway picks it up
+        through `parked_devices` when `data_version` changes."""
+        async with self._lock:
+            cur = await self.conn.execute(
+                "UPDATE devices SET blocked_image_id = NULL, blocked_reason = NULL, blocked_at = NULL, failures = 0,"
+                " next_retry_at = NULL WHERE device_id = ?",
+                (device_id,),
+            )
+            changed = cur.rowcount > 0
+            await cur.close()
+            await self.conn.commit()
+        return changed
+
+    async def parked_devices(self) -> set[str]:
+        """Ids of the devices whose stored record is parked (has a blocked image)."""
+        async with self.conn.execute(
+            "SELECT device_id FROM devices WHERE blocked_image_id IS NOT NULL"
+        ) as cur:
+            rows = await cur.fetchall()
+        return {r[0] for r in rows}
 
     # ------------------------------------------------------------------------------------------ writes
     async def write(
@@ -394,6 +432,10 @@ class RecordsRepository(Protocol):
         ...
 
     async def load_devices(self) -> list[DeviceRecord]: ...
+
+    async def lift_block(self, device_id: str) -> bool: ...
+
+    async def parked_devices(self) -> set[str]: ...
 
     async def get_device(self, device_id: str) -> DeviceRecord | None: ...
 

@@ -168,6 +168,7 @@ class UpdateCore:
             acts_on_devices=role == "gateway",
         )
         self._book.on_identity_change = self._engine.track
+        self._book.deadline_for = self._deadline_for
         self._engine.on_conflict = lambda: self._check_external_changes(force=True)
         self._catalog = CatalogView({}, SelectionIndex.build(()))
         self._corrupt: dict[
@@ -276,6 +277,21 @@ class UpdateCore:
         self._data_version = dv
         for r, old in await self._engine.reload():
             await self._engine.external_change(r, old)
+        if self.role == "gateway":
+            await self._pick_up_lifted_blocks()
+
+    async def _pick_up_lifted_blocks(self) -> None:
+        """`otagw devices retry` in another process cleared a device's block in state.db: apply it here too
+        (before this process writes the record again)."""
+        parked = [r for r in self._book.devices.values() if r.blocked_image_id is not None]
+        if not parked:
+            return
+        still = await self._repo.parked_devices()
+        for rec in parked:
+            if rec.device_id not in still:
+                rec.blocked_image_id = rec.blocked_reason = rec.blocked_at = None
+                rec.failures, rec.next_retry_at = 0, None
+                self._book.publish("device", device_id=rec.device_id, reason="retry allowed (another process)")
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -289,6 +305,11 @@ class UpdateCore:
     # ================================================================================== decisions
     def _effective(self, rec: DeviceRecord) -> EffectivePolicy:
         return self._policy.effective(rec)
+
+    def _deadline_for(self, rec: DeviceRecord) -> int:
+        """Seconds a device has after an apply to be heard again on the new version (rules: per vendor)."""
+        eff = self._policy.effective(rec).verify_deadline_s
+        return eff if eff is not None else self.config.policy.verify_deadline_s
 
     def _decide(self, rec: DeviceRecord, now: float, installed: list[str] | None = None) -> Decision:
         eff = self._policy.effective(rec)
@@ -348,6 +369,8 @@ class UpdateCore:
             )
         result = self._answer(rec, now, installed, hist)
         outcome = type(result).__name__
+        # the last answer and its reason stay on the record: an idle device says why it got nothing
+        rec.last_answer, rec.last_answer_reason = outcome, result.reason
         self.counters.decisions[outcome] += 1
         self._book.publish("decision", device_id=rec.device_id, new=outcome, reason=result.reason)
         if created:
@@ -678,7 +701,7 @@ class UpdateCore:
             delay = at - now
             if delay <= pol.max_apply_delay_s:
                 rec.apply_at = at
-                rec.verify_deadline = at + pol.verify_deadline_s
+                rec.verify_deadline = at + self._deadline_for(rec)
                 why = f"install in window {win.text} at {win.describe_next(now)}"
                 self._book.transition(rec, S.WAITING_TO_APPLY, why, hist, now)
                 return ApplyDecision(ApplyAction.PROCEED, math.ceil(delay), at, reason=why)
@@ -690,7 +713,7 @@ class UpdateCore:
             rec.last_progress_at = now
             return ApplyDecision(ApplyAction.AWAIT_NEXT_ACTION, pol.max_apply_delay_s, reason=why)
         rec.apply_at = now
-        rec.verify_deadline = now + pol.verify_deadline_s
+        rec.verify_deadline = now + self._deadline_for(rec)
         why = f"install {rec.target_version_string} now" + (f" (window {win.text} open)" if win else "")
         self._book.transition(rec, S.APPLYING, why, hist, now)
         return ApplyDecision(ApplyAction.PROCEED, 0, now, reason=why)
@@ -896,6 +919,29 @@ class UpdateCore:
     def get_device(self, device_id: str) -> DeviceRecord | None:
         rec = self._book.devices.get(device_id)
         return dataclasses.replace(rec) if rec is not None else None
+
+    async def retry_device(self, device_id: str, by: str = "operator") -> DeviceRecord:
+        """A person lifts a parked device: the failed image may be offered again, attempts and back-off reset.
+        Raises KeyError for an unknown device. In the CLI (role client) it commits to state.db and the running
+        gateway applies it within CHANGE_POLL_S."""
+        rec = self._book.devices.get(device_id)
+        if rec is None:
+            raise KeyError(f"no device {device_id!r}")
+        if self.role != "gateway":  # the CLI: write state.db, the running gateway picks it up
+            await self._repo.lift_block(device_id)
+            return dataclasses.replace(
+                rec, blocked_image_id=None, blocked_reason=None, blocked_at=None, failures=0
+            )
+        was = rec.blocked_reason
+        rec.blocked_image_id = rec.blocked_reason = rec.blocked_at = None
+        rec.failures, rec.next_retry_at = 0, None
+        self._book.publish(
+            "device",
+            device_id=device_id,
+            reason=f"retry allowed by {by}" + (f" (was parked: {was})" if was else ""),
+        )
+        await self._book.save([rec], [])
+        return dataclasses.replace(rec)
 
     async def history(self, device_id: str, limit: int | None = None) -> list[HistoryEntry]:
         return await self._repo.history(device_id, limit)

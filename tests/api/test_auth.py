@@ -24,6 +24,7 @@ PROTECTED = [
     ("GET", "/api/v1/devices"),
     ("GET", "/api/v1/devices/zigbee:pan:1:aa:1"),
     ("POST", "/api/v1/devices/zigbee:pan:1:aa:1/notify"),
+    ("POST", "/api/v1/devices/zigbee:pan:1:aa:1/retry"),
     ("GET", "/api/v1/plan"),
     ("GET", "/api/v1/rollouts"),
     ("POST", "/api/v1/rollouts"),
