@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import zigpy.types as t
 import zigpy.zdo.types as zdo_t
@@ -73,6 +74,9 @@ class Behaviour:
     resume_partial: bool = True  # keep a partial download and resume it when offered again
     hardware_version: int | None = 1
     answers_notify: bool = True  # False: ignores Image Notify (queries only on its own schedule)
+    # what happens at the apply: "new_version" (the image took), "never_back" (bricked: never heard again),
+    # "old_version" (the bootloader rejected the image and booted the old one)
+    after_apply: Literal["new_version", "never_back", "old_version"] = "new_version"
 
 
 @dataclass
@@ -810,7 +814,13 @@ class SimOtaDevice:
         if self.pending_version is None:
             return
         self.stats.applied_at.append(self.clock.now())
-        self.file_version = self.pending_version
+        if self.b.after_apply == "never_back":
+            self.pending_version = None
+            self._offline_until = math.inf  # no frame will ever come from it again
+            self.state = "gone"
+            return
+        if self.b.after_apply == "new_version":
+            self.file_version = self.pending_version
         self.pending_version = None
         self._offline_until = self.clock.monotonic() + self.b.reboot_s
         self.state = "rebooting"
