@@ -12,7 +12,8 @@ How a decision is made:
 4. a device parked as failed (an update did not take, or policy.max_attempts failed episodes) is offered nothing
    it could have been offered then, only an image added later or a rollout's (both a person's act), and never
    the image that failed, until a person lifts it (`otagw devices retry`);
-5. back-off after failures, then the download window (Busy until it opens: state waiting_for_window).
+5. a battery device below `min_battery_percent` is deferred (Busy, reason says so) until it recovers;
+6. back-off after failures, then the download window (Busy until it opens: state waiting_for_window).
 Transfer slots (budgets) are not part of the decision: the ledger grants them when the core acts on it.
 """
 
@@ -87,6 +88,19 @@ def descriptor(rec: DeviceRecord) -> DeviceDescriptor | None:
         hardware_version=rec.hardware_version,
         ieee=rec.address if rec.protocol == "zigbee" else None,
         model=rec.model,
+    )
+
+
+def low_battery(rec: DeviceRecord, eff: EffectivePolicy) -> str | None:
+    """Why a battery device is too low to start an update now (None: mains, unknown charge, or enough).
+    A battery that dies mid-flash can leave a device half-written; mains devices have no minimum."""
+    if rec.power_source != "battery" or rec.battery_percent is None or not eff.min_battery_percent:
+        return None
+    if rec.battery_percent >= eff.min_battery_percent:
+        return None
+    return (
+        f"battery at {rec.battery_percent} % is below the minimum {eff.min_battery_percent} % "
+        f"({eff.source()}: min_battery_percent); offered once it recovers"
     )
 
 
@@ -200,6 +214,20 @@ def decide(
     if installed and entry.package_id in installed:
         return Decision("not_available", f"package {entry.package_id} is already installed")
     consent = eff.require_consent
+    low = low_battery(rec, eff)
+    if low is not None:
+        # deferred, not refused: the device asks again and gets it once the battery recovered
+        return Decision(
+            "busy",
+            f"{reason}; deferred: {low}",
+            image=entry,
+            retry_after_s=policy.busy_retry_s,
+            hold=None,
+            consent=consent,
+            rollout_id=rollout_id,
+            wave=wave,
+            when=None,
+        )
     if rec.next_retry_at is not None and rec.next_retry_at > now and rec.target_image_id == entry.image_id:
         return Decision(
             "busy",

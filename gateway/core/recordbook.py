@@ -107,6 +107,10 @@ class RecordBook:
             v = getattr(device, name)
             if v is not None:
                 setattr(rec, name, v)
+        if device.power_source in ("mains", "battery"):
+            rec.power_source = device.power_source
+        if device.battery_percent is not None:
+            rec.battery_percent = max(0, min(100, int(device.battery_percent)))
         if device.tags:
             rec.tags = tuple(device.tags)
         if device.extra:

@@ -181,3 +181,25 @@ async def test_last_answer_and_bytes_downloaded_are_recorded(make_core: CoreFact
     assert d["state"] == "updated" and d["bytes_downloaded"] == 20_000 and d["percent"] == 100
     assert d["last_answer"] == "Available"
     assert core.get_device(up_to_date.key.device_id).to_dict()["bytes_downloaded"] is None  # type: ignore[union-attr]
+
+
+async def test_low_battery_is_deferred_then_offered_once_it_recovers(make_core: CoreFactory) -> None:
+    core = await make_core(rules=[{"name": "sensors", "match": {"tags": ["strict"]}, "min_battery_percent": 50}])
+    low = matter_dev(1, power_source="battery", battery_percent=12)
+    res = await core.query(low)
+    assert res.__class__.__name__ == "Busy"
+    assert "deferred: battery at 12 % is below the minimum 30 % (policy defaults" in res.reason
+    plan = {p.device_id: p for p in core.plan()}
+    assert plan[low.key.device_id].outcome == "later" and "battery at 12 %" in plan[low.key.device_id].reason
+    rec = core.get_device(low.key.device_id)
+    assert rec is not None and rec.battery_percent == 12 and rec.power_source == "battery"
+    assert rec.last_answer == "Busy" and "battery" in (rec.last_answer_reason or "")
+    # mains devices have no minimum, whatever an old battery reading says; unknown charge is not guessed
+    assert isinstance(await core.query(matter_dev(2, power_source="mains", battery_percent=5)), Available)
+    assert isinstance(await core.query(matter_dev(3, power_source="battery")), Available)
+    # a rule raises the minimum for some devices
+    strict = matter_dev(4, power_source="battery", battery_percent=40, tags=("strict",))
+    res = await core.query(strict)
+    assert "below the minimum 50 % (rules sensors" in res.reason
+    # recovered: offered at the next query
+    assert isinstance(await core.query(matter_dev(1, power_source="battery", battery_percent=80)), Available)

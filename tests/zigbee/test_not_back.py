@@ -76,3 +76,36 @@ async def test_rollout_halts_on_not_back_failures(tmp_path):
         assert kinds == {"not_back"}
     finally:
         await stack.close()
+
+
+async def test_low_battery_deferred_then_updated_once_recovered(tmp_path):
+    """Battery read over ZCL (Power Configuration, zigpy's codec) at interview and on every query."""
+    clock = ManualClock()
+    dev = sim_device(1, clock, VENDOR, behaviour=Behaviour(battery_percent=10.5, query_interval_s=600))
+    stack = await make_stack(tmp_path, [dev], [synthetic()], clock=clock)
+    try:
+        await stack.run_until(lambda: stack.record(dev).battery_percent == 10, max_s=60)
+        rec = stack.record(dev)
+        assert rec.power_source == "battery"
+        await stack.run_until(lambda: dev.stats.queries >= 2, step_s=10, max_s=1800)
+        rec = stack.record(dev)
+        assert rec.last_answer == "Busy" and "battery at 10 % is below the minimum 30 %" in rec.last_answer_reason
+        assert dev.offset == 0 and dev.file_version == NEW - 1  # nothing sent
+        plan = {p.device_id: p for p in stack.core.plan()}
+        assert "battery at 10 %" in plan[rec.device_id].reason
+        dev.b.battery_percent = 75.0  # charged
+        await stack.run_until(lambda: stack.record(dev).state == "updated", step_s=10, max_s=3600)
+        assert dev.file_version == NEW and stack.record(dev).battery_percent == 75
+    finally:
+        await stack.close()
+
+
+async def test_mains_device_power_source_from_the_device(tmp_path):
+    clock = ManualClock()
+    dev = sim_device(1, clock, VENDOR)
+    stack = await make_stack(tmp_path, [dev], [synthetic()], clock=clock)
+    try:
+        await stack.run_until(lambda: stack.record(dev).power_source is not None, max_s=60)
+        assert stack.record(dev).power_source == "mains" and stack.record(dev).battery_percent is None
+    finally:
+        await stack.close()
