@@ -203,3 +203,36 @@ async def test_low_battery_is_deferred_then_offered_once_it_recovers(make_core: 
     assert "below the minimum 50 % (rules sensors" in res.reason
     # recovered: offered at the next query
     assert isinstance(await core.query(matter_dev(1, power_source="battery", battery_percent=80)), Available)
+
+
+async def test_state_db_from_before_the_safety_columns_migrates(tmp_path) -> None:
+    """state.db migration 2 adds only nullable columns: a version-1 database loads with them empty."""
+    import sqlite3
+
+    from gateway.core.repository import MIGRATIONS, SQLiteRecordsRepository
+
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    for stmt in MIGRATIONS[0][1]:
+        conn.execute(stmt)
+    conn.execute(
+        "INSERT INTO devices (device_id, protocol, network, address, endpoint, state, state_since, first_seen,"
+        " last_seen) VALUES ('matter:fabric:aa:01:0', 'matter', 'fabric:aa', '01', 0, 'failed', 1, 1, 1)"
+    )
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    repo = SQLiteRecordsRepository(path)
+    await repo.open()
+    try:
+        (rec,) = await repo.load_devices()
+        assert rec.state == S.FAILED and rec.failure_kind is None and rec.blocked_image_id is None
+        assert rec.power_source is None and rec.battery_percent is None and rec.last_answer is None
+        rec.blocked_image_id, rec.battery_percent = "abc", 55
+        await repo.write([rec], [])
+        assert await repo.parked_devices() == {rec.device_id}
+        assert await repo.lift_block(rec.device_id)
+        (again,) = await repo.load_devices()
+        assert again.blocked_image_id is None and again.battery_percent == 55
+    finally:
+        await repo.close()
