@@ -4,7 +4,8 @@ Every key has a default, so the gateway runs on its embedded defaults with no fi
 documents the same defaults (a test keeps the two equal). Unknown keys, wrong types and bad values raise
 `ConfigError` naming the file, the key path and what was expected.
 
-Sections: top-level `data_dir`, `log`, `images` (image sources), `policy`, `matter`, `zigbee`, `api`.
+Sections: top-level `data_dir`, `log`, `images` (image sources), `policy`, `matter`, `zigbee`, `api`, `metrics`,
+`mqtt` (Home Assistant over MQTT discovery).
 Each section's model is owned by the part of the gateway that uses it.
 """
 
@@ -413,6 +414,104 @@ class ApiConfig(Section):
         return v
 
 
+# ----------------------------------------------------------------------------------------- metrics
+class MetricsConfig(Section):
+    """Who may scrape `/metrics`. Never the admin token's business: Prometheus gets its own credential."""
+
+    # owned by gateway/api (auth + metrics)
+
+    auth: Literal["token", "open"] = Field(
+        "token",
+        description="token: Bearer <metrics token> (OTAGW_METRICS_TOKEN, or <data_dir>/metrics-token, 0600, "
+        "generated on first run); open: anyone who reaches api.listen may scrape",
+    )
+
+
+# -------------------------------------------------------------------------------------------- mqtt
+_MQTT_URL = re.compile(r"(mqtts?)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+)(?::(\d{1,5}))?/?")
+_TOPIC_SEGMENT = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*")
+
+
+class MqttConfig(Section):
+    """Home Assistant over MQTT discovery: one `update` entity per device, gateway sensors, install button."""
+
+    # owned by gateway/integrations/mqtt
+
+    enabled: bool = False
+    broker: str = Field(
+        "mqtt://127.0.0.1:1883",
+        description="mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS, default port 8883)",
+    )
+    client_id: str = Field("otagw", min_length=1, max_length=64, description="MQTT client identifier")
+    username: str | None = None
+    password_file: Path | None = Field(
+        None, description="file holding the broker password (owner-only); env OTAGW_MQTT_PASSWORD wins"
+    )
+    tls_ca_file: Path | None = Field(None, description="CA bundle for mqtts:// (unset: the system's CAs)")
+    tls_cert_file: Path | None = Field(None, description="client certificate (PEM) for mqtts://")
+    tls_key_file: Path | None = Field(None, description="client certificate's private key (PEM)")
+    tls_insecure: bool = Field(
+        False, description="skip the broker host name check (self-signed test brokers)"
+    )
+    base_topic: str = Field("otagw", description="otagw's own topics live under this prefix")
+    discovery_prefix: str = Field("homeassistant", description="Home Assistant's discovery prefix")
+    allow_install: bool = Field(
+        True, description="Home Assistant's install button starts a single-device rollout (false: refused)"
+    )
+    state_interval_s: float = Field(
+        2.0, ge=0, description="while a transfer runs, publish a device's state at most this often"
+    )
+    gateway_interval_s: float = Field(30.0, gt=0, description="refresh of the gateway sensors")
+    keepalive_s: int = Field(60, ge=5, le=65535)
+    connect_timeout_s: float = Field(10.0, gt=0, description="give up a connection attempt after this long")
+    reconnect_min_s: float = Field(1.0, gt=0, description="first reconnect delay (doubles up to the max)")
+    reconnect_max_s: float = Field(60.0, gt=0)
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, v: str) -> str:
+        m = _MQTT_URL.fullmatch(v)
+        if not m or (m.group(3) and int(m.group(3)) > 65535):
+            raise ValueError("expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], e.g. mqtt://127.0.0.1:1883")
+        return v
+
+    @field_validator("base_topic", "discovery_prefix")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        if not _TOPIC_SEGMENT.fullmatch(v):
+            raise ValueError(
+                "expected topic levels of letters, digits, _ and - separated by / (no wildcards)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> MqttConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        tls_keys = self.tls_ca_file or self.tls_cert_file or self.tls_insecure
+        if tls_keys and not self.tls:
+            raise ValueError("TLS settings need an mqtts:// broker URL")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.broker.startswith("mqtts://")
+
+    @property
+    def host(self) -> str:
+        m = _MQTT_URL.fullmatch(self.broker)
+        assert m is not None
+        return m.group(2).strip("[]")
+
+    @property
+    def port(self) -> int:
+        m = _MQTT_URL.fullmatch(self.broker)
+        assert m is not None
+        return int(m.group(3)) if m.group(3) else (8883 if self.tls else 1883)
+
+
 # ----------------------------------------------------------------------------------------- sources
 SourceType = Literal[
     "z2m",
@@ -495,6 +594,8 @@ class Config(Section):
     matter: MatterConfig = Field(default_factory=MatterConfig)
     zigbee: ZigbeeConfig = Field(default_factory=ZigbeeConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
     sources: list[SourceConfig] = Field(
         default_factory=_default_sources,
         description="upstream firmware sources (gateway/sources); none is contacted unless enabled",
@@ -577,6 +678,13 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
     if not cfg.data_dir.is_absolute():
         # absolute from here on: workers (the chip SDK controller) run with another working directory
         cfg = cfg.model_copy(update={"data_dir": (base_dir or Path.cwd()).absolute() / cfg.data_dir})
+    mqtt_files = {
+        k: (base_dir or Path.cwd()).absolute() / v
+        for k in ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file")
+        if (v := getattr(cfg.mqtt, k)) is not None and not v.is_absolute()
+    }
+    if mqtt_files:
+        cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update=mqtt_files)})
     return cfg
 
 

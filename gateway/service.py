@@ -8,7 +8,8 @@ disabled never imports zigpy. An adapter that cannot run on this installation (i
 with exponential backoff on the injected clock, one log line per attempt. Either way `/healthz` answers 503 naming
 it, its reason and its next retry, and the rest keeps serving.
 
-Start order: data dir -> store -> core -> adapters -> API (so the API never sees a half-built gateway).
+Start order: data dir -> store -> core -> adapters -> API -> integrations (MQTT: a client of the core, started
+only when `mqtt.enabled`, lazily imported like the adapters).
 Stop order is the reverse: the API stops accepting and ends its event streams, adapters stop (transfers are
 checkpointed through the core, DNS-SD records withdrawn), the core stops (records flushed), the store closes.
 SIGHUP re-reads the config file and hands the new policy to the core (`reload_policy`); other sections need a
@@ -103,6 +104,8 @@ class Gateway:
         self.retry_max_s = retry_max_s
         self._progress_interval = progress_interval
         self._runner: web.AppRunner | None = None
+        self.mqtt: Any = None  # gateway.integrations.mqtt.client.MqttIntegration when mqtt.enabled
+        self.mqtt_error: str | None = None
         self._stop = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -188,6 +191,8 @@ class Gateway:
 
         if cfg.api.enabled:
             await self._start_api()
+        if cfg.mqtt.enabled:
+            await self._start_mqtt()
         running = [a.name for a in self.adapters if a.state == "running"]
         log.info(
             "otagw is serving",
@@ -279,11 +284,18 @@ class Gateway:
 
     async def _start_api(self) -> None:
         from gateway.api.app import ApiServices, create_app
-        from gateway.api.auth import TokenError, resolve_token
+        from gateway.api.auth import MetricsAccess, TokenError, resolve_metrics_token, resolve_token
 
         cfg = self.config
         try:
             self.token, self.token_source = resolve_token(cfg.api.token, cfg.data_dir)
+            if cfg.metrics.auth == "open":
+                metrics_access = MetricsAccess(open=True)
+                log.warning("metrics.auth is open: anyone reaching %s may scrape /metrics", cfg.api.listen)
+            else:
+                metrics_token, metrics_source = resolve_metrics_token(cfg.data_dir)
+                metrics_access = MetricsAccess(token=metrics_token)
+                log.info("/metrics needs the metrics token", extra={"fields": {"token": metrics_source}})
         except TokenError as exc:
             raise GatewayStartError(str(exc)) from None
         svc = ApiServices(
@@ -294,6 +306,7 @@ class Gateway:
             clock=self.clock,
             health=self.health,
             progress_interval=self._progress_interval,
+            metrics_access=metrics_access,
             extra={"sources": self.sources},
             notify_device=self.notify_device,
         )
@@ -317,6 +330,32 @@ class Gateway:
         )
         log.info("dashboard: open %s/login and paste the token from %s", self.api_url, self.token_source)
 
+    async def _start_mqtt(self) -> None:
+        """Home Assistant over MQTT: a client of the core like the API; it failing never stops the gateway."""
+        try:
+            from gateway.integrations.mqtt.client import MqttIntegration, MqttSetupError
+        except ModuleNotFoundError as exc:
+            self.mqtt_error = f"needs the Python module {exc.name!r}, which is not installed"
+            log.error("MQTT integration unavailable: %s", self.mqtt_error)
+            return
+        from gateway.api.app import gateway_version
+
+        try:
+            self.mqtt = MqttIntegration(
+                self.config.mqtt,
+                self.core,
+                self.store,
+                self.clock,
+                policy=lambda: self.config.policy,
+                health=self.health,
+                version=gateway_version(),
+                configuration_url=self.api_url,
+            )
+            await self.mqtt.start()
+        except MqttSetupError as exc:
+            self.mqtt, self.mqtt_error = None, str(exc)
+            log.error("MQTT integration not started: %s", exc)
+
     # -------------------------------------------------------------------------------------------- stop
     async def stop(self) -> None:
         """Stop everything that started, in reverse order; safe to call twice."""
@@ -335,6 +374,12 @@ class Gateway:
         self._tasks.clear()
         if self.core_state == "running":
             self.core_state = "stopping"
+        if self.mqtt is not None:
+            try:
+                await self.mqtt.stop()
+            except Exception:
+                log.exception("MQTT integration did not stop cleanly")
+            self.mqtt = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -388,7 +433,7 @@ class Gateway:
             return False
         changed = [
             name
-            for name in ("data_dir", "images", "matter", "zigbee", "api", "log")
+            for name in ("data_dir", "images", "matter", "zigbee", "api", "log", "metrics", "mqtt")
             if getattr(new, name) != getattr(self.config, name)
         ]
         self.config = self.config.model_copy(update={"policy": new.policy})

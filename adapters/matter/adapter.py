@@ -273,7 +273,12 @@ class MatterAdapter:
                 current_version=b.get("SoftwareVersion"),
                 current_version_string=b.get("SoftwareVersionString"),
                 sleepy=False,
-                extra={"serial_number": b.get("SerialNumber")} if b.get("SerialNumber") else {},
+                # NodeLabel: the name the owner gave the node in its commissioner (shown by the dashboard)
+                extra={
+                    k: b[a]
+                    for a, k in (("SerialNumber", "serial_number"), ("NodeLabel", "node_label"))
+                    if b.get(a)
+                },
             )
         )
         self._versions[node_id] = (b.get("SoftwareVersion"), b.get("SoftwareVersionString"))

@@ -17,9 +17,17 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api.auth import CREDENTIALS_KEY, SCOPES_KEY, TOKEN_KEY, auth_middleware
+from gateway.api.auth import (
+    CREDENTIALS_KEY,
+    METRICS_ACCESS_KEY,
+    SCOPES_KEY,
+    TOKEN_KEY,
+    MetricsAccess,
+    auth_middleware,
+)
 from gateway.api.credentials import CredentialStore
 from gateway.api.errors import error_middleware
+from gateway.api.metrics import RECORDER_KEY, Recorder, http_metrics_middleware, start_recorder
 from gateway.api.openapi import RouteTable, build_document
 from gateway.api.sse import EventHub
 from gateway.clock import Clock, SystemClock
@@ -57,6 +65,7 @@ class ApiServices:
     credentials: CredentialStore | None = (
         None  # scoped device/integration tokens; built by create_app when None
     )
+    metrics_access: MetricsAccess = field(default_factory=MetricsAccess)  # /metrics without the admin token
 
 
 SERVICES_KEY: web.AppKey[ApiServices] = web.AppKey("otagw_services", ApiServices)
@@ -97,9 +106,15 @@ def route_table() -> RouteTable:
 
 def create_app(svc: ApiServices) -> web.Application:
     """The complete API + dashboard application for `svc`."""
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=1 << 20)
+    app = web.Application(
+        middlewares=[http_metrics_middleware(svc.clock.monotonic), error_middleware, auth_middleware],
+        client_max_size=1 << 20,
+    )
     app[SERVICES_KEY] = svc
+    app[RECORDER_KEY] = Recorder()
+    start_recorder(app, svc.core)
     app[TOKEN_KEY] = svc.token
+    app[METRICS_ACCESS_KEY] = svc.metrics_access
     if svc.credentials is None:
         svc.credentials = CredentialStore(svc.config.data_dir)
     app[CREDENTIALS_KEY] = svc.credentials

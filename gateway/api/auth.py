@@ -18,6 +18,13 @@ Scoped credentials (gateway/api/credentials.py): devices and integrations presen
 cookie or `?token=`; the handlers then restrict a device-bound token to its own device (`principal(request)`).
 
 Exempt: `/healthz`, `/livez`, the dashboard's static assets (the same files that ship in the package) and the login page.
+
+`/metrics` has its own credential so Prometheus never holds the admin token (config `metrics.auth`):
+- `token` (default): `Authorization: Bearer <metrics token>`, the token from env `OTAGW_METRICS_TOKEN` or the file
+  `<data_dir>/metrics-token` (generated 0600 on first run, like the API token). The admin token works too.
+- `open`: anyone who can reach `api.listen` may scrape; chosen by the user, logged at start.
+A scoped token with the `metrics` scope (`otagw token create prometheus --scope metrics`) works too.
+
 Comparisons are constant-time (`hmac.compare_digest`).
 """
 
@@ -40,6 +47,9 @@ log = logging.getLogger(__name__)
 
 TOKEN_ENV = "OTAGW_API_TOKEN"
 TOKEN_FILE = "api-token"
+METRICS_TOKEN_ENV = "OTAGW_METRICS_TOKEN"
+METRICS_TOKEN_FILE = "metrics-token"
+METRICS_PATH = "/metrics"
 COOKIE = "otagw_session"
 CSRF_HEADER = "X-OTAGW-CSRF"
 QUERY_TOKEN_PATHS = frozenset({"/api/v1/events"})
@@ -89,6 +99,17 @@ def principal(request: web.Request) -> Principal:
     return found if isinstance(found, Principal) else ADMIN
 
 
+@dataclass(frozen=True, slots=True)
+class MetricsAccess:
+    """Who may scrape /metrics besides the admin: anyone (`open`) or the holder of `token`."""
+
+    open: bool = False
+    token: str | None = None
+
+
+METRICS_ACCESS_KEY: web.AppKey[MetricsAccess] = web.AppKey("otagw_metrics_access", MetricsAccess)
+
+
 class TokenError(Exception):
     """The token file exists but cannot be used (unreadable, empty, or readable by others)."""
 
@@ -110,6 +131,24 @@ def resolve_token(config_token: str | None, data_dir: Path) -> tuple[str, str]:
     with os.fdopen(fd, "w", encoding="ascii") as fh:
         fh.write(token + "\n")
     log.info("generated a new API token", extra={"fields": {"token_file": str(path)}})
+    return token, str(path)
+
+
+def resolve_metrics_token(data_dir: Path) -> tuple[str, str]:
+    """The metrics scrape token and where it came from (env, or `<data_dir>/metrics-token`, created 0600)."""
+    env = os.environ.get(METRICS_TOKEN_ENV, "").strip()
+    if env:
+        return env, f"environment variable {METRICS_TOKEN_ENV}"
+    path = data_dir.resolve() / METRICS_TOKEN_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_token_file(path), str(path)
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(token + "\n")
+    log.info("generated a new metrics token", extra={"fields": {"token_file": str(path)}})
     return token, str(path)
 
 
@@ -162,6 +201,16 @@ def authenticate(request: web.Request, token: str) -> str | None:
     return None
 
 
+def metrics_allowed(request: web.Request) -> bool:
+    """A scrape of /metrics with the metrics credential (or none needed): no admin token involved."""
+    if request.path != METRICS_PATH or request.method not in SAFE_METHODS:
+        return False
+    access = request.app.get(METRICS_ACCESS_KEY)
+    if access is None:
+        return False
+    return access.open or (access.token is not None and token_matches(access.token, _bearer(request)))
+
+
 def _scoped(request: web.Request) -> Principal | None:
     """The scoped credential presented as the bearer token, checked against the route's scope (403)."""
     store = request.app.get(CREDENTIALS_KEY)
@@ -193,7 +242,7 @@ def _scoped(request: web.Request) -> Principal | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if is_public(request.path):
+    if is_public(request.path) or metrics_allowed(request):
         return await handler(request)
     token = request.app[TOKEN_KEY]
     how = authenticate(request, token)

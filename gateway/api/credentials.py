@@ -34,6 +34,7 @@ SCOPES: dict[str, str] = {
     "query": "POST /api/v1/query: ask which package is available (bound: only for its own device)",
     "status": "POST /api/v1/status: report OTA status (bound: only for its own device)",
     "download": "GET /api/v1/images/{ref}/download (bound: only its own device's offered transfer)",
+    "metrics": "GET /metrics: scrape Prometheus metrics (Prometheus, a monitoring agent)",
 }
 
 

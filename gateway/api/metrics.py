@@ -6,17 +6,36 @@ the values are read (devices and rollouts asynchronously), then rendered in the 
 
 Counters end in `_total` and are monotonic: rate() of `otagw_blocks_served_total` is blocks/s,
 of `otagw_bytes_served_total` bytes/s.
+
+Besides the snapshot, `Recorder` keeps the two histograms that need observation over time:
+`otagw_update_duration_seconds{protocol}` (offer to verified version, from the core's state events and the
+record's offer time) and `otagw_http_request_duration_seconds{method,route,status}` (the aiohttp middleware
+`http_metrics_middleware`; `route` is the route template, so ids in paths never explode the series count).
+Gauges from the snapshot: `otagw_devices{protocol,state}` (present devices), `otagw_rollout_waves{state}`,
+`otagw_adapter_up{adapter,state}`, `otagw_build_info{version,python}`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import contextlib
+import logging
+import platform
 import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from gateway.core.service import UpdateCore
@@ -71,6 +90,8 @@ class Snapshot:
     device_failures: dict[str, int] = field(default_factory=dict)
     sse_clients: int = 0
     adapters: dict[str, str] = field(default_factory=dict)
+    devices: dict[tuple[str, str], int] = field(default_factory=dict)  # (protocol, state) -> present devices
+    version: str = "0+unknown"
     sources: dict[str, dict[str, float]] = field(default_factory=dict)  # SourceManager.metrics()
 
 
@@ -128,6 +149,27 @@ class SnapshotCollector(Collector):
         for name, state in sorted(snap.adapters.items()):
             up.add_metric([name, state], 1.0 if state == "running" else 0.0)
         yield up
+        devices = GaugeMetricFamily(
+            "otagw_devices",
+            "Devices on the network by protocol and update state",
+            labels=["protocol", "state"],
+        )
+        for (protocol, state), n in sorted(snap.devices.items()):
+            devices.add_metric([protocol, state], float(n))
+        yield devices
+        wave_states = GaugeMetricFamily("otagw_rollout_waves", "Rollout waves by state", labels=["state"])
+        by_state = dict.fromkeys(("pending", "open", "soaking", "done", "halted", "aborted"), 0)
+        for r in snap.rollouts:
+            for w in r["waves"]:
+                by_state[str(w["state"])] = by_state.get(str(w["state"]), 0) + 1
+        for state, n in by_state.items():
+            wave_states.add_metric([state], float(n))
+        yield wave_states
+        build = GaugeMetricFamily(
+            "otagw_build_info", "Always 1; the labels say what runs", labels=["version", "python"]
+        )
+        build.add_metric([snap.version, platform.python_version()], 1.0)
+        yield build
         for key, doc in SOURCE_METRICS.items():
             fam = GaugeMetricFamily(f"otagw_source_{key}", doc, labels=["source"])
             for src_name, figures in sorted(snap.sources.items()):
@@ -151,25 +193,160 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def render(snap: Snapshot) -> bytes:
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+UPDATE_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0, 259200.0, 604800.0)
+
+
+class Histogram:
+    """Bucket counts per label set, rendered as a Prometheus histogram family."""
+
+    def __init__(self, name: str, doc: str, labels: list[str], buckets: tuple[float, ...]) -> None:
+        self.name, self.doc, self.labels, self.buckets = name, doc, labels, buckets
+        self.series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        counts, total = self.series.setdefault(labels, ([0] * (len(self.buckets) + 1), [0.0]))
+        counts[bisect.bisect_left(self.buckets, value)] += 1
+        total[0] += value
+
+    def family(self) -> HistogramMetricFamily:
+        fam = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        for labels, (counts, total) in sorted(self.series.items()):
+            cumulative, acc = [], 0
+            for le, n in zip([*map(str, self.buckets), "+Inf"], counts, strict=True):
+                acc += n
+                cumulative.append((le, float(acc)))
+            fam.add_metric(list(labels), cumulative, sum_value=total[0])
+        return fam
+
+
+class Recorder(Collector):
+    """Histograms observed over time (update durations from core events, HTTP request durations)."""
+
+    def __init__(self) -> None:
+        self.update_duration = Histogram(
+            "otagw_update_duration_seconds",
+            "From the offer of an image to the device reporting the new version",
+            ["protocol"],
+            UPDATE_BUCKETS,
+        )
+        self.http = Histogram(
+            "otagw_http_request_duration_seconds",
+            "HTTP API request durations by route template",
+            ["method", "route", "status"],
+            HTTP_BUCKETS,
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.update_duration.family()
+        yield self.http.family()
+
+    def on_event(self, ev: Any, core: Any) -> None:
+        if ev.kind != "state" or ev.new != "updated" or ev.device_id is None:
+            return
+        rec = core.get_device(ev.device_id)
+        started = getattr(rec, "token_issued_at", None)
+        if rec is not None and started is not None and ev.at >= started:
+            self.update_duration.observe((rec.protocol,), ev.at - started)
+
+    async def follow(self, core: Any) -> None:
+        """Observe update durations from the core's event stream until cancelled."""
+        events = core.subscribe()
+        try:
+            async for ev in events:
+                try:
+                    self.on_event(ev, core)
+                except Exception:  # a metric must never end the stream
+                    logging.getLogger(__name__).exception("metrics: event %s not recorded", ev.kind)
+        finally:
+            with contextlib.suppress(Exception):
+                await events.aclose()
+
+
+RECORDER_KEY: web.AppKey[Recorder] = web.AppKey("otagw_metrics_recorder", Recorder)
+
+
+def http_metrics_middleware(monotonic: Callable[[], float]) -> Any:
+    """aiohttp middleware timing every request (errors included) into the app's Recorder."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        start = monotonic()
+        status = 500
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            route = request.match_info.route.resource
+            template = route.canonical if route is not None else "unmatched"
+            if status == 404 and route is None:
+                template = "unmatched"
+            request.app[RECORDER_KEY].http.observe(
+                (request.method, template, str(status)), max(0.0, monotonic() - start)
+            )
+
+    return middleware
+
+
+def start_recorder(app: web.Application, core: Any) -> None:
+    """Follow the core's events for the app's lifetime (startup/cleanup hooks)."""
+
+    async def _start(app: web.Application) -> None:
+        app[_TASK_KEY] = asyncio.get_running_loop().create_task(app[RECORDER_KEY].follow(core))
+
+    async def _stop(app: web.Application) -> None:
+        task = app.get(_TASK_KEY)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app.on_startup.append(_start)
+    app.on_shutdown.append(_stop)
+
+
+_TASK_KEY: web.AppKey[asyncio.Task[None]] = web.AppKey("otagw_metrics_task", asyncio.Task)
+
+
+def render(snap: Snapshot, recorder: Recorder | None = None) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(snap))
+    if recorder is not None:
+        registry.register(recorder)
     return generate_latest(registry)
 
 
 def take_snapshot(
-    core: UpdateCore, rollouts: list[dict[str, Any]], sse_clients: int, adapters: dict[str, str]
+    core: UpdateCore,
+    rollouts: list[dict[str, Any]],
+    sse_clients: int,
+    adapters: dict[str, str],
+    version: str = "0+unknown",
 ) -> Snapshot:
     counters = {k: {str(lk): int(lv) for lk, lv in v.items()} for k, v in core.metrics().items()}
     # the core counts decisions by answer type (Available, NotAvailable, Busy)
     counters["decisions"] = {_snake(k): v for k, v in counters.get("decisions", {}).items()}
-    failures = {d.device_id: d.failures for d in core.list_devices() if d.failures}
+    records = core.list_devices()
+    failures = {d.device_id: d.failures for d in records if d.failures}
+    devices: dict[tuple[str, str], int] = {}
+    for d in records:
+        if d.present:
+            key = (d.protocol, d.state.value)
+            devices[key] = devices.get(key, 0) + 1
     return Snapshot(
         counters=counters,
         rollouts=rollouts,
         device_failures=failures,
         sse_clients=sse_clients,
         adapters=adapters,
+        devices=devices,
+        version=version,
     )
 
 

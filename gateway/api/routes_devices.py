@@ -14,13 +14,25 @@ from pydantic import BaseModel, Field
 
 from gateway.api.app import services
 from gateway.api.errors import ApiError
-from gateway.api.openapi import API_PREFIX, Model, Resp, RouteTable, err, parse_query, reply
+from gateway.api.names import display_name, manufacturer_name
+from gateway.api.openapi import API_PREFIX, Model, Resp, RouteTable, err, parse_body, parse_query, reply
+from gateway.api.routes_rollouts import RolloutOut, rollout_out
 from gateway.core.records import DeviceRecord
+from gateway.core.rollouts import RolloutError
 from gateway.core.states import DeviceState
 
 
 class DeviceOut(BaseModel):
     device_id: str
+    name: str | None = Field(description="the owner's name for the device (PATCH to set)")
+    display_name: str = Field(
+        description="what to show: owner's name, Matter NodeLabel, maker + model, or a short address"
+    )
+    manufacturer_name: str | None = Field(
+        description="vendor name from the device, else the Zigbee manufacturer code's name"
+    )
+    pinned_version: str | None = Field(description="owner override: held at this version spec")
+    excluded: bool = Field(description="owner override: never offered an update")
     protocol: Literal["matter", "zigbee"]
     network: str
     address: str
@@ -125,7 +137,97 @@ def device_dict(rec: DeviceRecord) -> dict[str, Any]:
     data = rec.to_dict()
     data.pop("token", None)
     data.pop("token_issued_at", None)
+    data["display_name"] = display_name(rec)
+    data["manufacturer_name"] = manufacturer_name(rec)
     return data
+
+
+class DeviceOverrides(Model):
+    """Owner overrides; only the keys given change (null clears name / pinned_version)."""
+
+    name: str | None = Field(None, max_length=64, description="display name; null or empty clears it")
+    pinned_version: str | None = Field(
+        None,
+        max_length=64,
+        description='hold the device at this version spec (e.g. "1.2.*", "0x01020304", ">=5"); null clears',
+    )
+    excluded: bool | None = Field(None, description="true: never offer this device an update")
+
+
+class UpdateNow(Model):
+    image: str | None = Field(
+        None, max_length=64, description="image id; default: the newest image that applies and policy permits"
+    )
+
+
+def _device_id(request: web.Request) -> str:
+    device_id = request.match_info["device_id"]
+    if services(request).core.get_device(device_id) is None:
+        raise ApiError(404, "not_found", f"no device {device_id!r}", field="device_id")
+    return device_id
+
+
+async def patch_device(request: web.Request) -> web.Response:
+    """Rename the device, pin it to a version or exclude it from updates (the owner's overrides)."""
+    core = services(request).core
+    body = await parse_body(request, DeviceOverrides)  # a malformed body is 400/422 whatever the device
+    device_id = _device_id(request)
+    values: dict[str, Any] = {}
+    for key in body.model_fields_set:
+        value = getattr(body, key)
+        if key in ("name", "pinned_version"):
+            value = value.strip() if isinstance(value, str) else None
+            if key == "name" and value and any(ord(c) < 32 for c in value):
+                raise ApiError(422, "invalid_name", "name contains control characters", field="name")
+            values[key] = value or None
+        elif key == "excluded":
+            if value is None:
+                raise ApiError(422, "invalid_override", "excluded must be true or false", field="excluded")
+            values[key] = bool(value)
+    rec = await core.set_overrides(device_id, **values)
+    return reply(device_out(rec))
+
+
+async def update_now(request: web.Request) -> web.Response:
+    """Update this one device now: a single-device rollout (one wave, no soak), checked against the policy.
+
+    409 `policy_refuses` says why not (busy, excluded, pinned, blocked, nothing newer, not applicable).
+    """
+    svc = services(request)
+    core = svc.core
+    body = await parse_body(request, UpdateNow)
+    device_id = _device_id(request)
+    rec = core.get_device(device_id)
+    assert rec is not None
+    try:
+        entry = await core.single_device_target(device_id, body.image)
+        r = await core.create_rollout(
+            entry.image_id,
+            selector={"devices": [device_id]},
+            waves=["100%"],
+            soak_s=0,
+            max_failures=0,
+            name=f"update {display_name(rec)}",
+        )
+        # like any rollout: an approval for its own device only
+        await svc.store.approve_for_rollout(entry.image_id, r.selector, r.rollout_id)
+        await core.catalog_changed()
+    except RolloutError as exc:
+        raise ApiError(409, "policy_refuses", str(exc), field="device_id") from None
+    out: RolloutOut = rollout_out(core, r)
+    return reply(out, status=201)
+
+
+async def retry_device(request: web.Request) -> web.Response:
+    """Offer a failed device its update again now (clears the back-off, and lifts a park: a device back on its
+    old version or past policy.max_attempts)."""
+    core = services(request).core
+    device_id = _device_id(request)
+    try:
+        rec = await core.retry_now(device_id)
+    except RolloutError as exc:
+        raise ApiError(409, "cannot_retry", str(exc), field="device_id") from None
+    return reply(device_out(rec))
 
 
 def device_out(rec: DeviceRecord) -> DeviceOut:
@@ -193,17 +295,6 @@ async def notify_device(request: web.Request) -> web.Response:
     return reply(NotifyOut(device_id=device_id, sent=sent))
 
 
-async def retry_device(request: web.Request) -> web.Response:
-    """A person lifts a parked device: its failed image may be offered again (attempts and back-off reset)."""
-    core = services(request).core
-    device_id = request.match_info["device_id"]
-    try:
-        rec = await core.retry_device(device_id, by="api")
-    except KeyError:
-        raise ApiError(404, "not_found", f"no device {device_id!r}", field="device_id") from None
-    return reply(device_out(rec))
-
-
 async def plan(request: web.Request) -> web.Response:
     """What the core would offer each device now (policy, catalog and rollouts applied; nothing changes)."""
     return reply([PlanItemOut.model_validate(i.to_dict()) for i in services(request).core.plan()])
@@ -227,6 +318,37 @@ def declare(t: RouteTable) -> None:
         responses={200: Resp("the record", DeviceDetail), 404: err("no such device")},
     )(show_device)
     t.op(
+        "PATCH",
+        p + "/{device_id}",
+        summary="Rename, pin or exclude a device",
+        tag="devices",
+        body=DeviceOverrides,
+        responses={200: Resp("the record", DeviceOut), 404: err("no such device")},
+    )(patch_device)
+    t.op(
+        "POST",
+        p + "/{device_id}/update",
+        summary="Update one device now",
+        tag="devices",
+        body=UpdateNow,
+        responses={
+            201: Resp("the single-device rollout", RolloutOut),
+            404: err("no such device"),
+            409: err("policy refuses, or nothing to update to (the message says why)"),
+        },
+    )(update_now)
+    t.op(
+        "POST",
+        p + "/{device_id}/retry",
+        summary="Retry a failed device now",
+        tag="devices",
+        responses={
+            200: Resp("the record", DeviceOut),
+            404: err("no such device"),
+            409: err("not failed, or the policy now refuses its target"),
+        },
+    )(retry_device)
+    t.op(
         "POST",
         p + "/{device_id}/notify",
         summary="Ask a device to query for an update now",
@@ -238,13 +360,6 @@ def declare(t: RouteTable) -> None:
             502: err("the device did not answer"),
         },
     )(notify_device)
-    t.op(
-        "POST",
-        p + "/{device_id}/retry",
-        summary="Offer a parked device its failed update again",
-        tag="devices",
-        responses={200: Resp("the record", DeviceOut), 404: err("no such device")},
-    )(retry_device)
     t.op(
         "GET",
         f"{API_PREFIX}/plan",

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from gateway.api.app import DOC_KEY, HUB_KEY, STATIC_DIR, gateway_version, services
 from gateway.api.auth import COOKIE, session_value, token_matches
-from gateway.api.metrics import CONTENT_TYPE, render, take_snapshot
+from gateway.api.metrics import CONTENT_TYPE, RECORDER_KEY, render, take_snapshot
 from gateway.api.openapi import API_PREFIX, Resp, RouteTable, err, reply
 from gateway.api.sse import stream
 
@@ -71,18 +71,25 @@ async def livez(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition of the gateway's counters."""
+    """Prometheus text exposition of the gateway's counters.
+
+    Needs the metrics token (config `metrics.auth: token`, the default) or nothing (`metrics.auth: open`); the admin
+    token also works."""
     from gateway.api.routes_rollouts import all_rollouts
 
     svc = services(request)
     adapters = {name: str(a.get("state")) for name, a in svc.health().get("adapters", {}).items()}
     snap = take_snapshot(
-        svc.core, [r.model_dump() for r in all_rollouts(svc.core)], request.app[HUB_KEY].clients, adapters
+        svc.core,
+        [r.model_dump() for r in all_rollouts(svc.core)],
+        request.app[HUB_KEY].clients,
+        adapters,
+        gateway_version(),
     )
     sources = svc.extra.get("sources")
     if sources is not None:
         snap.sources = sources.metrics()
-    resp = web.Response(body=render(snap))
+    resp = web.Response(body=render(snap, request.app[RECORDER_KEY]))
     resp.headers["Content-Type"] = CONTENT_TYPE
     return resp
 
@@ -168,6 +175,7 @@ def declare(t: RouteTable) -> None:
         "/metrics",
         summary="Prometheus metrics",
         tag="system",
+        scope="metrics",
         responses={200: Resp("text exposition format", content_type="text/plain")},
     )(metrics)
     t.op(

@@ -1,4 +1,4 @@
-"""`otagw devices list|show`, `otagw plan` and `otagw rollout create|list|show|pause|resume|abort`.
+"""`otagw devices list|show|rename`, `otagw plan` and `otagw rollout create|list|show|pause|resume|abort`.
 
 Thin click layer over `gateway.core.service.UpdateCore` in its "client" role: it opens the configured data_dir's
 state.db (shared with a running gateway through WAL) and the image catalog, reads, and writes only rollout
@@ -190,6 +190,24 @@ def devices_show(ctx: click.Context, device_id: str, as_json: bool, limit: int) 
     click.echo("\nhistory:")
     rows = [[_ts(h.at), h.old_state or "-", h.new_state, h.reason] for h in hist]
     click.echo(_table(rows, ["AT (UTC)", "FROM", "TO", "REASON"]))
+
+
+@devices.command("rename")
+@click.argument("device_id")
+@click.argument("name")
+@click.pass_context
+def devices_rename(ctx: click.Context, device_id: str, name: str) -> None:
+    """Give a device a name ("" clears it); a running gateway shows it within a second."""
+    name = name.strip()
+    if len(name) > 64 or any(ord(c) < 32 for c in name):
+        raise UserError("NAME must be at most 64 printable characters")
+
+    async def op(core: UpdateCore) -> DeviceRecord:
+        rec = _find_device(core, device_id)
+        return await core.set_overrides(rec.device_id, name=name or None)
+
+    rec = _run(ctx, op)
+    click.echo(f"{rec.device_id}: " + (f"named {rec.name!r}" if rec.name else "name cleared"))
 
 
 # ---------------------------------------------------------------------------------------------- plan

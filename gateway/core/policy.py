@@ -224,6 +224,13 @@ class Policy:
                 min_battery = rule.min_battery_percent
             if rule.verify_deadline_s is not None:
                 deadline = rule.verify_deadline_s
+        # the owner's per-device overrides (DeviceRecord.pinned_version / excluded) come last: they win over rules
+        if rec.pinned_version is not None:
+            pin = rec.pinned_version
+            names.append(f"device pin {rec.pinned_version!r}")
+        if rec.excluded:
+            block.append("*")  # a shell pattern matching every version string: nothing is ever offered
+            names.append("device excluded by its owner")
         return EffectivePolicy(
             allow_versions=allow,
             block_versions=tuple(block),

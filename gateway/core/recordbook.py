@@ -202,6 +202,8 @@ class RecordBook:
             old=old.value,
             new=new.value,
             reason=reason,
+            # rollout_id: a dashboard showing wave counters must re-read them on every member's transition
+            rollout_id=rec.rollout_id,
             data={"image_id": rec.target_image_id, "version": rec.target_version},
         )
 

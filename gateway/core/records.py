@@ -78,7 +78,11 @@ class DeviceRecord:
     reported_percent: int | None = None
     last_query: float | None = None
     present: bool = True  # False after device_left
-    # --- update safety (issue 18 / 11); columns added by repository migration 2 ---------------------------
+    # owner overrides (schema step 2, MIGRATION_DEVICE_OVERRIDES): set by the owner, never by a device
+    name: str | None = None  # the owner's name for the device ("Kitchen lamp")
+    pinned_version: str | None = None  # a version spec this device is held at (policy.version_matches syntax)
+    excluded: bool = False  # never offered an update (rules and rollouts alike)
+    # --- update safety (issue 18 / 11); columns added by repository migration 3 ---------------------------
     failure_kind: str | None = None  # why the last episode failed: see FAILURE_KINDS
     blocked_image_id: str | None = None  # never offered again until a person acts (`devices retry`)
     blocked_reason: str | None = None

@@ -32,6 +32,8 @@ from gateway.core.states import DeviceState
 
 __all__ = [
     "MIGRATIONS",
+    "MIGRATION_DEVICE_OVERRIDES",
+    "MIGRATION_UPDATE_SAFETY",
     "SCHEMA_VERSION",
     "RecordsRepository",
     "RolloutChange",
@@ -40,7 +42,7 @@ __all__ = [
     "StateDBError",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (
@@ -88,23 +90,40 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX rollout_events_rollout ON rollout_events(rollout_id, id)",
         ],
     ),
-    # 2: update safety (issue 18) and the last answer (issue 11). Nullable columns only, so existing rows need
-    # no backfill; a PostgreSQL backend mirrors exactly these (same names, TEXT/INTEGER).
-    (
-        2,
-        [
-            "ALTER TABLE devices ADD COLUMN failure_kind TEXT",
-            "ALTER TABLE devices ADD COLUMN blocked_image_id TEXT",
-            "ALTER TABLE devices ADD COLUMN blocked_reason TEXT",
-            "ALTER TABLE devices ADD COLUMN blocked_at REAL",
-            "ALTER TABLE devices ADD COLUMN last_answer TEXT",
-            "ALTER TABLE devices ADD COLUMN last_answer_reason TEXT",
-            "ALTER TABLE devices ADD COLUMN power_source TEXT",
-            "ALTER TABLE devices ADD COLUMN battery_percent INTEGER",
-        ],
-    ),
 ]
 
+# Schema step 2, kept as its own named constant because a PostgreSQL helper mirrors the schema step by step:
+# the owner's per-device overrides (a display name, a pinned version spec, an exclusion from updates).
+MIGRATION_DEVICE_OVERRIDES: tuple[int, list[str]] = (
+    2,
+    [
+        "ALTER TABLE devices ADD COLUMN name TEXT",
+        "ALTER TABLE devices ADD COLUMN pinned_version TEXT",
+        "ALTER TABLE devices ADD COLUMN excluded INTEGER NOT NULL DEFAULT 0",
+    ],
+)
+MIGRATIONS.append(MIGRATION_DEVICE_OVERRIDES)
+
+# Schema step 3, its own named constant for the same reason: update safety (issue 18) and the last answer
+# (issue 11). Nullable columns only, so existing rows need no backfill; a PostgreSQL backend mirrors exactly these
+# (same names; TEXT / REAL / INTEGER).
+MIGRATION_UPDATE_SAFETY: tuple[int, list[str]] = (
+    3,
+    [
+        "ALTER TABLE devices ADD COLUMN failure_kind TEXT",
+        "ALTER TABLE devices ADD COLUMN blocked_image_id TEXT",
+        "ALTER TABLE devices ADD COLUMN blocked_reason TEXT",
+        "ALTER TABLE devices ADD COLUMN blocked_at REAL",
+        "ALTER TABLE devices ADD COLUMN last_answer TEXT",
+        "ALTER TABLE devices ADD COLUMN last_answer_reason TEXT",
+        "ALTER TABLE devices ADD COLUMN power_source TEXT",
+        "ALTER TABLE devices ADD COLUMN battery_percent INTEGER",
+    ],
+)
+MIGRATIONS.append(MIGRATION_UPDATE_SAFETY)
+
+# the columns only the owner writes (the gateway re-reads them when another process commits)
+OVERRIDE_COLUMNS = ("name", "pinned_version", "excluded")
 
 _COLUMNS = [f.name for f in fields(DeviceRecord)]
 _UPSERT = (
@@ -143,6 +162,7 @@ def record_from_row(row: sqlite3.Row | Sequence[Any], names: Sequence[str]) -> D
     d["resume_state"] = DeviceState(d["resume_state"]) if d["resume_state"] else None
     d["sleepy"] = None if d["sleepy"] is None else bool(d["sleepy"])
     d["present"] = bool(d["present"])
+    d["excluded"] = bool(d["excluded"])
     return DeviceRecord(**{k: d[k] for k in _COLUMNS})
 
 
@@ -332,6 +352,24 @@ class SQLiteRecordsRepository:
     async def prune_history(self, before: float) -> None:
         await self.write(sql=[("DELETE FROM history WHERE at < ?", (before,))])
 
+    async def set_overrides(self, device_id: str, values: dict[str, Any]) -> bool:
+        """Write owner overrides (OVERRIDE_COLUMNS only) of one device; False when there is no such device."""
+        bad = set(values) - set(OVERRIDE_COLUMNS)
+        if bad:
+            raise ValueError(f"not an override column: {sorted(bad)}")
+        if not values:
+            return await self.get_device(device_id) is not None
+        cols = sorted(values)
+        params = tuple(int(values[c]) if isinstance(values[c], bool) else values[c] for c in cols)
+        stmt = f"UPDATE devices SET {', '.join(c + ' = ?' for c in cols)} WHERE device_id = ?"
+        return await self._execute_cas(stmt, (*params, device_id)) > 0
+
+    async def load_overrides(self) -> dict[str, dict[str, Any]]:
+        """Owner overrides of every device (the gateway merges another process's changes into its records)."""
+        async with self.conn.execute(f"SELECT device_id, {', '.join(OVERRIDE_COLUMNS)} FROM devices") as cur:
+            rows = await cur.fetchall()
+        return {r[0]: {"name": r[1], "pinned_version": r[2], "excluded": bool(r[3])} for r in rows}
+
     # ---------------------------------------------------------------------------------------- rollouts
     async def load_rollouts(self) -> list[Rollout]:
         async with self.conn.execute(_SELECT_ROLLOUTS) as cur:
@@ -440,6 +478,10 @@ class RecordsRepository(Protocol):
     async def get_device(self, device_id: str) -> DeviceRecord | None: ...
 
     async def history(self, device_id: str, limit: int | None = None) -> list[HistoryEntry]: ...
+
+    async def set_overrides(self, device_id: str, values: dict[str, Any]) -> bool: ...
+
+    async def load_overrides(self) -> dict[str, dict[str, Any]]: ...
 
     async def prune_history(self, before: float) -> None: ...
 

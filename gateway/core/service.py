@@ -55,7 +55,7 @@ from typing import Any, Literal, Protocol
 
 from gateway.clock import Clock
 from gateway.config import Config, PolicySelector
-from gateway.core.decide import CatalogView, Decision, decide
+from gateway.core.decide import CatalogView, Decision, decide, descriptor
 from gateway.core.events import CoreEvent, Counters, EventBus
 from gateway.core.interface import (
     ApplyAction,
@@ -91,7 +91,7 @@ from gateway.core.states import (
 )
 from gateway.store.errors import CatalogMismatchError, CorruptBlobError, StoreError
 from gateway.store.model import CatalogEntry
-from gateway.store.selection import SelectionIndex
+from gateway.store.selection import SelectionIndex, rejection
 
 __all__ = ["CHANGE_POLL_S", "Decision", "ImageSource", "UpdateCore"]
 
@@ -277,8 +277,19 @@ class UpdateCore:
         self._data_version = dv
         for r, old in await self._engine.reload():
             await self._engine.external_change(r, old)
+        await self._merge_external_overrides()
         if self.role == "gateway":
             await self._pick_up_lifted_blocks()
+
+    async def _merge_external_overrides(self) -> None:
+        """Owner overrides another process wrote (`otagw devices rename` etc.) replace the in-memory ones."""
+        for device_id, values in (await self._repo.load_overrides()).items():
+            rec = self._book.devices.get(device_id)
+            if rec is None or all(getattr(rec, k) == v for k, v in values.items()):
+                continue
+            for k, v in values.items():
+                setattr(rec, k, v)
+            self._book.publish("device", device_id=device_id, reason="owner overrides changed", data=values)
 
     async def _pick_up_lifted_blocks(self) -> None:
         """`otagw devices retry` in another process cleared a device's block in state.db: apply it here too
@@ -782,6 +793,99 @@ class UpdateCore:
         hist: list[HistoryEntry] = []
         self._book.transition(rec, S.NOTIFIED, reason, hist, self.clock.now())
         await self._book.save([rec], hist)
+
+    async def set_overrides(self, device_id: str, **values: Any) -> DeviceRecord:
+        """Set the owner's per-device overrides (name, pinned_version, excluded); the policy applies them at once.
+
+        Raises KeyError for an unknown device, ValueError for an unknown override.
+        """
+        rec = self._book.devices.get(device_id)
+        if rec is None:
+            raise KeyError(device_id)
+        if not await self._repo.set_overrides(device_id, values):
+            raise KeyError(device_id)
+        for k, v in values.items():
+            setattr(rec, k, v)
+        if self.role == "gateway":
+            await self._book.save([rec], [])
+        # an offer already made stays; the next decision (query, rollout wave) applies the new pin/exclusion
+        self._book.publish("device", device_id=device_id, reason="owner overrides changed", data=dict(values))
+        return dataclasses.replace(rec)
+
+    async def single_device_target(self, device_id: str, image: str | None = None) -> CatalogEntry:
+        """The image an "update this device now" rollout would send, checked against the policy.
+
+        `image` None: the newest valid catalog image that applies to the device and that policy permits.
+        Raises KeyError for an unknown device, RolloutError naming why not (busy, excluded, pinned, blocked,
+        not applicable, nothing newer).
+        """
+        rec = self._book.devices.get(device_id)
+        if rec is None:
+            raise KeyError(device_id)
+        if rec.state in LIVE_STATES and rec.state not in (
+            S.UPDATE_AVAILABLE,
+            S.NOTIFIED,
+            S.WAITING_FOR_WINDOW,
+        ):
+            raise RolloutError(f"device is busy ({rec.state.value}); wait until the current episode ends")
+        if not rec.present:
+            raise RolloutError("device left the network")
+        desc = descriptor(rec)
+        if desc is None:
+            raise RolloutError(
+                "device has not told its vendor, product and version yet; wait for it to report"
+            )
+        eff = self._policy.effective(rec)
+        await self._refresh_catalog()
+        if image is not None:
+            try:
+                candidates = [await self.store.get(image)]
+            except StoreError as exc:
+                raise RolloutError(str(exc)) from None
+        else:
+            candidates = sorted(
+                (e for e in self._catalog.entries.values() if e.valid and e.protocol == rec.protocol),
+                key=lambda e: e.numeric_version,
+                reverse=True,
+            )
+        why = "no image in the catalog for this device's vendor and product"
+        for entry in candidates:
+            refused = rejection(entry, desc, allow_downgrade=eff.allow_downgrade)
+            if refused is not None:
+                if image is not None or not refused.startswith("is "):  # "is for ...": another product's
+                    why = f"image {entry.image_id} ({entry.version_string}): {refused}"
+                continue
+            ok, reason = version_permitted(eff, entry)
+            if not ok:
+                why = f"policy refuses ({eff.source()}): {reason}"
+                continue
+            return entry
+        raise RolloutError(why)
+
+    async def retry_now(self, device_id: str, reason: str = "retry requested by the owner") -> DeviceRecord:
+        """A failed device is offered its target again now (the back-off timer is cleared).
+
+        Raises KeyError for an unknown device, RolloutError (with the reason) when there is nothing to retry.
+        """
+        rec = self._book.devices.get(device_id)
+        if rec is None:
+            raise KeyError(device_id)
+        if rec.state != S.FAILED:
+            raise RolloutError(f"device {device_id} is {rec.state.value}, not failed: nothing to retry")
+        if rec.target_image_id is None or rec.target_image_id not in self._catalog.entries:
+            raise RolloutError(f"device {device_id} has no target image left to retry")
+        entry = self._catalog.entries[rec.target_image_id]
+        ok, why = version_permitted(self._policy.effective(rec), entry)
+        if not ok:
+            raise RolloutError(f"policy refuses: {why}")
+        hist: list[HistoryEntry] = []
+        rec.next_retry_at = None
+        # a person acting lifts a park too (issue 18: back on the old version, or policy.max_attempts reached)
+        rec.blocked_image_id = rec.blocked_reason = rec.blocked_at = None
+        rec.failures = 0
+        self._book.transition(rec, S.UPDATE_AVAILABLE, reason, hist, self.clock.now())
+        await self._book.save([rec], hist)
+        return dataclasses.replace(rec)
 
     def devices_to_notify(self) -> list[DeviceKey]:
         """(additive) Devices with an update due that have not been offered it (state update_available)."""

@@ -497,6 +497,7 @@ class ImageStore:
                 image_id, AVAILABLE, approved_by=by, approved_at=self._clock.now()
             )
         return True
+
     async def mark_invalid(self, image_id: str, reason: str) -> None:
         """Never offer the entry again: its blob no longer matches its digest (`reason` says how it was found).
 

@@ -129,6 +129,10 @@ class Browser:
             "POST", f"/session/{self._session}/execute/sync", {"script": script, "args": list(args)}
         )
 
+    async def size(self, width: int, height: int) -> None:
+        """Resize the window (a phone is 360 px wide)."""
+        await self._call("POST", f"/session/{self._session}/window/rect", {"width": width, "height": height})
+
     async def screenshot(self, path: Path) -> None:
         import base64
 

@@ -200,7 +200,9 @@ class _SlowReadAdmin:
 
 
 async def test_read_backs_after_reboot_run_in_parallel(tmp_path: Path) -> None:
-    cfg = parse_config({"data_dir": str(tmp_path), "policy": {"budgets": {"per_network_default": 16}}})
+    cfg = parse_config(
+            {"data_dir": str(tmp_path), "policy": {"auto_approve": True, "budgets": {"per_network_default": 16}}}
+        )
     store = ImageStore(tmp_path)
     await store.open()
     await store.add_bytes(
