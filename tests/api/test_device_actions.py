@@ -15,7 +15,12 @@ from gateway.api.auth import CREDENTIALS_KEY
 from gateway.api.credentials import CredentialStore
 from gateway.cli import main
 from gateway.core.interface import Available, DeviceInfo, DeviceKey
-from gateway.core.repository import MIGRATION_DEVICE_OVERRIDES, MIGRATIONS, SQLiteRecordsRepository
+from gateway.core.repository import (
+    MIGRATION_DEVICE_OVERRIDES,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SQLiteRecordsRepository,
+)
 from gateway.core.service import UpdateCore
 from gateway.core.states import DeviceState
 from tests.api.conftest import TOKEN, ApiHarness, zigbee_image
@@ -193,7 +198,8 @@ async def test_schema_step_adds_override_columns(tmp_path: Path) -> None:
         assert rec is not None and rec.name == "Porch" and rec.excluded is True
     finally:
         await repo.close()
-    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 2
+    # every later step runs too (3: update-safety columns)
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 async def test_core_rejects_unknown_override(harness: ApiHarness) -> None:
