@@ -147,7 +147,8 @@ async def bench_otagw(
     zigbee: dict[str, Any] = {"enabled": True}
     if cap is not None:
         zigbee["default_max_block_bytes"] = cap
-    cfg = parse_config({"data_dir": str(tmp), "zigbee": zigbee})
+    # auto_approve: the bench measures transfers, not the approval step (off by default since approval states)
+    cfg = parse_config({"data_dir": str(tmp), "zigbee": zigbee, "policy": {"auto_approve": True}})
     store = ImageStore(tmp, clock=clock)
     await store.open()
     await store.add_bytes(image, file_name="bench.ota")
@@ -238,7 +239,9 @@ async def bench_fleet(image: bytes, tmp: Path, n: int, budget: int) -> dict[str,
             "data_dir": str(tmp),
             "zigbee": {"enabled": True},
             "policy": {
-                "budgets": {"per_network": {"pan:1a2b": budget}, "global": max(budget, 16)},
+                "auto_approve": True,
+                # the simulated network's extended PAN id: Zigbee devices are keyed by it
+                "budgets": {"per_network": {"epid:00a1b2c3d4e5f607": budget}, "global": max(budget, 16)},
                 "busy_retry_s": 30,
             },
         }

@@ -167,7 +167,7 @@ class BudgetConfig(Section):
 
     global_: int = Field(16, alias="global", ge=1, description="transfers at once, all protocols")
     per_protocol: dict[Literal["matter", "zigbee"], int] = Field(default_factory=dict)
-    per_network: dict[str, int] = Field(default_factory=dict, description="e.g. {'pan:1a2b': 1}")
+    per_network: dict[str, int] = Field(default_factory=dict, description="e.g. {'epid:00124b0001020304': 1} (Zigbee: the extended PAN id)")
     per_network_default: int | None = Field(
         4, ge=1, description="per Zigbee PAN / Matter fabric unless listed"
     )
@@ -331,13 +331,28 @@ class MatterConfig(Section):
 
 # ------------------------------------------------------------------------------------------ zigbee
 class ZigbeeRadioConfig(Section):
-    type: Literal["ezsp", "znp", "deconz", "zigate", "xbee"] = "ezsp"
+    type: Literal["ezsp", "znp", "deconz", "zigate", "xbee"] = Field(
+        "ezsp",
+        description="ezsp: Silicon Labs (bellows, built in); znp: TI Z-Stack, deconz: ConBee/RaspBee, zigate, "
+        "xbee: install the extra of that name (pip install 'otagw[znp]')",
+    )
     device: str = Field(
         "/dev/ttyUSB0", description="serial path, or socket://HOST:PORT for a networked radio"
     )
     baudrate: int = Field(115200, gt=0)
     flow_control: Literal["hardware", "software"] | None = None
     startup_timeout_s: float = Field(60.0, gt=0, description="give up starting the radio after this long")
+
+
+class ZigbeeRadioEntry(ZigbeeRadioConfig):
+    """One of several radios (`zigbee.radios`), each coordinator of its own network."""
+
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="short name: logs, health, `--radio`"
+    )
+    database: str | None = Field(
+        None, description="its zigpy database in data_dir (default zigbee-<name>.db)"
+    )
 
 
 class ZigbeeBlockCap(Section):
@@ -362,6 +377,11 @@ class ZigbeeConfig(Section):
 
     enabled: bool = False
     radio: ZigbeeRadioConfig = Field(default_factory=ZigbeeRadioConfig)
+    radios: list[ZigbeeRadioEntry] = Field(
+        default_factory=list,
+        description="several radios in one gateway, each its own network with its own per-network budget "
+        "(empty: the single `radio` above)",
+    )
     database: str = Field("zigbee.db", description="zigpy's device database, a file name inside data_dir")
     default_max_block_bytes: int = Field(64, ge=1, le=255, description="block size cap when no rule matches")
     block_size_caps: list[ZigbeeBlockCap] = Field(default_factory=list, description="per manufacturer/model")
@@ -388,6 +408,103 @@ class ZigbeeConfig(Section):
     apply_recheck_s: float = Field(
         60.0, gt=0, description="when policy says 'wait', ask it again this often (unless it says when)"
     )
+    backup_interval_s: float = Field(
+        86400.0,
+        ge=0,
+        description="write a network backup (Open ZigBee Coordinator Backup JSON, 0600) into "
+        "data_dir/zigbee-backups this often (0 = never)",
+    )
+    backup_keep: int = Field(7, ge=1, description="automatic network backups kept (oldest deleted first)")
+
+    @field_validator("radios")
+    @classmethod
+    def _unique_radios(cls, v: list[ZigbeeRadioEntry]) -> list[ZigbeeRadioEntry]:
+        seen: set[str] = set()
+        for entry in v:
+            if entry.name in seen:
+                raise ValueError(f"radio name {entry.name!r} used twice")
+            seen.add(entry.name)
+        devices = [e.device for e in v]
+        if len(set(devices)) != len(devices):
+            raise ValueError("two radios with the same device path")
+        return v
+
+
+# ------------------------------------------------------------------------------------------ publish
+class BridgeMqttConfig(Section):
+    """Where a Zigbee2MQTT controller publishes `<base_topic>/bridge/devices` (its own broker settings)."""
+
+    host: str = Field(..., min_length=1, description="MQTT broker host the controller publishes to")
+    port: int = Field(1883, ge=1, le=65535)
+    base_topic: str = Field("zigbee2mqtt", min_length=1, description="Zigbee2MQTT's mqtt.base_topic")
+    username: str | None = None
+    password_file: Path | None = Field(None, description="file holding the broker password (owner-only)")
+    client_id: str | None = Field(None, description="MQTT client id (default: otagw-<controller name>)")
+
+
+class PublishController(Section):
+    """One consuming controller (Zigbee2MQTT, ZHA/zigpy, python-matter-server): a network of its own in otagw.
+
+    It sees an image only once policy offers it on the network named `name` (gateway/publish/staging.py)."""
+
+    name: str = Field(
+        ..., pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="network name of the controller's devices"
+    )
+    kind: Literal["z2m", "zigpy", "matter-server"]
+    enabled: bool = True
+    path: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="URL segment under /publish/ (default: name)"
+    )
+    access: Literal["token", "open"] = Field(
+        "token", description="token: a catalog-read token in the URL; open: no token (trusted LAN only)"
+    )
+    credential: str | None = Field(
+        None, description="name of the catalog-read credential (`otagw token create`) this controller uses"
+    )
+    bridge: BridgeMqttConfig | None = Field(
+        None, description="z2m only: subscribe to its bridge/devices to observe its devices and versions"
+    )
+
+    @property
+    def url_path(self) -> str:
+        return self.path or self.name
+
+    @model_validator(mode="after")
+    def _access(self) -> PublishController:
+        if self.access == "token" and not self.credential:
+            raise ValueError("credential: required when access is 'token' (the catalog-read token's name)")
+        if self.bridge is not None and self.kind != "z2m":
+            raise ValueError("bridge: only a z2m controller publishes bridge/devices")
+        return self
+
+
+class PublishConfig(Section):
+    """Publishing the approved catalog to other controllers (gateway/publish)."""
+
+    base_url: str | None = Field(
+        None, description="URL the controllers reach otagw's API at (default: http://<api.listen>)"
+    )
+    controllers: list[PublishController] = Field(default_factory=list)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", v):
+            raise ValueError(f"expected an http(s) URL, got {v!r}")
+        return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _unique(self) -> PublishConfig:
+        names: set[str] = set()
+        paths: set[str] = set()
+        for i, c in enumerate(self.controllers):
+            if c.name in names:
+                raise ValueError(f"controllers[{i}].name: {c.name!r} is used by an earlier controller")
+            if c.url_path in paths:
+                raise ValueError(f"controllers[{i}].path: {c.url_path!r} is used by an earlier controller")
+            names.add(c.name)
+            paths.add(c.url_path)
+        return self
 
 
 # --------------------------------------------------------------------------------------------- api
@@ -599,6 +716,9 @@ class Config(Section):
     sources: list[SourceConfig] = Field(
         default_factory=_default_sources,
         description="upstream firmware sources (gateway/sources); none is contacted unless enabled",
+    )
+    publish: PublishConfig = Field(
+        default_factory=PublishConfig, description="catalog published to Zigbee2MQTT, ZHA, python-matter-server"
     )
 
     source: Path | None = Field(None, exclude=True, description="file this config was loaded from")

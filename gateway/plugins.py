@@ -14,7 +14,7 @@ composition root (`gateway.service`), the CLI and the demo all go through `load_
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from gateway.core.interface import UpdateCoreInterface
 
 ENTRY_POINT_GROUP = "otagw.adapters"
+# where the API's admin token lives; the same names as gateway.api.auth's (plugins may not import the API layer;
+# tests/api/test_plugin_routes.py checks they agree)
+API_TOKEN_ENV = "OTAGW_API_TOKEN"
+API_TOKEN_FILE = "api-token"
 
 log = logging.getLogger("otagw.plugins")
 
@@ -46,6 +50,32 @@ class CliState(Protocol):
 
     @property
     def config(self) -> Config: ...
+
+
+class RouteError(Exception):
+    """A plugin API route refuses a request: `status` (400 bad input, 404 unknown thing, 409 wrong state) and a
+    one-line message naming what is wrong (the gateway answers with its usual JSON error body)."""
+
+    def __init__(self, status: int, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.field = field
+
+
+@dataclass(frozen=True)
+class PluginRoute:
+    """One API operation an adapter contributes, served at `/api/v1/<adapter name><path>`, admin token only.
+
+    `handler(adapter, params)` gets the RUNNING adapter (the gateway answers 503 itself while the adapter is not
+    running) and the request's parameters (JSON body merged over the query string) and returns a JSON-able result;
+    it raises `RouteError` (or ValueError, answered 400) for bad input. Kept free of aiohttp so adapters stay
+    independent of the API framework."""
+
+    method: str
+    path: str
+    name: str  # operationId suffix: the operation is `<adapter>_<name>`
+    summary: str
+    handler: Callable[[Any, dict[str, Any]], Awaitable[Any]]
 
 
 class AdapterStartError(Exception):
@@ -125,6 +155,9 @@ class LazyAdapterPlugin:
     ] = ()  # top-level modules that must be importable (checked, not imported)
     install_hint: str = ""
     simulator_target: str | None = None  # "module" of the hardware-free harness, imported lazily
+    routes_target: str | None = (
+        None  # "module:attribute": a list of PluginRoute (or a function returning one)
+    )
 
     def enabled(self, config: Config) -> bool:
         return bool(self.is_enabled(config))
@@ -163,6 +196,25 @@ class LazyAdapterPlugin:
 
     def simulator(self) -> Any:
         return None if self.simulator_target is None else load_object(self.simulator_target)
+
+    def api_routes(self) -> list[PluginRoute]:
+        if self.routes_target is None:
+            return []
+        routes = load_object(self.routes_target)
+        return list(routes() if callable(routes) else routes)
+
+
+def plugin_api_routes(plugin: Any) -> list[PluginRoute]:
+    """The API operations a plugin contributes (optional `api_routes()`; none when it has no such method or its
+    routes module cannot be imported here, which is logged)."""
+    get = getattr(plugin, "api_routes", None)
+    if not callable(get):
+        return []
+    try:
+        return list(get())
+    except LookupError as exc:
+        log.warning("adapter plugin %s: API routes unavailable: %s", getattr(plugin, "name", "?"), exc)
+        return []
 
 
 def load_object(target: str) -> Any:
@@ -210,3 +262,22 @@ def get_plugin(name: str) -> AdapterPlugin:
         have = ", ".join(plugins) or "none"
         raise LookupError(f"no adapter plugin {name!r} is installed (installed: {have})")
     return plugins[name]
+
+
+def gateway_api_access(config: Config) -> tuple[str, str | None]:
+    """Where a local running gateway's API answers (base URL from `api.listen`, a wildcard host mapped to
+    loopback) and its admin token (env, config or `<data_dir>/api-token`; None when there is none yet — the
+    token file is never created here). For adapter commands that must hand work to the gateway that owns a device
+    (a radio, a fabric) instead of opening it a second time."""
+    import os
+
+    host, _, port = config.api.listen.rpartition(":")
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)
+    token = os.environ.get(API_TOKEN_ENV, "").strip() or config.api.token
+    if not token:
+        path = Path(config.data_dir) / API_TOKEN_FILE
+        try:
+            token = path.read_text(encoding="ascii").strip() or None
+        except (OSError, UnicodeDecodeError):
+            token = None
+    return f"http://{host}:{port}", token

@@ -309,8 +309,18 @@ class Gateway:
             metrics_access=metrics_access,
             extra={"sources": self.sources},
             notify_device=self.notify_device,
+            plugin_routes=self._plugin_routes(),
+            adapter_instance=self._running_instance,
         )
+        from gateway.publish.routes import attach
+        from gateway.publish.service import Publisher
+
+        publisher = Publisher(cfg, self.store, self.core)
+        svc.extra["publish"] = publisher
         app = create_app(svc)
+        assert svc.credentials is not None
+        attach(app, publisher, svc.credentials)
+        self._start_bridges()
         host, _, port = cfg.api.listen.rpartition(":")
         host = host.strip("[]")
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
@@ -329,6 +339,47 @@ class Gateway:
             "API and dashboard listening", extra={"fields": {"url": self.api_url, "token": self.token_source}}
         )
         log.info("dashboard: open %s/login and paste the token from %s", self.api_url, self.token_source)
+
+    def _start_bridges(self) -> None:
+        """One MQTT subscriber per enabled z2m controller with a `bridge:` (gateway/integrations/z2m_bridge)."""
+        from gateway.integrations.z2m_bridge import run_bridge
+
+        core = self.core
+        for ctl in self.config.publish.controllers:
+            if not ctl.enabled or ctl.bridge is None:
+                continue
+            password = None
+            if ctl.bridge.password_file is not None:
+                try:
+                    password = ctl.bridge.password_file.read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    raise GatewayStartError(
+                        f"publish.controllers[{ctl.name}].bridge.password_file: {exc.strerror or exc}"
+                    ) from None
+
+            def identify(model: str) -> tuple[int, int] | None:
+                for e in core.catalog_entries():
+                    if e.protocol == "zigbee" and model in e.model_ids:
+                        return e.vendor_id, e.product_id
+                return None
+
+            task = asyncio.get_running_loop().create_task(
+                run_bridge(ctl, core.observe, identify, password=password, sleep=self.clock.sleep)
+            )
+            self._tasks.append(task)
+    def _plugin_routes(self) -> dict[str, list[Any]]:
+        from gateway.plugins import plugin_api_routes
+
+        routes = {a.name: plugin_api_routes(a.plugin) for a in self.adapters if a.state != "disabled"}
+        return {name: r for name, r in routes.items() if r}
+
+    def _running_instance(self, name: str) -> tuple[Any, str | None]:
+        rt = self.adapter(name)
+        if rt is None:
+            return None, "not configured"
+        if rt.instance is None or rt.state != "running":
+            return None, rt.error or rt.state
+        return rt.instance, None
 
     async def _start_mqtt(self) -> None:
         """Home Assistant over MQTT: a client of the core like the API; it failing never stops the gateway."""

@@ -38,6 +38,7 @@ from zigpy.zcl import foundation
 from zigpy.zcl.clusters.general import Basic, Ota, PowerConfiguration
 
 from adapters.zigbee.cluster import OtaTakeover
+from adapters.zigbee.network import NetworkManager, install_key_redaction, secure_database
 from adapters.zigbee.ota_server import (
     IMAGE_BLOCK_RESPONSE_ID,
     UPGRADE_TIME_WAIT,
@@ -92,6 +93,21 @@ def _plain_block_response(cluster: Ota) -> bool:
     return bool(plain)
 
 
+def network_id(extended_pan_id: Any) -> str:
+    """`epid:<16 hex digits>`, most significant byte first (as zigpy prints it, without the colons)."""
+    return "epid:" + str(extended_pan_id).replace(":", "").lower()
+
+
+class _RadioLossListener:
+    """zigpy application listener: hands `connection_lost` to the adapter."""
+
+    def __init__(self, adapter: ZigbeeAdapter) -> None:
+        self._adapter = adapter
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._adapter.radio_lost(exc)
+
+
 class ZigbeeAdapter:
     """OTA Upgrade cluster server on zigpy; see the module docstring for the flow."""
 
@@ -103,8 +119,10 @@ class ZigbeeAdapter:
         data_dir: Path | None,
         *,
         app_cls: type[ControllerApplication] | None = None,
+        backup_subdir: str | None = None,
     ) -> None:
         self.config = config
+        self._backup_subdir = backup_subdir  # one folder per radio when there are several
         self.core = core
         self.clock = clock
         self.data_dir = Path(data_dir) if data_dir is not None else None
@@ -118,6 +136,11 @@ class ZigbeeAdapter:
         self._page_tasks: dict[DeviceKey, asyncio.Task[Any]] = {}
         self._timers: dict[TimerEvent, asyncio.Task[Any]] = {}
         self._inflight = 0
+        self.network: NetworkManager | None = None  # network management (form/backup/...), once attached
+        self.radio_state = "down"  # up | reconnecting | down
+        self.reconnects = 0  # successful reconnects since start
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.malformed: list[str] = []  # recent malformed-frame descriptions (for the API / tests)
         self._event_builders: dict[int, Callable[[Ota, foundation.ZCLHeader, Any], Event]] = {
             Ota.ServerCommandDefs.query_next_image.id: self._query_next_image_event,
@@ -141,6 +164,7 @@ class ZigbeeAdapter:
             ev.CoreReportVersion: self._do_core_report_version,
             ev.CoreStatusReport: self._do_core_status_report,
             ev.CoreQuery: self._do_core_query,
+            ev.CoreQueryVersion: self._do_core_query_version,
             ev.CoreActiveTransfer: self._do_core_active_transfer,
             ev.CorePlanOutcome: self._do_core_plan_outcome,
             ev.CoreOpenImage: self._do_core_open_image,
@@ -158,13 +182,18 @@ class ZigbeeAdapter:
     # ================================================================== lifecycle
     async def start(self) -> None:
         """Start the radio and take over OTA. Raises AdapterStartError (the gateway goes on without Zigbee)."""
+        install_key_redaction()
+        if self.data_dir is not None:
+            secure_database(self.data_dir / self.config.database)
         app = await start_controller(self.config, self.data_dir, self._app_cls)
         self._owns_app = True
         await self.attach(app)
+        self.radio_state = "up"
 
     async def attach(self, app: ControllerApplication) -> None:
         """Serve OTA on an already running application (used by start() and by the harness)."""
         self.app = app
+        await self._migrate_network_id()
         self._load_learned_caps()
         self._takeover = OtaTakeover(
             app,
@@ -181,8 +210,64 @@ class ZigbeeAdapter:
         for action in self.server.start():
             await self._perform[type(action)](action, None, None)
         self._spawn(self._notify_loop(), "notify due devices")
+        self.network = NetworkManager(app, self.data_dir, backup_subdir=self._backup_subdir)
+        if self._owns_app:
+            app.add_listener(_RadioLossListener(self))
+        if self.data_dir is not None and self.config.backup_interval_s > 0:
+            self._spawn(self._backup_loop(), "automatic network backups")
+
+    def health(self) -> dict[str, Any]:
+        return {"radio": self.radio_state, "reconnects": self.reconnects}
+
+    # ------------------------------------------------------------------------------------------ reconnect
+    RECONNECT_FIRST_S = 1.0
+    RECONNECT_MAX_S = 60.0
+
+    def radio_lost(self, exc: BaseException | None) -> None:
+        """zigpy/bellows lost the radio (NCP reset, serial unplugged, watchdog): reconnect in the background."""
+        if self.app is None or self._stopping or (self.network is not None and self.network.rewriting):
+            return
+        if self._reconnect_task is not None and not self._reconnect_task.done():
+            return
+        LOGGER.warning("zigbee radio connection lost (%r); reconnecting", exc)
+        self.radio_state = "reconnecting"
+        self._reconnect_task = self._spawn(self._reconnect(), "reconnect the zigbee radio")
+
+    async def _reconnect(self) -> None:
+        """Restart the network from the radio's own NVM (`auto_form=False`: never form over a lost network),
+        first at once, then with doubling waits up to RECONNECT_MAX_S. Transfers resume from their offsets: the
+        server's flows and the core's records live on across the reconnect."""
+        app = self.app
+        assert app is not None
+        delay = 0.0
+        attempt = 0
+        while True:
+            if delay:
+                await self.clock.sleep(delay)
+            attempt += 1
+            try:
+                with contextlib.suppress(Exception):
+                    await app.disconnect()
+                async with asyncio.timeout(self.config.radio.startup_timeout_s):
+                    await app.startup(auto_form=False)
+            except Exception as exc:
+                delay = min(self.RECONNECT_MAX_S, max(self.RECONNECT_FIRST_S, delay * 2))
+                LOGGER.warning(
+                    "zigbee radio reconnect attempt %d failed (%s: %s); next in %.0f s",
+                    attempt,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                continue
+            self.reconnects += 1
+            self.radio_state = "up"
+            LOGGER.info("zigbee radio reconnected", extra={"fields": {"attempts": attempt}})
+            return
 
     async def stop(self) -> None:
+        self.radio_state = "down"
+        self._stopping = True
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -197,6 +282,7 @@ class ZigbeeAdapter:
         if self.app is not None and self._owns_app:
             await self.app.shutdown()
         self.app = None
+        self.network = None
 
     def is_idle(self) -> bool:
         """No request is being processed right now (clock waits don't count); for the harness."""
@@ -240,24 +326,37 @@ class ZigbeeAdapter:
 
     # ================================================================== identities and records
     def _pan(self) -> str:
+        """The network's id in device keys: its extended PAN id, which stays when the 16-bit PAN id changes (a
+        PAN id conflict, a restore with new settings); records named by the 16-bit PAN id are renamed at start."""
         assert self.app is not None
-        return f"pan:{int(self.app.state.network_info.pan_id):04x}"
+        return network_id(self.app.state.network_info.extended_pan_id)
+
+    async def _migrate_network_id(self) -> None:
+        """Migration step: records from before the extended-PAN-id identity ("pan:<16-bit>") move to it."""
+        assert self.app is not None
+        rename = getattr(self.core, "rename_network", None)
+        if rename is None:
+            return
+        old = f"pan:{int(self.app.state.network_info.pan_id):04x}"
+        moved = await rename("zigbee", old, self._pan())
+        if moved:
+            LOGGER.info("renamed %d zigbee device records from %s to %s", moved, old, self._pan())
 
     def _key(self, cluster: Ota) -> DeviceKey:
-        """The cluster's DeviceKey, cached on the cluster instance (asked for on every block) per PAN id."""
+        """The cluster's DeviceKey, cached on the cluster instance (asked for on every block) per network."""
         assert self.app is not None
-        pan_id = self.app.state.network_info.pan_id
+        epid = self.app.state.network_info.extended_pan_id
         cached = cluster.__dict__.get("_otagw_key")
-        if cached is not None and cached[0] == pan_id:
+        if cached is not None and cached[0] == epid:
             key: DeviceKey = cached[1]
             return key
         key = DeviceKey(
             "zigbee",
-            f"pan:{int(pan_id):04x}",
+            network_id(epid),
             str(cluster.endpoint.device.ieee),
             cluster.endpoint.endpoint_id,
         )
-        cluster.__dict__["_otagw_key"] = (pan_id, key)
+        cluster.__dict__["_otagw_key"] = (epid, key)
         return key
 
     def _info(self, cluster: Ota, qni: Any = None) -> DeviceInfo:
@@ -609,6 +708,9 @@ class ZigbeeAdapter:
     async def _do_core_query(self, a: Any, cluster: Ota | None, hdr: Any) -> Any:
         return await self.core.query(a.info)
 
+    async def _do_core_query_version(self, a: Any, cluster: Ota | None, hdr: Any) -> Any:
+        return await self.core.query_version(a.info, a.version)
+
     async def _do_core_active_transfer(self, a: Any, cluster: Ota | None, hdr: Any) -> Any:
         return self.core.active_transfer(a.key)
 
@@ -804,8 +906,20 @@ class ZigbeeAdapter:
         results = await self.notify(keys)
         for key in keys:
             if results.get(key, not results):  # broadcast ({}): all count as notified
-                await self.core.mark_notified(key, "Image Notify sent" + (" (broadcast)" if not results else ""))
+                await self.core.mark_notified(
+                    key, "Image Notify sent" + (" (broadcast)" if not results else "")
+                )
         return len(keys)
+
+    async def _backup_loop(self) -> None:
+        """One backup at start, then every `backup_interval_s`; a failed one is logged and retried next time."""
+        while True:
+            if self.network is not None:
+                try:
+                    await self.network.auto_backup(self.config.backup_keep, self.clock.now())
+                except Exception as exc:
+                    LOGGER.warning("automatic zigbee network backup failed: %s", exc)
+            await self.clock.sleep(self.config.backup_interval_s)
 
     async def _notify_loop(self) -> None:
         while True:

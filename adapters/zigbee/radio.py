@@ -124,3 +124,31 @@ def _explain(where: str, exc: Exception, timeout_s: float) -> str:
             return f"{where}: connection refused ({e.strerror or e})"
     detail = "; ".join(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__ for e in chain)
     return f"{where}: cannot start: {detail}"
+
+
+async def open_controller(
+    cfg: ZigbeeConfig, data_dir: Path, *, connect: bool = True
+) -> ControllerApplication:
+    """The application with its database loaded and (when `connect`) the radio connected but no network started:
+    for network management while no gateway holds the radio. AdapterStartError naming the radio path on failure."""
+    radio = cfg.radio
+    cls = app_class_for(radio.type)
+    conf = build_zigpy_config(cfg, data_dir)
+    where = f"zigbee radio {radio.type!r} at {radio.device!r}"
+    try:
+        app = await cls.new(conf, auto_form=False, start_radio=False)
+    except Exception as exc:
+        raise AdapterStartError(
+            f"{where}: cannot open the zigbee database {conf[zconf.CONF_DATABASE]!r}: {exc}"
+        ) from None
+    if not connect:
+        return app
+    try:
+        async with asyncio.timeout(radio.startup_timeout_s):
+            await app.connect()
+    except BaseException as exc:
+        await app.shutdown()
+        if not isinstance(exc, Exception):
+            raise
+        raise AdapterStartError(_explain(where, exc, radio.startup_timeout_s)) from None
+    return app

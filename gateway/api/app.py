@@ -65,6 +65,13 @@ class ApiServices:
     credentials: CredentialStore | None = (
         None  # scoped device/integration tokens; built by create_app when None
     )
+    # API operations adapter plugins contribute (gateway/api/routes_plugins.py), by adapter name
+    # (each a gateway.plugins.PluginRoute, duck-typed: the API layer does not import the plugin contract)
+    plugin_routes: dict[str, list[Any]] = field(default_factory=dict)
+    # adapter name -> (running instance or None, why not): how plugin routes reach their adapter
+    adapter_instance: Callable[[str], tuple[Any, str | None]] = field(
+        default=lambda name: (None, "not started by this gateway")
+    )
     metrics_access: MetricsAccess = field(default_factory=MetricsAccess)  # /metrics without the admin token
 
 
@@ -126,6 +133,10 @@ def create_app(svc: ApiServices) -> web.Application:
     svc.hub = hub
     app[HUB_KEY] = hub
     table = route_table()
+    if svc.plugin_routes:
+        from gateway.api import routes_plugins
+
+        routes_plugins.declare(table, svc.plugin_routes, svc.adapter_instance)
     table.register(app)
     app[TABLE_KEY] = table
     app[SCOPES_KEY] = {o.operation_id: o.scope for o in table.ops}

@@ -17,7 +17,8 @@ Scoped credentials (gateway/api/credentials.py): devices and integrations presen
 `Authorization: Bearer <token>`. It opens only the operations whose scope it holds (403 otherwise), never the
 cookie or `?token=`; the handlers then restrict a device-bound token to its own device (`principal(request)`).
 
-Exempt: `/healthz`, `/livez`, the dashboard's static assets (the same files that ship in the package) and the login page.
+Exempt: `/healthz`, `/livez`, the dashboard's static assets (the same files that ship in the package), the login page
+and `/publish/` (the published catalogs check their own catalog-read token, see gateway/publish/routes.py).
 
 `/metrics` has its own credential so Prometheus never holds the admin token (config `metrics.auth`):
 - `token` (default): `Authorization: Bearer <metrics token>`, the token from env `OTAGW_METRICS_TOKEN` or the file
@@ -54,7 +55,9 @@ COOKIE = "otagw_session"
 CSRF_HEADER = "X-OTAGW-CSRF"
 QUERY_TOKEN_PATHS = frozenset({"/api/v1/events"})
 PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/login", "/favicon.ico"})
-PUBLIC_PREFIXES = ("/static/",)
+# /publish/ carries its own catalog-read token in the URL (Z2M and ZHA take only a URL) and is checked by
+# gateway/publish/routes.py, which never accepts the admin token there
+PUBLIC_PREFIXES = ("/static/", "/publish/")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 TOKEN_KEY: web.AppKey[str] = web.AppKey("otagw_api_token", str)

@@ -35,6 +35,8 @@ SCOPES: dict[str, str] = {
     "status": "POST /api/v1/status: report OTA status (bound: only for its own device)",
     "download": "GET /api/v1/images/{ref}/download (bound: only its own device's offered transfer)",
     "metrics": "GET /metrics: scrape Prometheus metrics (Prometheus, a monitoring agent)",
+    "catalog-read": "GET /publish/<controller>/<token>/...: the published index and images of the controllers "
+    "naming this credential (nothing else)",
 }
 
 

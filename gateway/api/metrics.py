@@ -93,6 +93,8 @@ class Snapshot:
     devices: dict[tuple[str, str], int] = field(default_factory=dict)  # (protocol, state) -> present devices
     version: str = "0+unknown"
     sources: dict[str, dict[str, float]] = field(default_factory=dict)  # SourceManager.metrics()
+    # gateway.publish Publisher.metrics(): (controller, image id) -> downloads by Z2M / ZHA / matter-server
+    published: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
 
 
 class SnapshotCollector(Collector):
@@ -175,7 +177,18 @@ class SnapshotCollector(Collector):
             for src_name, figures in sorted(snap.sources.items()):
                 fam.add_metric([src_name], float(figures.get(key, 0.0)))
             yield fam
+        for key, doc in PUBLISH_METRICS.items():
+            cfam = CounterMetricFamily(f"otagw_publish_{key}", doc, labels=["controller", "image"])
+            for (controller, image), counts in sorted(snap.published.items()):
+                cfam.add_metric([controller, image], float(counts.get(key, 0)))
+            yield cfam
 
+
+PUBLISH_METRICS = {
+    "bytes_served": "Image bytes served to a consuming controller (Zigbee2MQTT, ZHA, matter-server) per image",
+    "downloads_started": "Image downloads a consuming controller started, per image",
+    "downloads_completed": "Image downloads a consuming controller completed, per image",
+}
 
 SOURCE_METRICS = {
     "enabled": "1 when the firmware source is enabled",

@@ -89,6 +89,9 @@ async def metrics(request: web.Request) -> web.Response:
     sources = svc.extra.get("sources")
     if sources is not None:
         snap.sources = sources.metrics()
+    publisher = svc.extra.get("publish")
+    if publisher is not None:
+        snap.published = publisher.metrics()
     resp = web.Response(body=render(snap, request.app[RECORDER_KEY]))
     resp.headers["Content-Type"] = CONTENT_TYPE
     return resp

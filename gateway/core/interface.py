@@ -64,7 +64,8 @@ from gateway.store.model import CatalogEntry, ProtocolName
 class DeviceKey:
     """Identity of one device endpoint.
 
-    Zigbee: network = PAN id as "pan:1a2b" (or extended PAN), address = IEEE "aa:bb:..", endpoint = endpoint id.
+    Zigbee: network = extended PAN id as "epid:0011223344556677" (records named "pan:1a2b" by older versions are
+    renamed at start), address = IEEE "aa:bb:..", endpoint = endpoint id.
     Matter: network = "fabric:<compressed fabric id hex>", address = node id as 16 hex digits, endpoint = 0.
     """
 
@@ -235,6 +236,17 @@ class UpdateCoreInterface(Protocol):
     async def device_left(self, key: DeviceKey) -> None: ...
 
     async def query(self, device: DeviceInfo, installed: list[str] | None = None) -> QueryResult: ...
+
+    async def rename_network(self, protocol: str, old: str, new: str) -> int:
+        """Records of network `old` now belong to network `new` (the adapter's stable id for the same network);
+        device ids are rewritten, history, tokens and budget slots follow. Returns how many records moved."""
+        ...
+
+    async def query_version(self, device: DeviceInfo, version: int) -> QueryResult:
+        """A device asks for one exact version (Zigbee Query Specific File): `Available` only when the core's
+        decision for it is an image of exactly that version (then the same as `query`); otherwise `NotAvailable`
+        naming both versions, and nothing changes (no offer is made, no budget slot is taken)."""
+        ...
 
     def open_image(self, token: bytes) -> ImageReader: ...
 

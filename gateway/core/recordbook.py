@@ -79,6 +79,34 @@ class RecordBook:
         if rec.state in LIVE_STATES:
             self.live.add(rec.device_id)
 
+    def rename_network(self, protocol: str, old: str, new: str, now: float) -> list[DeviceRecord]:
+        """In memory, what `RecordsRepository.rename_network` does on disk: records of network `old` move to
+        `new` (device ids rewritten; one whose new id exists stays). Transfer tokens and budget slots follow."""
+        moved: list[DeviceRecord] = []
+        for rec in [r for r in self.devices.values() if r.protocol == protocol and r.network == old]:
+            old_id = rec.device_id
+            new_id = f"{protocol}:{new}:{old_id[len(protocol) + len(old) + 2 :]}"
+            if new_id in self.devices:
+                continue
+            held = self.ledger.holds(old_id)
+            if held:
+                self.ledger.release(old_id)
+            del self.devices[old_id]
+            rec.device_id, rec.network = new_id, new
+            self.devices[new_id] = rec
+            for ids in (self.live, self._dirty):
+                if old_id in ids:
+                    ids.discard(old_id)
+                    ids.add(new_id)
+            if old_id in self._persisted_at:
+                self._persisted_at[new_id] = self._persisted_at.pop(old_id)
+            if rec.token is not None and self.ledger.by_token.get(rec.token) == old_id:
+                self.ledger.by_token[rec.token] = new_id
+            if held:
+                self.ledger.budget.acquire(new_id, rec.protocol, new, bool(rec.sleepy), now)
+            moved.append(rec)
+        return moved
+
     def live_records(self) -> list[DeviceRecord]:
         return [self.devices[d] for d in self.live]
 

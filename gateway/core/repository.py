@@ -425,6 +425,30 @@ class SQLiteRecordsRepository:
         )
         return n > 0
 
+    # ------------------------------------------------------------------- migration: network identity renames
+    async def rename_network(self, protocol: str, old: str, new: str) -> None:
+        """Migration step "network identity" (e.g. Zigbee `pan:<16-bit>` -> `epid:<extended PAN id>`): move every
+        record of network `old` and its history to `new`, rewriting device ids `<protocol>:<old>:...` to
+        `<protocol>:<new>:...`. A record whose new id already exists stays where it is (the newer identity wins),
+        with its history. Queued behind pending writes, one transaction."""
+        old_prefix, new_prefix = f"{protocol}:{old}:", f"{protocol}:{new}:"
+        tail = len(old_prefix) + 1  # SQL substr is 1-based
+        await self.write(
+            sql=[
+                (
+                    "UPDATE devices SET network = ?, device_id = ? || substr(device_id, ?) "
+                    "WHERE protocol = ? AND network = ? AND substr(device_id, 1, ?) = ? "
+                    "AND NOT EXISTS (SELECT 1 FROM devices AS d WHERE d.device_id = ? || substr(devices.device_id, ?))",
+                    (new, new_prefix, tail, protocol, old, len(old_prefix), old_prefix, new_prefix, tail),
+                ),
+                (
+                    "UPDATE history SET device_id = ? || substr(device_id, ?) WHERE substr(device_id, 1, ?) = ? "
+                    "AND NOT EXISTS (SELECT 1 FROM devices AS d WHERE d.device_id = history.device_id)",
+                    (new_prefix, tail, len(old_prefix), old_prefix),
+                ),
+            ]
+        )
+
     async def rollout_events(self, rollout_id: str) -> list[dict[str, Any]]:
         async with self.conn.execute(
             "SELECT at, event, wave, reason FROM rollout_events WHERE rollout_id=? ORDER BY id", (rollout_id,)
@@ -492,6 +516,8 @@ class RecordsRepository(Protocol):
     async def update_rollout_if(self, change: RolloutChange) -> bool: ...
 
     async def rollout_events(self, rollout_id: str) -> list[dict[str, Any]]: ...
+
+    async def rename_network(self, protocol: str, old: str, new: str) -> None: ...
 
 
 # ------------------------------------------------------------------------------------------ rollout rows

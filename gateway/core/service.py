@@ -390,6 +390,41 @@ class UpdateCore:
         await self._engine.after_terminal(rec, hist, now)
         return result
 
+    async def rename_network(self, protocol: str, old: str, new: str) -> int:
+        """Move the records of network `old` to `new` (an adapter changing how it names a network, e.g. Zigbee
+        from the 16-bit PAN id to the extended PAN id); returns how many moved. Idempotent."""
+        moved = self._book.rename_network(protocol, old, new, self.clock.now())
+        if moved:
+            await self._repo.rename_network(protocol, old, new)
+            log.info(
+                "device records moved to a new network id",
+                extra={"fields": {"protocol": protocol, "old": old, "new": new, "records": len(moved)}},
+            )
+        return len(moved)
+
+    async def query_version(self, device: DeviceInfo, version: int) -> QueryResult:
+        await self._check_external_changes()
+        now = self.clock.now()
+        rec = self._book.devices.get(device.key.device_id)
+        if rec is not None:
+            d = self._decide(rec, now)
+            if (
+                d.image is not None
+                and d.image.numeric_version == version
+                and d.outcome in ("available", "busy")
+            ):
+                return await self.query(device)
+            offered = (
+                f"{d.image.version_string} ({d.image.numeric_version})" if d.image is not None else "none"
+            )
+        else:
+            offered = "none (unknown device)"
+        self.counters.decisions["NotAvailable"] += 1
+        return NotAvailable(
+            self.config.policy.callback_interval_s,
+            f"version {version} requested; the plan for this device offers {offered}",
+        )
+
     def _answer(
         self, rec: DeviceRecord, now: float, installed: list[str] | None, hist: list[HistoryEntry]
     ) -> QueryResult:
@@ -985,6 +1020,29 @@ class UpdateCore:
             {RolloutStatus.ACTIVE, RolloutStatus.PAUSED, RolloutStatus.HALTED},
             reason,
         )
+
+    def rollout_images_for_network(self, network: str) -> dict[str, str]:
+        """Image id -> rollout id of every active rollout whose opened waves include a present device of
+        `network` (a controller publishing the catalog sees those images; gateway/publish/staging.py)."""
+        devices = self._book.devices
+        out: dict[str, str] = {}
+        for r in self._engine.rollouts.values():
+            if r.status != RolloutStatus.ACTIVE or r.image_id in out:
+                continue
+            for dev_id, wave in self._engine.assign(r).items():
+                rec = devices.get(dev_id)
+                if rec is not None and rec.present and rec.network == network and wave <= r.current_wave:
+                    out[r.image_id] = r.rollout_id
+                    break
+        return out
+
+    def catalog_entries(self) -> list[CatalogEntry]:
+        """The catalog as the core last read it (read-only view for integrations)."""
+        return list(self._catalog.entries.values())
+
+    def covering_rollout_ids(self) -> set[str]:
+        """Ids of rollouts still distributing (active, paused, halted): their approvals are not yet general."""
+        return {r.rollout_id for r in self._engine.rollouts.values() if r.covering}
 
     def list_rollouts(self) -> list[Rollout]:
         return sorted(self._engine.rollouts.values(), key=lambda r: (r.created_at, r.rollout_id))

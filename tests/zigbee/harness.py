@@ -21,6 +21,8 @@ from gateway.core.service import UpdateCore
 from gateway.store.store import ImageStore
 from tests.store_helpers import zigbee_image
 
+SIM_NETWORK = "epid:00a1b2c3d4e5f607"  # the simulated network's extended PAN id (adapters/zigbee/sim/app.py)
+
 FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "zigbee"
 IKEA = FIXTURES / "ikea-mgm210l-light-cws-cv-rgbw-v268572245.ota"  # mfr 4476 type 10242, 228582 B
 DRESDEN = FIXTURES / "1135-0000-201000A0-FLS-PP3_RGBW.zigbee"  # mfr 4405 type 0, 197247 B
@@ -51,7 +53,7 @@ class Stack:
         return self.adapter.app
 
     def record(self, dev: SimOtaDevice) -> Any:
-        return self.core.get_device(f"zigbee:pan:{self.network.pan_id:04x}:{dev.ieee}:{dev.endpoint}")
+        return self.core.get_device(f"zigbee:{SIM_NETWORK}:{dev.ieee}:{dev.endpoint}")
 
     async def run_until(self, cond: Any, *, step_s: float = 1.0, max_s: float = 3600.0) -> float:
         async def advance(s: float) -> None:

@@ -37,7 +37,7 @@ async def test_pacing_budget_two_of_ten(tmp_path):
         devs,
         [data],
         clock=clock,
-        policy={"budgets": {"per_network": {"pan:1a2b": 2}}, "busy_retry_s": 30},
+        policy={"budgets": {"per_network": {"epid:00a1b2c3d4e5f607": 2}}, "busy_retry_s": 30},
     )
     try:
         await stack.run_until(lambda: all(d.file_version == NEW for d in devs), step_s=0.5, max_s=3600)
@@ -336,6 +336,30 @@ async def test_query_specific_file(tmp_path):
         rsp = await _in_session(stack, dev.query_specific_file(NEW + 5))
         assert rsp.status == S.NO_IMAGE_AVAILABLE
         assert dev.stats.queries == 0
+    finally:
+        await stack.close()
+
+
+async def test_query_specific_file_mismatch_makes_no_offer_and_holds_no_slot(tmp_path):
+    clock = ManualClock()
+    dev = sim_device(1, clock, VENDOR, behaviour=Behaviour(answers_notify=False))
+    stack = await make_stack(tmp_path, [dev], [synthetic()], clock=clock)
+    try:
+        await stack.run_until(lambda: stack.record(dev) is not None, max_s=10)
+        rec = stack.record(dev)
+        before = (rec.state, rec.token)
+        rsp = await _in_session(
+            stack, dev.query_specific_file(NEW + 5)
+        )  # a version the catalog does not have
+        assert rsp.status == S.NO_IMAGE_AVAILABLE
+        rec = stack.record(dev)
+        assert (rec.state, rec.token) == before and rec.token is None  # no offer was made
+        assert not stack.core._ledger.holds(rec.device_id)  # and no budget slot is held
+        assert stack.core.counters.decisions["NotAvailable"] >= 1
+        # the version it asks for is served
+        rsp = await _in_session(stack, dev.query_specific_file(NEW))
+        assert rsp.status == S.SUCCESS and rsp.file_version == NEW
+        assert stack.core._ledger.holds(stack.record(dev).device_id)
     finally:
         await stack.close()
 

@@ -252,6 +252,14 @@ class CoreQuery:
 
 
 @dataclass(slots=True)
+class CoreQueryVersion:
+    """answer: QueryResult (the core offers exactly `version` or nothing, holding no slot on a mismatch)"""
+
+    info: DeviceInfo
+    version: int
+
+
+@dataclass(slots=True)
 class CoreActiveTransfer:
     """answer: TransferInfo or None (None too when the core does not offer `active_transfer`)"""
 
@@ -352,6 +360,7 @@ Action = (
     | CoreReportVersion
     | CoreStatusReport
     | CoreQuery
+    | CoreQueryVersion
     | CoreActiveTransfer
     | CorePlanOutcome
     | CoreOpenImage

@@ -50,6 +50,7 @@ from adapters.zigbee.protocol.events import (
     CorePlanOutcome,
     CoreProgress,
     CoreQuery,
+    CoreQueryVersion,
     CoreReportVersion,
     CoreStatusReport,
     DescribeDevice,
@@ -216,7 +217,8 @@ class OtaServer:
             yield from self._schedule_notify(key, result.retry_after_s)
 
     def _query_specific_file(self, ev: QuerySpecificFile) -> Flow[None]:
-        result = yield CoreQuery(ev.info)
+        # the core offers exactly the version asked for, or nothing (a mismatch takes no budget slot)
+        result = yield CoreQueryVersion(ev.info, ev.file_version)
         if isinstance(result, Available) and result.image.numeric_version == ev.file_version:
             tr = yield from self._new_transfer(ev.key, result, ev.info)
             if tr is not None:
@@ -231,8 +233,7 @@ class OtaServer:
                     specific=True,
                 )
                 return
-        # Not the file it asked for. The offer the core just made stays open (no failure is recorded): the
-        # device's next Query Next Image gets it, or the core expires it.
+        # Not the file it asked for (or no room now): NO_IMAGE_AVAILABLE; the core made no offer for it.
         yield SendQueryResponse(ev.key, ev.tsn, Status.NO_IMAGE_AVAILABLE, specific=True)
 
     def _new_transfer(self, key: DeviceKey, result: Available, info: DeviceInfo) -> Flow[OtaDevice | None]:
