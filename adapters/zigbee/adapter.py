@@ -426,10 +426,10 @@ class ZigbeeAdapter:
                 basic = cluster.endpoint.in_clusters.get(Basic.cluster_id)
                 if basic is not None:
                     with contextlib.suppress(Exception):
-                        await basic.read_attributes(
-                            [Basic.AttributeDefs.hw_version.name, Basic.AttributeDefs.power_source.name],
-                            allow_cache=True,
-                        )
+                        # PowerSource is not read here: a sleepy device may be asleep and zigpy's wait is not on
+                        # the injected clock; the node descriptor (interview) says mains or battery, and a
+                        # cached PowerSource (reports, other reads) refines it
+                        await basic.read_attributes([Basic.AttributeDefs.hw_version.name], allow_cache=True)
                 power = cluster.endpoint.in_clusters.get(PowerConfiguration.cluster_id)
                 if power is not None:  # the charge changes: never from the cache
                     with contextlib.suppress(Exception):
