@@ -112,6 +112,15 @@ class PolicyRule(Section):
     )
     download_window: str | None = Field(None, description="name in policy.windows, or 'always'")
     apply_window: str | None = Field(None, description="name in policy.windows, or 'always'")
+    allow_unvalidated_payload: bool | None = Field(
+        None, description="offer images whose payload format has no validator (see policy section)"
+    )
+    min_battery_percent: int | None = Field(
+        None, ge=0, le=100, description="battery devices below this are deferred (0 = no minimum)"
+    )
+    verify_deadline_s: int | None = Field(
+        None, ge=10, description="time to be heard again on the new version after an apply (per vendor)"
+    )
 
 
 class TimeWindow(Section):
@@ -201,6 +210,20 @@ class PolicyConfig(Section):
         86400, ge=0, description="longer apply delays are sent as AwaitNextAction and asked again"
     )
     retry_backoff_s: int = Field(300, ge=0, description="after a failure, wait this long (doubling) to retry")
+    max_attempts: int = Field(
+        5,
+        ge=1,
+        description="consecutive failed episodes of one image before the device is parked as failed "
+        "(offered again only after `otagw devices retry` or a new image)",
+    )
+    allow_unvalidated_payload: bool = Field(
+        True,
+        description="offer images whose payload format has no validator (not Silicon Labs EBL/GBL); like "
+        "Zigbee2MQTT and zigpy. Invalid payloads are never offered",
+    )
+    min_battery_percent: int = Field(
+        30, ge=0, le=100, description="battery-powered devices below this are deferred; mains devices never"
+    )
     progress_persist_s: float = Field(5.0, ge=0, description="write transfer offsets at most this often")
     sweep_interval_s: float = Field(30.0, gt=0, description="how often timers are checked")
     rules: list[PolicyRule] = Field(default_factory=list)

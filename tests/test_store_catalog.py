@@ -39,11 +39,15 @@ async def test_fresh_catalog_is_wal_with_migration_record(tmp_path: Path) -> Non
     cat = Catalog(tmp_path / "catalog.db")
     await cat.open()
     try:
-        assert await cat.schema_version() == len(MIGRATIONS) == 2
+        assert await cat.schema_version() == len(MIGRATIONS) == 3
         async with cat.db.execute("PRAGMA journal_mode") as cur:
             assert (await cur.fetchone())[0] == "wal"  # type: ignore[index]
         async with cat.db.execute("SELECT version, name FROM schema_migrations") as cur:
-            assert [tuple(r) for r in await cur.fetchall()] == [(1, "images table"), (2, "image approval")]
+            assert [tuple(r) for r in await cur.fetchall()] == [
+                (1, "images table"),
+                (2, "image approval"),
+                (3, "payload check"),
+            ]
     finally:
         await cat.close()
     assert (tmp_path / "catalog.db").stat().st_mode & 0o077 == 0
@@ -86,7 +90,7 @@ async def test_approval_migration_keeps_existing_images_approved(tmp_path: Path)
     v1 = Catalog(db, migrations=MIGRATIONS[:1])
     await v1.open()
     old = entry(version=7)
-    row_cols = [c for c in old.__dataclass_fields__ if not c.startswith("approv")]
+    row_cols = [c for c in old.__dataclass_fields__ if not c.startswith(("approv", "payload"))]
     values = {c: getattr(old, c) for c in row_cols}
     values["model_ids"] = "[]"
     values["valid"] = 1

@@ -35,7 +35,7 @@ import zigpy.exceptions
 import zigpy.types as t
 from zigpy.application import ControllerApplication
 from zigpy.zcl import foundation
-from zigpy.zcl.clusters.general import Basic, Ota
+from zigpy.zcl.clusters.general import Basic, Ota, PowerConfiguration
 
 from adapters.zigbee.cluster import OtaTakeover
 from adapters.zigbee.network import NetworkManager, install_key_redaction, secure_database
@@ -383,6 +383,7 @@ class ZigbeeAdapter:
             extra["min_block_period_ms"] = int(mbp)
         if node_desc is not None:
             extra["mains_powered"] = bool(node_desc.is_mains_powered)
+        power_source, battery = _power(cluster.endpoint, node_desc)
         return DeviceInfo(
             key=self._key(cluster),
             vendor_id=None if vendor is None else int(vendor),
@@ -394,6 +395,8 @@ class ZigbeeAdapter:
             current_version_string=None if version is None else f"0x{int(version):08x}",
             sleepy=sleepy,
             extra=extra,
+            power_source=power_source,
+            battery_percent=battery,
         )
 
     async def _observe(self, info: DeviceInfo) -> None:
@@ -423,7 +426,20 @@ class ZigbeeAdapter:
                 basic = cluster.endpoint.in_clusters.get(Basic.cluster_id)
                 if basic is not None:
                     with contextlib.suppress(Exception):
+                        # PowerSource is not read here: a sleepy device may be asleep and zigpy's wait is not on
+                        # the injected clock; the node descriptor (interview) says mains or battery, and a
+                        # cached PowerSource (reports, other reads) refines it
                         await basic.read_attributes([Basic.AttributeDefs.hw_version.name], allow_cache=True)
+                power = cluster.endpoint.in_clusters.get(PowerConfiguration.cluster_id)
+                if power is not None:  # the charge changes: never from the cache
+                    with contextlib.suppress(Exception):
+                        await power.read_attributes(
+                            [
+                                PowerConfiguration.AttributeDefs.battery_percentage_remaining.name,
+                                PowerConfiguration.AttributeDefs.battery_voltage.name,
+                            ],
+                            allow_cache=False,
+                        )
                 info = self._info(cluster)
                 await self._observe(info)
                 if info.current_version is not None:
@@ -484,7 +500,19 @@ class ZigbeeAdapter:
             self._inflight -= 1
 
     def _query_next_image_event(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> Event:
+        power = cluster.endpoint.in_clusters.get(PowerConfiguration.cluster_id)
+        if power is not None:
+            # the charge changes between queries: read it while the device is awake (it just transmitted), so
+            # a device deferred for a low battery is offered its update at the query after it recovered
+            self._spawn(self._refresh_battery(cluster, power), f"battery {cluster.endpoint.device.ieee}")
         return QueryNextImage(self._key(cluster), hdr.tsn, self._info(cluster, qni=cmd))
+
+    async def _refresh_battery(self, cluster: Ota, power: Any) -> None:
+        with contextlib.suppress(Exception):
+            await power.read_attributes(
+                [PowerConfiguration.AttributeDefs.battery_percentage_remaining.name], allow_cache=False
+            )
+            await self._observe(self._info(cluster))
 
     def _query_specific_file_event(self, cluster: Ota, hdr: foundation.ZCLHeader, cmd: Any) -> Event:
         base = self._info(cluster)
@@ -499,6 +527,8 @@ class ZigbeeAdapter:
             current_version_string=base.current_version_string,
             sleepy=base.sleepy,
             extra={**base.extra, "query_specific_file": int(cmd.file_version)},
+            power_source=base.power_source,
+            battery_percent=base.battery_percent,
         )
         return QuerySpecificFile(base.key, hdr.tsn, info, int(cmd.file_version))
 
@@ -923,3 +953,28 @@ class ZigbeeAdapter:
             )
         except (zigpy.exceptions.ZigbeeException, OSError) as exc:
             LOGGER.warning("Image Notify broadcast failed: %s", exc)
+
+
+# Basic PowerSource (ZCL 3.2.2.2.8): low 7 bits are the primary source; 0x03 is battery, 0x01/0x02/0x04-0x06 mains
+# or DC. Bit 7 says a battery *backs up* the primary source: still a mains device.
+_BATTERY_SOURCE = 0x03
+
+
+def _power(endpoint: Any, node_desc: Any) -> tuple[str | None, int | None]:
+    """(power source, battery percent) as the device told them (zigpy's attribute cache), never guessed from the
+    model: Basic PowerSource first, the node descriptor's mains-powered flag otherwise; the charge from Power
+    Configuration BatteryPercentageRemaining (half-percent units, 0xFF = unknown)."""
+    source: str | None = None
+    basic = endpoint.in_clusters.get(Basic.cluster_id)
+    raw = basic.get(Basic.AttributeDefs.power_source.name) if basic is not None else None
+    if raw is not None:
+        source = "battery" if int(raw) & 0x7F == _BATTERY_SOURCE else "mains"
+    elif node_desc is not None:
+        source = "mains" if node_desc.is_mains_powered else "battery"
+    percent: int | None = None
+    power = endpoint.in_clusters.get(PowerConfiguration.cluster_id)
+    if power is not None:
+        half = power.get(PowerConfiguration.AttributeDefs.battery_percentage_remaining.name)
+        if half is not None and int(half) != 0xFF:
+            percent = min(100, int(half) // 2)
+    return source, percent

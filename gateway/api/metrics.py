@@ -58,6 +58,18 @@ COUNTERS: dict[str, tuple[str, str, str, str]] = {
         "counter",
     ),
     "updates_failed": ("otagw_updates_failed", "Updates that failed", "protocol", "counter"),
+    "updates_not_back": (
+        "otagw_updates_not_back",
+        "Devices not heard again within their deadline after an apply",
+        "protocol",
+        "counter",
+    ),
+    "devices_parked": (
+        "otagw_devices_parked",
+        "Devices no longer offered an image (did not take, or too many failed attempts)",
+        "protocol",
+        "counter",
+    ),
     "bytes_served": ("otagw_bytes_served", "Image bytes served to devices", "protocol", "counter"),
     "blocks_served": (
         "otagw_blocks_served",

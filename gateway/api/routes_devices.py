@@ -75,6 +75,22 @@ class DeviceOut(BaseModel):
     last_seen: float
     last_query: float | None
     present: bool
+    failure_kind: str | None = Field(
+        None, description="what ended the last failed episode: download, apply, device_reported, not_back, "
+        "not_verified, old_version"
+    )
+    blocked_image_id: str | None = Field(
+        None, description="parked: this image is not offered again until POST .../retry (needs attention)"
+    )
+    blocked_reason: str | None = None
+    blocked_at: float | None = None
+    last_answer: str | None = Field(None, description="the last query's answer: Available, NotAvailable, Busy")
+    last_answer_reason: str | None = None
+    power_source: Literal["mains", "battery"] | None = None
+    battery_percent: int | None = None
+    bytes_downloaded: int | None = Field(
+        None, description="contiguous bytes the device has of its target image (full size once finished)"
+    )
 
 
 class HistoryOut(BaseModel):
@@ -203,7 +219,8 @@ async def update_now(request: web.Request) -> web.Response:
 
 
 async def retry_device(request: web.Request) -> web.Response:
-    """Offer a failed device its update again now (clears the back-off)."""
+    """Offer a failed device its update again now (clears the back-off, and lifts a park: a device back on its
+    old version or past policy.max_attempts)."""
     core = services(request).core
     device_id = _device_id(request)
     try:

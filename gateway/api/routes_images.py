@@ -85,6 +85,12 @@ class ImageOut(PackageManifest):
     approved_for: str | None = Field(None, description="JSON device filter the approval is limited to")
     approved_by: str | None = None
     approved_at: float | None = None
+    payload_check: Literal["valid", "invalid", "unknown", "unchecked"] = Field(
+        "unchecked",
+        description="pre-flight check of the firmware inside the file (Zigbee: zigpy's EBL/GBL validators): "
+        "invalid is never offered, unknown only where policy.allow_unvalidated_payload allows",
+    )
+    payload_reason: str | None = Field(None, description="what the payload check found")
     in_use: bool | None = Field(None, description="a transfer, rollout or pending update uses it (show only)")
 
 

@@ -137,6 +137,21 @@ def _find_device(core: UpdateCore, ref: str) -> DeviceRecord:
     return found[0]
 
 
+@devices.command("retry")
+@click.argument("device_id")
+@click.pass_context
+def devices_retry(ctx: click.Context, device_id: str) -> None:
+    """Offer a parked device its failed image again (it came back on its old version, or failed
+    policy.max_attempts times); resets its attempts and back-off. DEVICE_ID may be a unique part of the id."""
+
+    async def op(core: UpdateCore) -> DeviceRecord:
+        rec = _find_device(core, device_id)
+        return await core.retry_device(rec.device_id, by="cli")
+
+    rec = _run(ctx, op)
+    click.echo(f"{rec.device_id}: may be offered its update again at its next query")
+
+
 @devices.command("show")
 @click.argument("device_id")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")

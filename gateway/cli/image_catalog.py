@@ -187,6 +187,7 @@ def list_cmd(ctx: click.Context, protocol: Any, as_json: bool) -> None:
             str(e.numeric_version),
             str(e.size),
             "yes" if e.valid else "no",
+            e.payload_check,
             describe_approval(e),
             e.file_name,
         ]
@@ -195,7 +196,7 @@ def list_cmd(ctx: click.Context, protocol: Any, as_json: bool) -> None:
     click.echo(
         _table(
             rows,
-            ["ID", "PROTO", "VENDOR", "PRODUCT", "VERSION", "NUMERIC", "SIZE", "VALID", "APPROVAL", "FILE"],
+            ["ID", "PROTO", "VENDOR", "PRODUCT", "VERSION", "NUMERIC", "SIZE", "VALID", "PAYLOAD", "APPROVAL", "FILE"],
         )
     )
 

@@ -30,6 +30,7 @@ from gateway.formats import (
     parse_zigbee_image,
     verify_matter_digest,
 )
+from gateway.formats.payload_check import check_payload
 from gateway.formats.zigbee_ota import IMAGE_TYPE_SPECIAL
 
 __all__ = ["AnyInt", "describe_image", "write_atomic"]
@@ -154,10 +155,22 @@ def describe_image(data: bytes) -> tuple[dict[str, Any], OtaFormatError | None]:
     """
     protocol = detect_protocol(data)
     digest_error: OtaFormatError | None = None
+    parsed: MatterOtaImage | ZigbeeOtaImage
     if protocol == "matter":
-        report, digest_error = _matter_report(data, parse_matter_image(data, verify_digest=False))
+        parsed = parse_matter_image(data, verify_digest=False)
+        report, digest_error = _matter_report(data, parsed)
     else:
-        report = _zigbee_report(parse_zigbee_image(data))
+        parsed = parse_zigbee_image(data)
+        report = _zigbee_report(parsed)
+    if digest_error is None:
+        verdict = check_payload(data, parsed)
+        report["payload_check"] = verdict.status
+        report["payload_check_reason"] = verdict.reason + (
+            f" (sub-element data at byte {verdict.offset})" if verdict.offset is not None else ""
+        )
+    else:
+        report["payload_check"] = "invalid"
+        report["payload_check_reason"] = f"payload digest does not match the header: {digest_error}"
     report["size"] = len(data)
     report["sha256"] = hashlib.sha256(data).hexdigest()
     return report, digest_error
@@ -213,6 +226,8 @@ def inspect_cmd(file: Path, as_json: bool) -> None:
         click.echo("\n".join(_text_lines(file, report, digest_error)))
     if digest_error is not None:
         raise UserError(f"{file}: {digest_error}")
+    if report["payload_check"] == "invalid":
+        raise UserError(f"{file}: invalid payload: {report['payload_check_reason']}")
 
 
 def _digest_option(ctx: click.Context, param: click.Parameter, value: str) -> int:

@@ -7,8 +7,13 @@ How a decision is made:
 1. the device must have told its vendor/product ids and version;
 2. a covering rollout decides the image: offered only while the device's wave is open and the rollout active;
    otherwise policy auto-approval (or a pin) picks the best permitted image with `gateway.store.selection`;
-3. policy constraints always apply (blocked / allowed / pinned versions, downgrade);
-4. back-off after failures, then the download window (Busy until it opens: state waiting_for_window).
+3. policy constraints always apply (blocked / allowed / pinned versions, downgrade), and the payload check: an
+   invalid payload is never offered, one of unknown format only where `allow_unvalidated_payload` holds;
+4. a device parked as failed (an update did not take, or policy.max_attempts failed episodes) is offered nothing
+   it could have been offered then, only an image added later or a rollout's (both a person's act), and never
+   the image that failed, until a person lifts it (`otagw devices retry`);
+5. a battery device below `min_battery_percent` is deferred (Busy, reason says so) until it recovers;
+6. back-off after failures, then the download window (Busy until it opens: state waiting_for_window).
 Transfer slots (budgets) are not part of the decision: the ledger grants them when the core acts on it.
 """
 
@@ -19,7 +24,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.config import PolicyConfig
-from gateway.core.policy import EffectivePolicy, Window, selector_matches, version_permitted
+from gateway.core.policy import (
+    EffectivePolicy,
+    Window,
+    payload_refusal,
+    selector_matches,
+    version_permitted,
+)
 from gateway.core.records import DeviceRecord
 from gateway.core.rollouts import RolloutStatus
 from gateway.core.states import DeviceState
@@ -80,6 +91,33 @@ def descriptor(rec: DeviceRecord) -> DeviceDescriptor | None:
     )
 
 
+def low_battery(rec: DeviceRecord, eff: EffectivePolicy) -> str | None:
+    """Why a battery device is too low to start an update now (None: mains, unknown charge, or enough).
+    A battery that dies mid-flash can leave a device half-written; mains devices have no minimum."""
+    if rec.power_source != "battery" or rec.battery_percent is None or not eff.min_battery_percent:
+        return None
+    if rec.battery_percent >= eff.min_battery_percent:
+        return None
+    return (
+        f"battery at {rec.battery_percent} % is below the minimum {eff.min_battery_percent} % "
+        f"({eff.source()}: min_battery_percent); offered once it recovers"
+    )
+
+
+def _parked_for(rec: DeviceRecord, entry: CatalogEntry) -> bool:
+    """A parked device is offered only images added after it was parked (and never the one that failed)."""
+    if rec.blocked_image_id is None:
+        return False
+    return entry.image_id == rec.blocked_image_id or entry.added_at <= (rec.blocked_at or 0.0)
+
+
+def _parked(rec: DeviceRecord) -> str:
+    return (
+        f"device parked as failed for image {rec.blocked_image_id}: {rec.blocked_reason}; "
+        f"`otagw devices retry {rec.device_id}` offers it again"
+    )
+
+
 def decide(
     rec: DeviceRecord,
     catalog: CatalogView,
@@ -111,6 +149,11 @@ def decide(
         ok, why = version_permitted(eff, entry)
         if not ok:
             return Decision("not_available", f"{tag}: {why} ({eff.source()})")
+        bad_payload = payload_refusal(eff, entry)
+        if bad_payload is not None:
+            return Decision("not_available", f"{tag}: {bad_payload}")
+        if entry.image_id == rec.blocked_image_id:
+            return Decision("not_available", f"{tag}: {_parked(rec)}")
         wave = cover.wave
         if wave is None:
             return Decision("not_available", f"{tag}: device is in none of its waves")
@@ -153,6 +196,11 @@ def decide(
         refused: list[str] = []
         for e in cands:
             ok, why = version_permitted(eff, e)
+            bad_payload = payload_refusal(eff, e)
+            if ok and bad_payload is not None:
+                ok, why = False, bad_payload
+            if ok and _parked_for(rec, e):
+                ok, why = False, _parked(rec)
             if ok:
                 permitted.append(e)
             elif rejection(e, desc, allow_downgrade=eff.allow_downgrade) is None:
@@ -166,6 +214,20 @@ def decide(
     if installed and entry.package_id in installed:
         return Decision("not_available", f"package {entry.package_id} is already installed")
     consent = eff.require_consent
+    low = low_battery(rec, eff)
+    if low is not None:
+        # deferred, not refused: the device asks again and gets it once the battery recovered
+        return Decision(
+            "busy",
+            f"{reason}; deferred: {low}",
+            image=entry,
+            retry_after_s=policy.busy_retry_s,
+            hold=None,
+            consent=consent,
+            rollout_id=rollout_id,
+            wave=wave,
+            when=None,
+        )
     if rec.next_retry_at is not None and rec.next_retry_at > now and rec.target_image_id == entry.image_id:
         return Decision(
             "busy",

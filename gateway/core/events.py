@@ -10,6 +10,8 @@ Event kinds:
 - "decision": a query was answered (device_id, outcome available|not_available|busy, reason)
 - "rollout": a rollout changed (rollout_id, event, status, wave, reason)
 - "device": a device record appeared or left (device_id, reason)
+- "attention": a device needs a person (device_id, reason, image_id, failure_kind): parked as failed after an
+  update that did not take or too many failed attempts; `otagw devices retry` lifts it
 - "image": a catalog image changed validity (image_id, new="invalid", reason) - e.g. its blob is corrupt
 """
 
@@ -126,6 +128,8 @@ class Counters:
     decisions: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # by outcome
     transfers_active: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # gauge, set by core
     images_invalidated: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # corrupt blob found
+    updates_not_back: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # not heard after apply
+    devices_parked: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # offers stopped (attempts)
 
     def to_dict(self) -> dict[str, dict[str, int]]:
         return {k: dict(v) for k, v in self.__dict__.items()}

@@ -97,6 +97,10 @@ class DeviceInfo:
     extra: dict[str, object] = field(
         default_factory=dict
     )  # e.g. {"min_block_period_ms": 0, "location": "DE"}
+    # (additive) as the device says (Zigbee node descriptor / Basic PowerSource, Matter Power Source features),
+    # never guessed from the model: "mains", "battery" or None (unknown)
+    power_source: str | None = None
+    battery_percent: int | None = None  # 0..100 (Zigbee BatteryPercentageRemaining / 2, Matter BatPercentRemaining / 2)
 
 
 @dataclass(frozen=True, slots=True)

@@ -242,6 +242,22 @@ class PostgresRecordsRepository:
     async def prune_history(self, before: float) -> None:
         await self.write(sql=[("DELETE FROM history WHERE at < ?", (before,))])
 
+    async def lift_block(self, device_id: str) -> bool:
+        """As `SQLiteRecordsRepository.lift_block`: a person lifts a parked device (block, attempts, back-off)."""
+        status = await self.pool.execute(
+            "UPDATE devices SET blocked_image_id = NULL, blocked_reason = NULL, blocked_at = NULL, failures = 0,"
+            " next_retry_at = NULL WHERE device_id = $1",
+            device_id,
+        )
+        return int(status.rsplit(" ", 1)[1]) > 0
+
+    async def parked_devices(self) -> set[str]:
+        """Ids of this gateway's devices whose stored record is parked (has a blocked image)."""
+        rows = await self.pool.fetch(
+            "SELECT device_id FROM devices WHERE blocked_image_id IS NOT NULL AND gateway_id = $1", self.gateway_id
+        )
+        return {r[0] for r in rows}
+
     async def set_overrides(self, device_id: str, values: dict[str, Any]) -> bool:
         """Write owner overrides (OVERRIDE_COLUMNS only) of one device; False when there is no such device."""
         bad = set(values) - set(OVERRIDE_COLUMNS)

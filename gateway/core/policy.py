@@ -96,6 +96,9 @@ class EffectivePolicy:
     download_window: str | None
     apply_window: str | None
     rules: tuple[str, ...] = ()  # names of the rules that matched, for reasons
+    allow_unvalidated_payload: bool = True  # offer payloads of a format without a validator
+    min_battery_percent: int = 30  # battery devices below this are deferred (0: no minimum)
+    verify_deadline_s: int | None = None  # None: policy.verify_deadline_s
 
     def source(self) -> str:
         return f"rules {', '.join(self.rules)}" if self.rules else "policy defaults"
@@ -115,6 +118,17 @@ def version_permitted(eff: EffectivePolicy, entry: CatalogEntry) -> tuple[bool, 
     ):
         return False, f"device pinned to version {eff.pin_version!r}"
     return True, "allowed"
+
+
+def payload_refusal(eff: EffectivePolicy, entry: CatalogEntry) -> str | None:
+    """Why the entry's payload may not be offered (None: it may): invalid never, unknown only where allowed."""
+    status = entry.payload_check
+    if status == "invalid":
+        return f"payload of image {entry.image_id} is invalid: {entry.payload_reason}"
+    if status in ("unknown", "unchecked") and not eff.allow_unvalidated_payload:
+        why = entry.payload_reason or "payload not checked yet"
+        return f"payload of image {entry.image_id} is not validated ({why}); allow_unvalidated_payload is false"
+    return None
 
 
 # --------------------------------------------------------------------------------------------- windows
@@ -183,6 +197,7 @@ class Policy:
         pin: VersionSpec | None = None
         downgrade, consent, auto = c.allow_downgrade, c.require_consent, c.auto_approve
         dl_win, ap_win = c.download_window, c.apply_window
+        unvalidated, min_battery, deadline = c.allow_unvalidated_payload, c.min_battery_percent, None
         names: list[str] = []
         for i, rule in enumerate(c.rules):
             if not selector_matches(rule.match, rec):
@@ -203,6 +218,12 @@ class Policy:
                 dl_win = rule.download_window
             if rule.apply_window is not None:
                 ap_win = rule.apply_window
+            if rule.allow_unvalidated_payload is not None:
+                unvalidated = rule.allow_unvalidated_payload
+            if rule.min_battery_percent is not None:
+                min_battery = rule.min_battery_percent
+            if rule.verify_deadline_s is not None:
+                deadline = rule.verify_deadline_s
         # the owner's per-device overrides (DeviceRecord.pinned_version / excluded) come last: they win over rules
         if rec.pinned_version is not None:
             pin = rec.pinned_version
@@ -220,6 +241,9 @@ class Policy:
             download_window=None if dl_win == "always" else dl_win,
             apply_window=None if ap_win == "always" else ap_win,
             rules=tuple(names),
+            allow_unvalidated_payload=unvalidated,
+            min_battery_percent=min_battery,
+            verify_deadline_s=deadline,
         )
 
     def window(self, name: str | None) -> Window | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.clock import Clock
@@ -31,6 +32,7 @@ from gateway.core.states import (
 from gateway.store.model import CatalogEntry
 
 S = DeviceState
+_DOWNLOAD_STATES = frozenset({S.NOTIFIED, S.QUERYING, S.DOWNLOADING})
 LIVE_STATES = frozenset(set(DeviceState) - TERMINAL_STATES)
 _IDENTITY_FIELDS = ("vendor_id", "product_id", "vendor_name", "model", "hardware_version", "sleepy")
 
@@ -59,6 +61,9 @@ class RecordBook:
         self.devices: dict[str, DeviceRecord] = {}
         self.live: set[str] = set()  # device ids not at rest (sweep looks only at these)
         self.on_identity_change: Callable[[DeviceRecord], None] = lambda rec: None
+        # the per-device deadline to be heard again on the new version after an apply (policy rules may set
+        # it per vendor); the service installs the effective-policy lookup
+        self.deadline_for: Callable[[DeviceRecord], int] = lambda rec: self.policy.verify_deadline_s
         self._persisted_at: dict[str, float] = {}
         self._dirty: set[str] = set()
 
@@ -130,6 +135,10 @@ class RecordBook:
             v = getattr(device, name)
             if v is not None:
                 setattr(rec, name, v)
+        if device.power_source in ("mains", "battery"):
+            rec.power_source = device.power_source
+        if device.battery_percent is not None:
+            rec.battery_percent = max(0, min(100, int(device.battery_percent)))
         if device.tags:
             rec.tags = tuple(device.tags)
         if device.extra:
@@ -153,9 +162,18 @@ class RecordBook:
 
     # -------------------------------------------------------------------------------------- transitions
     def transition(
-        self, rec: DeviceRecord, new: DeviceState, reason: str, hist: list[HistoryEntry], now: float
+        self,
+        rec: DeviceRecord,
+        new: DeviceState,
+        reason: str,
+        hist: list[HistoryEntry],
+        now: float,
+        *,
+        kind: str | None = None,
     ) -> None:
-        """Move `rec` to `new` (checked), with bookkeeping, a history row and an event. Same state: no-op."""
+        """Move `rec` to `new` (checked), with bookkeeping, a history row and an event. Same state: no-op.
+
+        `kind` names what ended a failed episode (records.FAILURE_KINDS); derived from the old state if None."""
         old = rec.state
         if new == old:
             return
@@ -175,6 +193,8 @@ class RecordBook:
         elif new == S.FAILED:
             rec.failures += 1
             rec.last_error = reason
+            rec.failure_kind = kind or _failure_kind(old, rec.resume_state)
+            self._park_if_due(rec, reason, now)
             backoff = self.policy.retry_backoff_s * 2 ** min(rec.failures - 1, 16)
             rec.next_retry_at = now + min(backoff, self.policy.callback_interval_s)
             if rec.rollout_id is not None:
@@ -184,6 +204,7 @@ class RecordBook:
                 self.counters.transfers_failed[proto] += 1
         elif new == S.UPDATED:
             rec.failures, rec.next_retry_at, rec.last_error = 0, None, None
+            rec.failure_kind = None
             self.counters.updates_succeeded[proto] += 1
         if new in TERMINAL_STATES:
             self.live.discard(rec.device_id)
@@ -212,6 +233,28 @@ class RecordBook:
             # rollout_id: a dashboard showing wave counters must re-read them on every member's transition
             rollout_id=rec.rollout_id,
             data={"image_id": rec.target_image_id, "version": rec.target_version},
+        )
+
+    def _park_if_due(self, rec: DeviceRecord, reason: str, now: float) -> None:
+        """Stop offering the failed image to this device: at once when the update did not take (it came back on
+        its old version), or after `policy.max_attempts` failed episodes. Only a person (`otagw devices retry`)
+        or a different image lifts it."""
+        image = rec.target_image_id
+        if image is None:
+            return
+        if rec.failure_kind == "old_version":
+            why = f"the update to {rec.target_version_string} did not take ({reason})"
+        elif rec.failures >= self.policy.max_attempts:
+            why = f"{rec.failures} failed attempts (policy.max_attempts {self.policy.max_attempts}); last: {reason}"
+        else:
+            return
+        rec.blocked_image_id, rec.blocked_reason, rec.blocked_at = image, why, now
+        self.counters.devices_parked[rec.protocol] += 1
+        self.publish(
+            "attention",
+            device_id=rec.device_id,
+            reason=f"parked as failed: {why}; `otagw devices retry {rec.device_id}` offers it again",
+            data={"image_id": image, "failure_kind": rec.failure_kind},
         )
 
     def on_version(
@@ -248,7 +291,12 @@ class RecordBook:
             return
         if st == S.VERIFYING:
             self.transition(
-                rec, S.FAILED, f"device claimed success but reports version {shown}, expected {t}", hist, now
+                rec,
+                S.FAILED,
+                f"device claimed success but reports version {shown}, expected {t}",
+                hist,
+                now,
+                kind="old_version",
             )
         elif st == S.APPLYING and via_query and (rec.apply_at is None or now >= rec.apply_at):
             self.transition(
@@ -257,6 +305,7 @@ class RecordBook:
                 f"device came back asking for updates with version {shown} after being told to install {t}",
                 hist,
                 now,
+                kind="old_version",
             )
 
     def on_status(
@@ -275,11 +324,11 @@ class RecordBook:
             self.transition(rec, S.DOWNLOADING, "device reports downloading", hist, now)
         elif report.status == rs.UPDATING and st in (S.DOWNLOADED, S.WAITING_TO_APPLY):
             self.transition(rec, S.APPLYING, "device reports installing", hist, now)
-            rec.verify_deadline = rec.verify_deadline or now + self.policy.verify_deadline_s
+            rec.verify_deadline = rec.verify_deadline or now + self.deadline_for(rec)
         elif report.status == rs.SUCCESSFULLY_UPDATED:
             if st in (S.DOWNLOADED, S.WAITING_TO_APPLY):
                 self.transition(rec, S.APPLYING, "device reports installing", hist, now)
-                rec.verify_deadline = rec.verify_deadline or now + self.policy.verify_deadline_s
+                rec.verify_deadline = rec.verify_deadline or now + self.deadline_for(rec)
             if rec.state == S.APPLYING:
                 self.transition(
                     rec,
@@ -291,7 +340,7 @@ class RecordBook:
         elif report.status == rs.FAILED_TO_UPDATE:
             why = f"device reports failure: {report.error or 'no error text'}"
             if S.FAILED in TRANSITIONS[st]:
-                self.transition(rec, S.FAILED, why, hist, now)
+                self.transition(rec, S.FAILED, why, hist, now, kind="device_reported")
             else:  # nothing of ours in flight: keep the word, change no state
                 rec.last_error = why
 
@@ -326,16 +375,13 @@ class RecordBook:
                 ):
                     self.transition(rec, S.FAILED, "device never asked again to apply", hist, now)
             elif st in APPLY_STATES:
-                deadline = rec.verify_deadline or rec.state_since + pol.verify_deadline_s
+                allowed = self.deadline_for(rec)
+                deadline = rec.verify_deadline or rec.state_since + allowed
                 if now >= deadline:
-                    self.transition(
-                        rec,
-                        S.FAILED,
-                        f"not verified: device did not report version {rec.target_version_string} "
-                        f"({rec.target_version}) within {pol.verify_deadline_s} s of the apply time",
-                        hist,
-                        now,
-                    )
+                    kind, why = self._not_back(rec, deadline, allowed)
+                    self.transition(rec, S.FAILED, why, hist, now, kind=kind)
+                    if kind == "not_back":
+                        self.counters.updates_not_back[rec.protocol] += 1
             elif st == S.WAITING_FOR_WINDOW:
                 if window_open(rec, now):
                     self.transition(rec, S.UPDATE_AVAILABLE, "download window open", hist, now)
@@ -346,6 +392,27 @@ class RecordBook:
             if len(hist) > n:
                 changed.append(rec)
         return changed, hist
+
+    @staticmethod
+    def _not_back(rec: DeviceRecord, deadline: float, allowed: int) -> tuple[str, str]:
+        """Why an applied update was not verified by its deadline: the device was never heard again (not back),
+        was heard on its old version (the update did not take), or was heard but never said its version."""
+        applied = rec.apply_at if rec.apply_at is not None else deadline - allowed
+        at = datetime.fromtimestamp(deadline, UTC).isoformat(timespec="seconds")
+        target = f"{rec.target_version_string} ({rec.target_version})"
+        if rec.last_seen <= applied:
+            return "not_back", (
+                f"not back after update: not heard within {allowed} s of the apply time (deadline {at})"
+            )
+        if rec.current_version is not None and rec.current_version != rec.target_version:
+            return "old_version", (
+                f"came back on its old version {rec.current_version_string or rec.current_version} "
+                f"({rec.current_version}), not {target}: the update did not take (deadline {at})"
+            )
+        return "not_verified", (
+            f"not verified: heard again but did not report version {target} within {allowed} s of the apply "
+            f"time (deadline {at})"
+        )
 
     # -------------------------------------------------------------------------------------- persistence
     async def save(self, recs: Sequence[DeviceRecord], hist: list[HistoryEntry]) -> None:
@@ -369,3 +436,12 @@ class RecordBook:
     async def flush_dirty(self) -> None:
         if self._dirty:
             await self.save([self.devices[d] for d in self._dirty if d in self.devices], [])
+
+
+def _failure_kind(old: DeviceState, resume: DeviceState | None) -> str:
+    """The failure kind a transition to failed from `old` means when the caller named none."""
+    if old in _DOWNLOAD_STATES or (old == S.PAUSED and resume in _DOWNLOAD_STATES):
+        return "download"
+    if old in (S.DOWNLOADED, S.WAITING_TO_APPLY) or old == S.PAUSED:
+        return "apply"
+    return "not_verified"

@@ -16,6 +16,16 @@ from typing import Any
 from gateway.core.interface import DeviceKey
 from gateway.core.states import DeviceState
 
+# What ended a failed episode (DeviceRecord.failure_kind): a download is not an install that did not take.
+FAILURE_KINDS = {
+    "download": "the transfer failed or expired before the image was complete",
+    "apply": "the device refused or never asked to install the downloaded image",
+    "device_reported": "the device reported that the update failed",
+    "not_back": "not back after update: the device was not heard within the deadline after the apply",
+    "not_verified": "heard again after the apply, but never reported the new version within the deadline",
+    "old_version": "came back on its old version: the update did not take",
+}
+
 
 class StateDBError(Exception):
     """state.db cannot be used (newer schema, corrupt file); the message says which file and why."""
@@ -72,6 +82,15 @@ class DeviceRecord:
     name: str | None = None  # the owner's name for the device ("Kitchen lamp")
     pinned_version: str | None = None  # a version spec this device is held at (policy.version_matches syntax)
     excluded: bool = False  # never offered an update (rules and rollouts alike)
+    # --- update safety (issue 18 / 11); columns added by repository migration 3 ---------------------------
+    failure_kind: str | None = None  # why the last episode failed: see FAILURE_KINDS
+    blocked_image_id: str | None = None  # never offered again until a person acts (`devices retry`)
+    blocked_reason: str | None = None
+    blocked_at: float | None = None  # parked since: only images added after this are offered (a new image acts)
+    last_answer: str | None = None  # the last query's answer: Available / NotAvailable / Busy
+    last_answer_reason: str | None = None
+    power_source: str | None = None  # "mains" | "battery" | None (unknown), as the device says
+    battery_percent: int | None = None  # 0..100, last read from the device
 
     @property
     def key(self) -> DeviceKey:
@@ -96,6 +115,9 @@ class DeviceRecord:
                 v = v.value
             out[f.name] = v
         out["percent"] = self.percent
+        # reference 004 "bytes downloaded": the contiguous part of the image the device has (the resume point);
+        # bytes_sent over-counts repeats. Full size once the transfer finished, kept until the next offer.
+        out["bytes_downloaded"] = self.acked_offset if self.target_image_id is not None else None
         return out
 
 

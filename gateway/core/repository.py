@@ -160,6 +160,29 @@ class SQLiteRecordsRepository:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
+    async def lift_block(self, device_id: str) -> bool:
+        """A person lifts a parked device (`otagw devices retry` from another process): clears its block,
+        attempts and back-off in one transaction; False when there is no such device. The gateway picks it up
+        through `parked_devices` when `data_version` changes."""
+        async with self._lock:
+            cur = await self.conn.execute(
+                "UPDATE devices SET blocked_image_id = NULL, blocked_reason = NULL, blocked_at = NULL, failures = 0,"
+                " next_retry_at = NULL WHERE device_id = ?",
+                (device_id,),
+            )
+            changed = cur.rowcount > 0
+            await cur.close()
+            await self.conn.commit()
+        return changed
+
+    async def parked_devices(self) -> set[str]:
+        """Ids of the devices whose stored record is parked (has a blocked image)."""
+        async with self.conn.execute(
+            "SELECT device_id FROM devices WHERE blocked_image_id IS NOT NULL"
+        ) as cur:
+            rows = await cur.fetchall()
+        return {r[0] for r in rows}
+
     # ------------------------------------------------------------------------------------------ writes
     async def write(
         self,
@@ -388,6 +411,10 @@ class RecordsRepository(Protocol):
         ...
 
     async def load_devices(self) -> list[DeviceRecord]: ...
+
+    async def lift_block(self, device_id: str) -> bool: ...
+
+    async def parked_devices(self) -> set[str]: ...
 
     async def get_device(self, device_id: str) -> DeviceRecord | None: ...
 

@@ -100,6 +100,20 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE devices ADD COLUMN excluded {int} NOT NULL DEFAULT 0",
         ],
     ),
+    (
+        4,
+        [
+            # update safety (issue 18) and the last answer (issue 11); nullable columns only, no backfill
+            "ALTER TABLE devices ADD COLUMN failure_kind TEXT",
+            "ALTER TABLE devices ADD COLUMN blocked_image_id TEXT",
+            "ALTER TABLE devices ADD COLUMN blocked_reason TEXT",
+            "ALTER TABLE devices ADD COLUMN blocked_at {real}",
+            "ALTER TABLE devices ADD COLUMN last_answer TEXT",
+            "ALTER TABLE devices ADD COLUMN last_answer_reason TEXT",
+            "ALTER TABLE devices ADD COLUMN power_source TEXT",
+            "ALTER TABLE devices ADD COLUMN battery_percent {int}",
+        ],
+    ),
 ]
 
 # the columns only the owner writes (a gateway re-reads them when another process commits)

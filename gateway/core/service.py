@@ -89,7 +89,7 @@ from gateway.core.states import (
     TERMINAL_STATES,
     DeviceState,
 )
-from gateway.store.errors import CorruptBlobError, StoreError
+from gateway.store.errors import CatalogMismatchError, CorruptBlobError, StoreError
 from gateway.store.model import CatalogEntry
 from gateway.store.selection import SelectionIndex, rejection
 
@@ -107,7 +107,6 @@ _CONTINUE = Continue()  # immutable: one instance serves every progress() call
 _OFFER_WAITING = frozenset({S.UPDATE_AVAILABLE, S.NOTIFIED, S.WAITING_FOR_WINDOW})
 _OFFER_RUNNING = frozenset({S.QUERYING, S.DOWNLOADING, S.PAUSED})
 
-
 class ImageSource(Protocol):
     """What the core needs of gateway.store's ImageStore."""
 
@@ -118,7 +117,8 @@ class ImageSource(Protocol):
         ...
 
     def open_reader(self, entry: CatalogEntry) -> Any:
-        """Raises gateway.store.errors.CorruptBlobError when the blob no longer matches its digest."""
+        """Raises gateway.store.errors.CorruptBlobError when the blob no longer matches its digest or its payload
+        fails the pre-flight check (CatalogMismatchError: the file is sound but disagrees with `entry`)."""
         ...
 
     async def mark_invalid(self, image_id: str, reason: str) -> None:
@@ -168,6 +168,7 @@ class UpdateCore:
             acts_on_devices=role == "gateway",
         )
         self._book.on_identity_change = self._engine.track
+        self._book.deadline_for = self._deadline_for
         self._engine.on_conflict = lambda: self._check_external_changes(force=True)
         self._catalog = CatalogView({}, SelectionIndex.build(()))
         self._corrupt: dict[
@@ -279,6 +280,8 @@ class UpdateCore:
         for r, old in await self._engine.reload():
             await self._engine.external_change(r, old)
         await self._merge_external_overrides()
+        if self.role == "gateway":
+            await self._pick_up_lifted_blocks()
 
     async def _merge_external_overrides(self) -> None:
         """Owner overrides another process wrote (`otagw devices rename` etc.) replace the in-memory ones."""
@@ -289,6 +292,19 @@ class UpdateCore:
             for k, v in values.items():
                 setattr(rec, k, v)
             self._book.publish("device", device_id=device_id, reason="owner overrides changed", data=values)
+
+    async def _pick_up_lifted_blocks(self) -> None:
+        """`otagw devices retry` in another process cleared a device's block in state.db: apply it here too
+        (before this process writes the record again)."""
+        parked = [r for r in self._book.devices.values() if r.blocked_image_id is not None]
+        if not parked:
+            return
+        still = await self._repo.parked_devices()
+        for rec in parked:
+            if rec.device_id not in still:
+                rec.blocked_image_id = rec.blocked_reason = rec.blocked_at = None
+                rec.failures, rec.next_retry_at = 0, None
+                self._book.publish("device", device_id=rec.device_id, reason="retry allowed (another process)")
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -302,6 +318,11 @@ class UpdateCore:
     # ================================================================================== decisions
     def _effective(self, rec: DeviceRecord) -> EffectivePolicy:
         return self._policy.effective(rec)
+
+    def _deadline_for(self, rec: DeviceRecord) -> int:
+        """Seconds a device has after an apply to be heard again on the new version (rules: per vendor)."""
+        eff = self._policy.effective(rec).verify_deadline_s
+        return eff if eff is not None else self.config.policy.verify_deadline_s
 
     def _decide(self, rec: DeviceRecord, now: float, installed: list[str] | None = None) -> Decision:
         eff = self._policy.effective(rec)
@@ -361,6 +382,8 @@ class UpdateCore:
             )
         result = self._answer(rec, now, installed, hist)
         outcome = type(result).__name__
+        # the last answer and its reason stay on the record: an idle device says why it got nothing
+        rec.last_answer, rec.last_answer_reason = outcome, result.reason
         self.counters.decisions[outcome] += 1
         self._book.publish("decision", device_id=rec.device_id, new=outcome, reason=result.reason)
         if created:
@@ -469,6 +492,10 @@ class UpdateCore:
                 self._book.transition(rec, d.hold, d.reason, hist, now)
             return Busy(max(1, math.ceil(d.retry_after_s)), d.reason)
         assert d.image is not None
+        if self._preflight(d.image) is not None:
+            # the image was just quarantined (invalid from now on): decide again without it; each entry is
+            # quarantined once, so this ends
+            return self._answer(rec, now, installed, hist)
         ok, why = self._ledger.try_acquire(rec, now)
         if not ok:
             # routers retry sooner than sleepy end devices: part of their priority
@@ -506,20 +533,42 @@ class UpdateCore:
         try:
             reader = self._ledger.reader(entry)
         except CorruptBlobError as exc:
-            why = self._quarantine(entry, exc)
+            why = self._quarantine(entry, exc, whole_blob=not isinstance(exc, CatalogMismatchError))
             raise UnknownToken(f"token {bytes(token).hex()}: {why}") from None
         return _SharedView(reader)
 
-    def _quarantine(self, entry: CatalogEntry, exc: CorruptBlobError) -> str:
-        """The blob of `entry` is corrupt: invalidate every entry of it, end their offers; returns the reason.
+    def _preflight(self, entry: CatalogEntry) -> str | None:
+        """Before an offer: open the image through the store as a transfer would, which checks that the blob still
+        hashes to its name, that its payload passes the pre-flight check and that a Matter header agrees with the
+        catalog entry (cheap when nothing changed: the store caches both by the file's identity). None when it
+        may be offered, otherwise the reason it was quarantined. No block of a bad image is sent: this runs
+        before a token exists, and `open_image` runs the same checks for a reader opened later."""
+        try:
+            reader = self.store.open_reader(entry)
+        except CorruptBlobError as exc:
+            return self._quarantine(entry, exc, whole_blob=not isinstance(exc, CatalogMismatchError))
+        close = getattr(reader, "close", None)
+        if close is not None:
+            close()
+        return None
+
+    def _quarantine(self, entry: CatalogEntry, exc: CorruptBlobError, *, whole_blob: bool = True) -> str:
+        """The blob of `entry` is corrupt: invalidate every entry of it (only `entry` when `whole_blob` is
+        false: its catalog row, not the file, is wrong), end their offers; returns the reason.
 
         Synchronous (adapters call open_image synchronously); the records and the catalog are committed by a
         background task (`sweep` and `stop` wait for it)."""
-        why = f"image {entry.image_id} is corrupt ({exc.problem}); marked invalid, offers withdrawn"
-        bad = [e for e in self._catalog.entries.values() if e.sha256 == entry.sha256 and e.valid]
+        what = "is corrupt" if whole_blob else "disagrees with its catalog entry"
+        why = f"image {entry.image_id} {what} ({exc.problem}); marked invalid, offers withdrawn"
+        bad = [
+            e
+            for e in self._catalog.entries.values()
+            if (e.sha256 == entry.sha256 if whole_blob else e.image_id == entry.image_id) and e.valid
+        ]
         for e in bad:
             self._corrupt[e.image_id] = why if e is entry else f"image {e.image_id} shares the corrupt blob"
-        self._ledger.drop_reader(entry.sha256)
+        if whole_blob:
+            self._ledger.drop_reader(entry.sha256)
         self._set_catalog(
             [
                 dataclasses.replace(e, valid=False) if e.image_id in self._corrupt else e
@@ -700,7 +749,7 @@ class UpdateCore:
             delay = at - now
             if delay <= pol.max_apply_delay_s:
                 rec.apply_at = at
-                rec.verify_deadline = at + pol.verify_deadline_s
+                rec.verify_deadline = at + self._deadline_for(rec)
                 why = f"install in window {win.text} at {win.describe_next(now)}"
                 self._book.transition(rec, S.WAITING_TO_APPLY, why, hist, now)
                 return ApplyDecision(ApplyAction.PROCEED, math.ceil(delay), at, reason=why)
@@ -712,7 +761,7 @@ class UpdateCore:
             rec.last_progress_at = now
             return ApplyDecision(ApplyAction.AWAIT_NEXT_ACTION, pol.max_apply_delay_s, reason=why)
         rec.apply_at = now
-        rec.verify_deadline = now + pol.verify_deadline_s
+        rec.verify_deadline = now + self._deadline_for(rec)
         why = f"install {rec.target_version_string} now" + (f" (window {win.text} open)" if win else "")
         self._book.transition(rec, S.APPLYING, why, hist, now)
         return ApplyDecision(ApplyAction.PROCEED, 0, now, reason=why)
@@ -868,6 +917,9 @@ class UpdateCore:
             raise RolloutError(f"policy refuses: {why}")
         hist: list[HistoryEntry] = []
         rec.next_retry_at = None
+        # a person acting lifts a park too (issue 18: back on the old version, or policy.max_attempts reached)
+        rec.blocked_image_id = rec.blocked_reason = rec.blocked_at = None
+        rec.failures = 0
         self._book.transition(rec, S.UPDATE_AVAILABLE, reason, hist, self.clock.now())
         await self._book.save([rec], hist)
         return dataclasses.replace(rec)
@@ -1031,6 +1083,29 @@ class UpdateCore:
     def get_device(self, device_id: str) -> DeviceRecord | None:
         rec = self._book.devices.get(device_id)
         return dataclasses.replace(rec) if rec is not None else None
+
+    async def retry_device(self, device_id: str, by: str = "operator") -> DeviceRecord:
+        """A person lifts a parked device: the failed image may be offered again, attempts and back-off reset.
+        Raises KeyError for an unknown device. In the CLI (role client) it commits to state.db and the running
+        gateway applies it within CHANGE_POLL_S."""
+        rec = self._book.devices.get(device_id)
+        if rec is None:
+            raise KeyError(f"no device {device_id!r}")
+        if self.role != "gateway":  # the CLI: write state.db, the running gateway picks it up
+            await self._repo.lift_block(device_id)
+            return dataclasses.replace(
+                rec, blocked_image_id=None, blocked_reason=None, blocked_at=None, failures=0
+            )
+        was = rec.blocked_reason
+        rec.blocked_image_id = rec.blocked_reason = rec.blocked_at = None
+        rec.failures, rec.next_retry_at = 0, None
+        self._book.publish(
+            "device",
+            device_id=device_id,
+            reason=f"retry allowed by {by}" + (f" (was parked: {was})" if was else ""),
+        )
+        await self._book.save([rec], [])
+        return dataclasses.replace(rec)
 
     async def history(self, device_id: str, limit: int | None = None) -> list[HistoryEntry]:
         return await self._repo.history(device_id, limit)

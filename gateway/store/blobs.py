@@ -190,6 +190,11 @@ class BlobReader:
     def closed(self) -> bool:
         return self._shared is None
 
+    @property
+    def identity(self) -> object:
+        """The verified file this reader reads (device, inode, size, mtime): equal for readers of the same file."""
+        return self._shared.key if self._shared is not None else None
+
     def close(self) -> None:
         if self._shared is not None:
             self._store._release(self._shared)

@@ -161,6 +161,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE images ADD COLUMN approved_at REAL",
         "UPDATE images SET approved_by = 'migration: imported before approval existed'",
     ),
+    # Pre-flight payload check (issue 18). Rows imported before it are "unchecked": `ImageStore.open()` checks
+    # their blobs and records the verdict (selection treats "unchecked" like "unknown" until then).
+    sql_migration(
+        3,
+        "payload check",
+        "ALTER TABLE images ADD COLUMN payload_check TEXT NOT NULL DEFAULT 'unchecked'"
+        " CHECK (payload_check IN ('valid', 'invalid', 'unknown', 'unchecked'))",
+        "ALTER TABLE images ADD COLUMN payload_reason TEXT",
+    ),
 )
 
 
@@ -306,6 +315,31 @@ class Catalog:
             await db.rollback()
             raise
         return changed
+
+    async def set_payload_check(self, sha256: str, status: str, reason: str | None) -> int:
+        """Record the payload verdict of every entry of blob `sha256` in one transaction; returns rows changed."""
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = await db.execute(
+                "UPDATE images SET payload_check = ?, payload_reason = ? WHERE sha256 = ?",
+                (status, reason, sha256),
+            )
+            changed = cur.rowcount
+            await cur.close()
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+        return changed
+
+    async def unchecked_shas(self) -> list[str]:
+        """Blobs with entries whose payload was never checked (imported before the check existed)."""
+        async with self.db.execute(
+            "SELECT DISTINCT sha256 FROM images WHERE payload_check = 'unchecked'"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [r[0] for r in rows]
 
     async def delete(self, image_id: str) -> bool:
         db = self.db

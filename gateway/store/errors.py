@@ -32,6 +32,11 @@ class CorruptBlobError(StoreError):
         self.problem = problem
 
 
+class CatalogMismatchError(CorruptBlobError):
+    """The stored file is intact but disagrees with one catalog entry (e.g. a Matter header's version string or
+    applicable range); that entry is never offered. The problem is the entry, not the blob."""
+
+
 class ImageRejectedError(StoreError):
     """A file offered for import is not a valid OTA image (or does not match what its source says).
 

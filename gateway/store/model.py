@@ -56,6 +56,12 @@ class CatalogEntry:
     approved_for: str | None = None  # JSON PolicySelector the approval is limited to; None = every device
     approved_by: str | None = None  # "cli", "api", "rollout r1a2b3c4", "policy.auto_approve_sources", ...
     approved_at: float | None = None
+    # --- pre-flight payload check (gateway/formats/payload_check.py) -----------------------------
+    # "valid", "invalid" (never offered), "unknown" (format without a validator: offered only where
+    # policy.allow_unvalidated_payload allows) or "unchecked" (catalog rows older than the check, until the
+    # store re-checks them on open; treated like "unknown")
+    payload_check: str = "unchecked"
+    payload_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,8 @@
 
 Import (file, bytes or an upload stream): the content streams into a temp blob file while being hashed, is
 parsed and validated by `gateway.formats` (a bad file raises `ImageRejectedError` naming the defect and byte
-offset), then committed in this order: blob renamed into its content address, then the catalog row inserted in
+offset), its payload checked (`gateway.formats.payload_check`: zigpy's EBL/GBL validators for Zigbee; an invalid
+payload is rejected like a bad header, a valid or unknown one is recorded on the entry), then committed in this order: blob renamed into its content address, then the catalog row inserted in
 one transaction. A crash between the two leaves an orphan blob, which `open()` deletes (with any temp files);
 a failure before the row is committed deletes the blob again unless another entry uses it. So a store is
 always either without the image or with a complete, verified entry. Importing the same file (with the same
@@ -28,11 +29,14 @@ from typing import Any
 from gateway.clock import Clock, SystemClock
 from gateway.config import PolicySelector
 from gateway.formats import MatterOtaImage, OtaFormatError, ZigbeeOtaImage, parse_ota_image
+from gateway.formats.payload_check import PayloadVerdict, check_payload
 from gateway.store.approval import APPROVED, AVAILABLE, selector_json
 from gateway.store.blobs import BlobReader, BlobStore, BlobWriter
 from gateway.store.catalog import Catalog, make_image_id, make_package_id
 from gateway.store.errors import (
     AmbiguousRefError,
+    CatalogMismatchError,
+    CorruptBlobError,
     ImageNotFoundError,
     ImageRejectedError,
     ImageTooLargeError,
@@ -40,6 +44,7 @@ from gateway.store.errors import (
     StoreError,
 )
 from gateway.store.model import CatalogEntry, ProtocolName
+from gateway.store.preflight import content_problem
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +228,7 @@ class ImageStore:
         self.catalog = Catalog(self.data_dir / "catalog.db")
         self._clock: Clock = clock or SystemClock()
         self._lock = asyncio.Lock()
+        self._content_checked: dict[str, object] = {}  # image id -> identity of the file its check passed on
         self.cleaned_on_open = 0  # temp files + orphan blobs removed by the last open()
 
     # ---------------------------------------------------------------------------------------- lifecycle
@@ -239,6 +245,23 @@ class ImageStore:
             return len(orphans)
 
         self.cleaned_on_open = temps + await asyncio.to_thread(remove_orphans)
+        await self._check_unchecked()
+
+    async def _check_unchecked(self) -> None:
+        """Record the payload verdict of entries imported before the check existed (catalog migration 3)."""
+        for sha in await self.catalog.unchecked_shas():
+
+            def verdict(sha: str = sha) -> PayloadVerdict:
+                try:
+                    data = self.blobs.path_for(sha).read_bytes()
+                    return check_payload(data, parse_ota_image(data))
+                except (OSError, OtaFormatError) as exc:
+                    return PayloadVerdict("invalid", f"stored file cannot be read or parsed: {exc}")
+
+            v = await asyncio.to_thread(verdict)
+            await self.catalog.set_payload_check(sha, v.status, v.reason)
+            if v.status == "invalid":
+                log.warning("image blob %s: payload invalid, never offered: %s", sha[:16], v.reason)
 
     async def close(self) -> None:
         self.blobs.close_all()
@@ -336,14 +359,19 @@ class ImageStore:
         extra: Mapping[str, Any] | None,
         check: ImageCheck | None = None,
     ) -> ImportResult:
-        def validate() -> MatterOtaImage | ZigbeeOtaImage:
+        def validate() -> tuple[MatterOtaImage | ZigbeeOtaImage, PayloadVerdict]:
             writer.finish()
+            data = writer.read_all()
             try:
-                return parse_ota_image(writer.read_all())
+                image = parse_ota_image(data)
             except OtaFormatError as exc:
                 raise ImageRejectedError(where, exc.defect, exc.offset) from None
+            verdict = check_payload(data, image)
+            if verdict.status == "invalid":  # never stored, so never offered
+                raise ImageRejectedError(where, f"invalid payload: {verdict.reason}", verdict.offset)
+            return image, verdict
 
-        image = await asyncio.to_thread(validate)
+        image, verdict = await asyncio.to_thread(validate)
         assert writer.sha256 is not None
         merged = dict(extra or {})
         if check is not None:
@@ -357,6 +385,7 @@ class ImageStore:
             added_at=self._clock.now(),
         )
         entry, variant = apply_extra(base, merged, where)
+        entry = replace(entry, payload_check=verdict.status, payload_reason=verdict.reason)
         async with self._lock:
             existing = await self.catalog.find_variant(entry.sha256, variant)
             if existing is not None:
@@ -484,8 +513,29 @@ class ImageStore:
         return await self.catalog.candidates(protocol, vendor_id, product_id)
 
     def open_reader(self, entry: CatalogEntry) -> BlobReader:
-        """A shared, verified reader of the entry's file; raises CorruptBlobError rather than serve bad bytes."""
-        return self.blobs.open_reader(entry.sha256)
+        """A shared, verified reader of the entry's file; raises CorruptBlobError rather than serve bad bytes.
+
+        Verified twice: the blob hashes to its name (BlobStore), and the content passes the pre-flight check
+        for this entry (gateway/store/preflight.py; CatalogMismatchError when only the entry disagrees). Both
+        are cached by the file's identity, so re-opening an unchanged file costs a stat."""
+        reader = self.blobs.open_reader(entry.sha256)
+        identity = reader.identity
+        if self._content_checked.get(entry.image_id) == identity:
+            return reader
+        try:
+            found = content_problem(entry, reader.read(0, reader.size))
+        except BaseException:
+            reader.close()
+            raise
+        if found is not None:
+            reader.close()
+            problem, entry_only = found
+            path = str(self.blobs.path_for(entry.sha256))
+            if entry_only:
+                raise CatalogMismatchError(entry.sha256, path, problem)
+            raise CorruptBlobError(entry.sha256, path, problem)
+        self._content_checked[entry.image_id] = identity
+        return reader
 
     async def verify(self, entry: CatalogEntry) -> bool:
         """Re-hash the entry's blob now (off the event loop)."""

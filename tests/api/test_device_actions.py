@@ -194,6 +194,7 @@ async def test_schema_step_adds_override_columns(tmp_path: Path) -> None:
         assert rec is not None and rec.name == "Porch" and rec.excluded is True
     finally:
         await repo.close()
+    # every later step runs too (4: update-safety columns)
     assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 

@@ -79,10 +79,13 @@ async def test_apply_without_version_report_fails_at_deadline(make_core: CoreFac
     await core.sweep()
     rec = core.get_device(dev.key.device_id)
     assert rec is not None and rec.state == S.FAILED
-    assert "did not report version 3.0 (3) within 600 s" in (rec.last_error or "")
+    # never heard again after the apply: "not back" (issue 18), not a failed download
+    assert "not back after update: not heard within 600 s" in (rec.last_error or "")
+    assert rec.failure_kind == "not_back"
 
 
-async def test_device_back_on_old_version_fails_and_backs_off(make_core: CoreFactory) -> None:
+async def test_device_back_on_old_version_fails_and_is_parked(make_core: CoreFactory) -> None:
+    """Issue 18: the update did not take, so the device is not offered it again until a person acts."""
     core = await make_core(retry_backoff_s=300)
     dev = matter_dev(1)
     res = await core.query(dev)
@@ -90,10 +93,10 @@ async def test_device_back_on_old_version_fails_and_backs_off(make_core: CoreFac
     await download(core, res.token, res.image.size)
     await core.apply_request(res.token, 3)
     again = await core.query(matter_dev(1, version=1))
-    assert isinstance(again, Busy) and again.retry_after_s == 300
+    assert isinstance(again, NotAvailable) and "parked as failed" in again.reason
     rec = core.get_device(dev.key.device_id)
     assert rec is not None and rec.state == S.FAILED and "came back" in (rec.last_error or "")
-    assert "retrying after 1 failed attempt" in again.reason
+    assert rec.failure_kind == "old_version" and rec.blocked_image_id == res.image.image_id
 
 
 async def test_offsets_count_repeats_but_resume_only_contiguous(make_core: CoreFactory) -> None:

@@ -85,8 +85,12 @@ async def test_finished_transfer_reports_its_progress_and_completion(tmp_path):
         assert rec["reported_status"] == "Successfully Updated"
         assert rec["reported_percent"] == 100 and rec["percent"] == 100
         assert rec["bytes_sent"] == len(data) == rec["acked_offset"]
-        assert [v for k, v in rec.items() if "percent" in k or "bytes" in k or "reported" in k].count(
-            None
-        ) == 0
+        progress = {
+            k: v
+            for k, v in rec.items()
+            if ("percent" in k or "bytes" in k or "reported" in k) and k != "battery_percent"  # not progress
+        }
+        assert None not in progress.values(), progress
+        assert rec["bytes_downloaded"] == len(data)
     finally:
         await stack.close()

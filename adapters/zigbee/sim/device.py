@@ -22,17 +22,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import zigpy.types as t
 import zigpy.zdo.types as zdo_t
 from zigpy.ota.image import parse_ota_image
 from zigpy.zcl import foundation
-from zigpy.zcl.clusters.general import Basic, Ota
+from zigpy.zcl.clusters.general import Basic, Ota, PowerConfiguration
 
 from gateway.clock import Clock
 
@@ -46,6 +47,7 @@ UPGRADE_WAIT = 0xFFFFFFFF
 S = foundation.Status
 OTA_ID = Ota.cluster_id
 BASIC_ID = Basic.cluster_id
+POWER_ID = PowerConfiguration.cluster_id
 
 
 @dataclass
@@ -73,6 +75,18 @@ class Behaviour:
     resume_partial: bool = True  # keep a partial download and resume it when offered again
     hardware_version: int | None = 1
     answers_notify: bool = True  # False: ignores Image Notify (queries only on its own schedule)
+    # what happens at the apply: "new_version" (the image took), "never_back" (bricked: never heard again),
+    # "old_version" (the bootloader rejected the image and booted the old one)
+    after_apply: Literal["new_version", "never_back", "old_version"] = "new_version"
+    # battery model: None = mains powered (unless sleepy: a battery without a Power Configuration cluster);
+    # a number = battery powered, charge in percent, answered as BatteryPercentageRemaining (half-percent units)
+    # and BatteryVoltage; tests change it to let the battery drain or recover
+    battery_percent: float | None = None
+    battery_full_v: float = 3.0
+
+    @property
+    def on_battery(self) -> bool:
+        return self.sleepy or self.battery_percent is not None
 
 
 @dataclass
@@ -300,7 +314,9 @@ class SimOtaDevice:
             self._handle_zdo(packet.cluster_id, data)
             return
         hdr, rest = foundation.ZCLHeader.deserialize(data)
-        if packet.cluster_id == BASIC_ID:
+        if packet.cluster_id in (BASIC_ID, POWER_ID) and self.b.battery_percent is not None:
+            self._handle_basic(hdr, rest, packet.cluster_id)
+        elif packet.cluster_id == BASIC_ID:
             self._handle_basic(hdr, rest)
         elif packet.cluster_id == OTA_ID:
             self._handle_ota(
@@ -326,11 +342,9 @@ class SimOtaDevice:
         if cluster_id == zdo_t.ZDOCmd.Node_Desc_req:
             flags = zdo_t.MACCapabilityFlags.AllocateAddress
             if not self.b.sleepy:
-                flags |= (
-                    zdo_t.MACCapabilityFlags.MainsPowered
-                    | zdo_t.MACCapabilityFlags.RxOnWhenIdle
-                    | zdo_t.MACCapabilityFlags.FullFunctionDevice
-                )
+                flags |= zdo_t.MACCapabilityFlags.RxOnWhenIdle | zdo_t.MACCapabilityFlags.FullFunctionDevice
+            if not self.b.on_battery:
+                flags |= zdo_t.MACCapabilityFlags.MainsPowered
             desc = zdo_t.NodeDescriptor(
                 logical_type=zdo_t.LogicalType.EndDevice if self.b.sleepy else zdo_t.LogicalType.Router,
                 complex_descriptor_available=0,
@@ -361,7 +375,7 @@ class SimOtaDevice:
                 profile=PROFILE_HA,
                 device_type=0x0100,
                 device_version=1,
-                input_clusters=[BASIC_ID],
+                input_clusters=[BASIC_ID, POWER_ID] if self.b.battery_percent is not None else [BASIC_ID],
                 output_clusters=[OTA_ID],
             )
             body = zdo_t.Status.SUCCESS.serialize() + t.NWK(self.nwk).serialize() + sd.serialize()
@@ -375,13 +389,24 @@ class SimOtaDevice:
             defs = Basic.AttributeDefs
             values: dict[int, Any] = {
                 defs.zcl_version.id: 8,
-                defs.power_source.id: 0x03 if self.b.sleepy else 0x01,
+                defs.power_source.id: 0x03 if self.b.on_battery else 0x01,
                 defs.manufacturer.id: self.manufacturer,
                 defs.model.id: self.model,
             }
             if self.b.hardware_version is not None:
                 values[defs.hw_version.id] = self.b.hardware_version
             cluster_defs: Any = Basic
+        elif cluster_id == POWER_ID:
+            pct = self.b.battery_percent
+            if pct is None:
+                return None
+            defs_p = PowerConfiguration.AttributeDefs
+            values = {
+                defs_p.battery_percentage_remaining.id: max(0, min(200, round(pct * 2))),
+                # a coin cell's voltage falls with its charge; 100 mV units
+                defs_p.battery_voltage.id: round(self.b.battery_full_v * 10 * (0.8 + 0.2 * pct / 100)),
+            }
+            cluster_defs = PowerConfiguration
         else:
             defs_o = Ota.AttributeDefs
             values = {
@@ -431,12 +456,13 @@ class SimOtaDevice:
             direction=hdr.direction.flip(),
         )
 
-    def _handle_basic(self, hdr: foundation.ZCLHeader, rest: bytes) -> None:
+    def _handle_basic(self, hdr: foundation.ZCLHeader, rest: bytes, cluster_id: int = BASIC_ID) -> None:
+        """A server cluster that only has attributes (Basic, Power Configuration)."""
         if hdr.frame_control.is_general and hdr.command_id == foundation.GeneralCommand.Read_Attributes:
-            self._read_attributes(BASIC_ID, hdr, rest)
+            self._read_attributes(cluster_id, hdr, rest)
         elif not hdr.frame_control.disable_default_response:
             self._default_rsp(
-                BASIC_ID,
+                cluster_id,
                 hdr,
                 S.UNSUP_GENERAL_COMMAND if hdr.frame_control.is_general else S.UNSUP_CLUSTER_COMMAND,
             )
@@ -810,7 +836,13 @@ class SimOtaDevice:
         if self.pending_version is None:
             return
         self.stats.applied_at.append(self.clock.now())
-        self.file_version = self.pending_version
+        if self.b.after_apply == "never_back":
+            self.pending_version = None
+            self._offline_until = math.inf  # no frame will ever come from it again
+            self.state = "gone"
+            return
+        if self.b.after_apply == "new_version":
+            self.file_version = self.pending_version
         self.pending_version = None
         self._offline_until = self.clock.monotonic() + self.b.reboot_s
         self.state = "rebooting"
