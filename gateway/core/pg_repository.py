@@ -12,10 +12,7 @@ asyncpg is an optional dependency (`pip install otagw[postgres]`); it is importe
 
 from __future__ import annotations
 
-import asyncio
 import ssl
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.config import StoreConfig
@@ -26,9 +23,9 @@ from gateway.core.repository import (
     _INSERT_EVENT,
     _INSERT_ROLLOUT,
     _SELECT_ROLLOUTS,
+    GroupCommitWriter,
     RolloutChange,
     record_from_row,
-    record_row,
     rename_network_sql,
     rollout_cas_statement,
     rollout_from_row,
@@ -81,24 +78,15 @@ def fence_condition(first_param: int) -> str:
     )
 
 
-@dataclass(slots=True)
-class _Pending:
-    devices: list[tuple[Any, ...]]
-    history: list[tuple[Any, ...]]
-    sql: list[tuple[str, tuple[Any, ...]]]
-    fut: asyncio.Future[None]
-
-
-class PostgresRecordsRepository:
+class PostgresRecordsRepository(GroupCommitWriter):
     """`RecordsRepository` over a PostgreSQL database reached through an asyncpg pool."""
 
     def __init__(self, cfg: StoreConfig, gateway_id: str = "gw-1", site: str = "home") -> None:
+        super().__init__()
         self.cfg = cfg
         # this gateway's identity: stamped on every record it writes (it owns them) and the filter of its loads
         self.gateway_id, self.site = gateway_id, site
         self._pool: asyncpg.Pool | None = None
-        self._pending: list[_Pending] = []
-        self._flusher: asyncio.Task[None] | None = None
         # (lease name, holder, epoch) every rollout change must still hold (gateway/fleet/leader.py); None: a
         # single gateway or the operator's CLI, whose changes are compare-and-set only
         self.fence: tuple[str, str, int] | None = None
@@ -157,8 +145,7 @@ class PostgresRecordsRepository:
                 await conn.execute("INSERT INTO otagw_schema (version) VALUES ($1)", target)
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._drain()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -171,46 +158,20 @@ class PostgresRecordsRepository:
         return int(await self.pool.fetchval("SELECT coalesce(max(id), 0) FROM rollout_events"))
 
     # ------------------------------------------------------------------------------------------ writes
-    async def write(
+    async def _commit(
         self,
-        devices: Iterable[DeviceRecord] = (),
-        history: Iterable[HistoryEntry] = (),
-        sql: Iterable[tuple[str, tuple[Any, ...]]] = (),
+        devices: list[tuple[Any, ...]],
+        history: list[tuple[Any, ...]],
+        sql: list[tuple[str, tuple[Any, ...]]],
     ) -> None:
-        """Persist snapshots of `devices`, append `history`, run `sql` (`?` placeholders); once committed."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(
-            _Pending([record_row(d) for d in devices], [h.row() for h in history], list(sql), fut)
-        )
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
-        await fut
-
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    devs = [r for p in batch for r in p.devices]
-                    hist = [r for p in batch for r in p.history]
-                    if devs:
-                        owner = (self.gateway_id, self.site)
-                        await conn.executemany(_UPSERT_PG, [(*r, *owner) for r in devs])
-                    if hist:
-                        await conn.executemany(_HISTORY_INSERT_PG, hist)
-                    for p in batch:
-                        for stmt, params in p.sql:
-                            await conn.execute(qmark_to_dollar(stmt), *params)
-            except BaseException as exc:
-                for p in batch:
-                    if not p.fut.done():
-                        p.fut.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                for p in batch:
-                    if not p.fut.done():
-                        p.fut.set_result(None)
+        async with self.pool.acquire() as conn, conn.transaction():
+            if devices:
+                owner = (self.gateway_id, self.site)
+                await conn.executemany(_UPSERT_PG, [(*r, *owner) for r in devices])
+            if history:
+                await conn.executemany(_HISTORY_INSERT_PG, history)
+            for stmt, params in sql:
+                await conn.execute(qmark_to_dollar(stmt), *params)
 
     # ------------------------------------------------------------------------------------------- reads
     async def load_devices(self) -> list[DeviceRecord]:
@@ -254,7 +215,8 @@ class PostgresRecordsRepository:
     async def parked_devices(self) -> set[str]:
         """Ids of this gateway's devices whose stored record is parked (has a blocked image)."""
         rows = await self.pool.fetch(
-            "SELECT device_id FROM devices WHERE blocked_image_id IS NOT NULL AND gateway_id = $1", self.gateway_id
+            "SELECT device_id FROM devices WHERE blocked_image_id IS NOT NULL AND gateway_id = $1",
+            self.gateway_id,
         )
         return {r[0] for r in rows}
 
@@ -276,7 +238,8 @@ class PostgresRecordsRepository:
     async def load_overrides(self) -> dict[str, dict[str, Any]]:
         """Owner overrides of this gateway's devices (merged into its records when another process commits)."""
         rows = await self.pool.fetch(
-            f"SELECT device_id, {', '.join(OVERRIDE_COLUMNS)} FROM devices WHERE gateway_id = $1", self.gateway_id
+            f"SELECT device_id, {', '.join(OVERRIDE_COLUMNS)} FROM devices WHERE gateway_id = $1",
+            self.gateway_id,
         )
         return {r[0]: {"name": r[1], "pinned_version": r[2], "excluded": bool(r[3])} for r in rows}
 

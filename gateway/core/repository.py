@@ -35,6 +35,7 @@ from gateway.core.states import DeviceState
 __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "GroupCommitWriter",
     "RecordsRepository",
     "RolloutChange",
     "SQLiteRecordsRepository",
@@ -94,14 +95,74 @@ class _Pending:
     fut: asyncio.Future[None]
 
 
-class SQLiteRecordsRepository:
+class GroupCommitWriter:
+    """Group commit, shared by both engines: concurrent `write` calls queue their snapshots and one task commits
+    everything queued in one transaction (`_commit`, the engine's part), then answers every caller."""
+
+    def __init__(self) -> None:
+        self._pending: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write(
+        self,
+        devices: Iterable[DeviceRecord] = (),
+        history: Iterable[HistoryEntry] = (),
+        sql: Iterable[tuple[str, tuple[Any, ...]]] = (),
+    ) -> None:
+        """Persist snapshots of `devices`, append `history`, run `sql` (`?` placeholders); returns once committed."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(
+            _Pending([record_row(d) for d in devices], [h.row() for h in history], list(sql), fut)
+        )
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        await fut
+
+    async def _drain(self) -> None:
+        """Wait for queued writes (before closing)."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+    async def _commit(
+        self,
+        devices: list[tuple[Any, ...]],
+        history: list[tuple[Any, ...]],
+        sql: list[tuple[str, tuple[Any, ...]]],
+    ) -> None:
+        raise NotImplementedError
+
+    async def _rollback(self) -> None:
+        """After a failed `_commit` (an engine whose transaction is not self-cleaning undoes it here)."""
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._commit(
+                    [r for p in batch for r in p.devices],
+                    [r for p in batch for r in p.history],
+                    [s for p in batch for s in p.sql],
+                )
+            except BaseException as exc:
+                await self._rollback()
+                for p in batch:
+                    if not p.fut.done():
+                        p.fut.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                for p in batch:
+                    if not p.fut.done():
+                        p.fut.set_result(None)
+
+
+class SQLiteRecordsRepository(GroupCommitWriter):
     """`RecordsRepository` over state.db (SQLite, WAL): schema, group-committed writes, reads, rollout CAS."""
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
         self._conn: aiosqlite.Connection | None = None
-        self._pending: list[_Pending] = []
-        self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -148,8 +209,7 @@ class SQLiteRecordsRepository:
             raise
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._drain()
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
@@ -184,49 +244,25 @@ class SQLiteRecordsRepository:
         return {r[0] for r in rows}
 
     # ------------------------------------------------------------------------------------------ writes
-    async def write(
+    async def _commit(
         self,
-        devices: Iterable[DeviceRecord] = (),
-        history: Iterable[HistoryEntry] = (),
-        sql: Iterable[tuple[str, tuple[Any, ...]]] = (),
+        devices: list[tuple[Any, ...]],
+        history: list[tuple[Any, ...]],
+        sql: list[tuple[str, tuple[Any, ...]]],
     ) -> None:
-        """Persist snapshots of `devices`, append `history`, run `sql`; returns once committed."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(
-            _Pending([record_row(d) for d in devices], [h.row() for h in history], list(sql), fut)
-        )
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
-        await fut
+        async with self._lock:
+            conn = self.conn
+            if devices:
+                await conn.executemany(_UPSERT, devices)
+            if history:
+                await conn.executemany(_HISTORY_INSERT, history)
+            for stmt, params in sql:
+                await conn.execute(stmt, params)
+            await conn.commit()
 
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                async with self._lock:
-                    conn = self.conn
-                    devs = [r for p in batch for r in p.devices]
-                    hist = [r for p in batch for r in p.history]
-                    if devs:
-                        await conn.executemany(_UPSERT, devs)
-                    if hist:
-                        await conn.executemany(_HISTORY_INSERT, hist)
-                    for p in batch:
-                        for stmt, params in p.sql:
-                            await conn.execute(stmt, params)
-                    await conn.commit()
-            except BaseException as exc:
-                if self._conn is not None:
-                    await self._conn.rollback()
-                for p in batch:
-                    if not p.fut.done():
-                        p.fut.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                for p in batch:
-                    if not p.fut.done():
-                        p.fut.set_result(None)
+    async def _rollback(self) -> None:
+        if self._conn is not None:
+            await self._conn.rollback()
 
     async def _execute_cas(
         self, stmt: str, params: tuple[Any, ...], extra: Iterable[tuple[str, tuple[Any, ...]]] = ()
@@ -437,7 +473,6 @@ class RecordsRepository(Protocol):
     async def rename_network(self, protocol: str, old: str, new: str) -> None: ...
 
 
-
 def rename_network_sql(protocol: str, old: str, new: str) -> list[tuple[str, tuple[Any, ...]]]:
     """The network-identity migration step's statements (`?` placeholders, both engines): records of network `old`
     and their history move to `new`; a record whose new id already exists stays (the newer identity wins)."""
@@ -456,6 +491,7 @@ def rename_network_sql(protocol: str, old: str, new: str) -> list[tuple[str, tup
             (new_prefix, tail, len(old_prefix), old_prefix),
         ),
     ]
+
 
 def make_repository(config: Config) -> RecordsRepository:
     """The repository `config.store` names: SQLite under data_dir (the default) or PostgreSQL."""
