@@ -62,6 +62,8 @@ class RolloutEngine:
         )
         self.rollouts: dict[str, Rollout] = {}
         self.on_conflict: Callable[[], Awaitable[None]] = _nothing
+        # rollouts whose progress is being evaluated and written now (see `advance`)
+        self._advancing: set[str] = set()
 
     # ------------------------------------------------------------------------------------------ loading
     async def reload(self) -> list[tuple[Rollout, RolloutStatus | None]]:
@@ -143,12 +145,22 @@ class RolloutEngine:
                 await self.advance(r, now)
 
     async def advance(self, r: Rollout, now: float) -> None:
-        for _ in range(len(r.waves) + 2):  # a wave can complete and the next open in one sweep
-            step = evaluate(r, self.book.devices, self.assign(r), now)
-            if step is None:
-                return
-            if not await self._apply_step(r, step, now):
-                return
+        # One evaluation at a time per rollout: a sweep and a device's terminal transition can both advance the
+        # same rollout; the compare-and-set checks (status, wave) only, so two concurrent evaluations of an
+        # unfinished wave would both record `wave_complete` (and the later one move the soak's start). The one
+        # already running re-evaluates after each step it writes, so the second caller has nothing to add.
+        if r.rollout_id in self._advancing:
+            return
+        self._advancing.add(r.rollout_id)
+        try:
+            for _ in range(len(r.waves) + 2):  # a wave can complete and the next open in one sweep
+                step = evaluate(r, self.book.devices, self.assign(r), now)
+                if step is None:
+                    return
+                if not await self._apply_step(r, step, now):
+                    return
+        finally:
+            self._advancing.discard(r.rollout_id)
 
     async def _apply_step(self, r: Rollout, step: Step, now: float) -> bool:
         """Compare-and-set the step into the repository; False when another process changed the rollout first."""

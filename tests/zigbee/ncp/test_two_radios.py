@@ -6,6 +6,7 @@ name each network by its extended PAN id. A radio that is absent leaves the othe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ class TwoRadios:
         self.devices.append((radio, dev))
         return dev
 
-    async def run_until(self, core: UpdateCore, cond: Any, max_s: float = 1800) -> None:
+    async def run_until(self, core: UpdateCore, cond: Any, max_s: float = 1800, step_s: float = 1.0) -> None:
         used = 0.0
         loop = asyncio.get_running_loop()
         while not cond():
@@ -71,9 +72,9 @@ class TwoRadios:
                 self._watch(core)
                 if cond():
                     return
-            await self.clock.advance(1.0)
+            await self.clock.advance(step_s)
             await core.sweep()
-            used += 1.0
+            used += step_s
 
     def _watch(self, core: UpdateCore) -> None:
         by_network = dict(core._ledger.budget.by_network)
@@ -83,15 +84,18 @@ class TwoRadios:
             self.both_active = True
 
 
-@pytest.fixture
-async def two(tmp_path: Path) -> AsyncIterator[tuple[TwoRadios, UpdateCore, ImageStore, Any]]:
+@contextlib.asynccontextmanager
+async def two_radios(
+    tmp_path: Path, *, auto_approve: bool
+) -> AsyncIterator[tuple[TwoRadios, UpdateCore, ImageStore, Any]]:
+    """Two simulated NCPs, the core and `ZigbeeRadios` on them (per-network budget 1, global 10)."""
     clock = ManualClock()
     rig = TwoRadios(clock, tmp_path)
     paths = [await rig.ncp(1), await rig.ncp(2)]
     cfg = parse_config(
         {
             "data_dir": str(tmp_path),
-            "policy": {"auto_approve": True, "budgets": {"per_network_default": 1, "global": 10}},
+            "policy": {"auto_approve": auto_approve, "budgets": {"per_network_default": 1, "global": 10}},
             "zigbee": {
                 "enabled": True,
                 "radios": [
@@ -117,6 +121,12 @@ async def two(tmp_path: Path) -> AsyncIterator[tuple[TwoRadios, UpdateCore, Imag
             await server.close()
         await core.stop()
         await store.close()
+
+
+@pytest.fixture
+async def two(tmp_path: Path) -> AsyncIterator[tuple[TwoRadios, UpdateCore, ImageStore, Any]]:
+    async with two_radios(tmp_path, auto_approve=True) as started:
+        yield started
 
 
 async def test_two_networks_own_budgets_one_update_across_both(two: Any, tmp_path: Path) -> None:
