@@ -86,6 +86,7 @@ class MatterJsDevice:
         discriminator: int = 3840,
         passcode: int = 20202021,
         fast: bool = True,
+        battery_percent: int | None = None,
     ) -> None:
         self.netns = netns
         self.dir = workdir
@@ -107,6 +108,8 @@ class MatterJsDevice:
             str(passcode),
             "--reboot-exit",
         ]
+        if battery_percent is not None:  # a battery device (Power Source cluster, BAT feature)
+            self.args += ["--battery-percent", str(battery_percent)]
         self.fast = fast
         self.events: list[dict[str, Any]] = []
         self.proc: asyncio.subprocess.Process | None = None
@@ -115,6 +118,12 @@ class MatterJsDevice:
         self.reboots = 0
         self.watch: tuple[str, ...] = ("Starting BDX session",)  # log lines whose arrival time is recorded
         self.marks: list[tuple[float, str]] = []
+
+    def set_battery(self, percent: int) -> None:
+        """Change a battery device's charge (the script pushes it to its Power Source cluster, and keeps it over
+        restarts)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "battery-percent").write_text(f"{int(percent)}\n")
 
     @property
     def log_path(self) -> Path:
