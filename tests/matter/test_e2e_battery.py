@@ -85,3 +85,38 @@ async def test_device_without_power_source_is_unknown_not_guessed(
         assert rec is not None and rec.power_source is None and rec.battery_percent is None
     finally:
         await stop_gateway(gw)
+
+
+async def test_device_that_never_comes_back_after_apply_fails_not_back(
+    netns_pair: NetnsPair, tmp_path: Path, devices: list[MatterJsDevice]
+) -> None:
+    """The device installs and never powers on again: once the verify deadline passed, the core's sweep fails the
+    record with failure_kind "not_back" (this flow runs in real time, so the deadline is the config minimum)."""
+    _skip_unless_peers()
+    image = image_by_cli(tmp_path, 2, 100_000)
+    gw = await start_gateway(netns_pair, tmp_path, [image], verify_deadline_s=10)
+    try:
+        dev = MatterJsDevice(netns_pair.b.netns, tmp_path / "dev")
+        dev.comes_back = False
+        devices.append(dev)
+        node_id = await gw.commission(dev, await dev.start())
+        await gw.adapter._announce_due()
+        await dev.wait_for(lambda e: e["event"] == "applied", 120, "applied")
+        assert dev.proc is None or await asyncio.wait_for(dev.proc.wait(), 30) == 75
+        rec = await _wait_record(
+            gw, node_id, "apply", lambda r: r.state.value in ("applying", "verifying"), 30
+        )
+        deadline = time.monotonic() + 40
+        while True:
+            await gw.core.sweep()
+            rec = gw.record(node_id)
+            assert rec is not None
+            if rec.state.value == "failed" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert rec.state.value == "failed", (rec.state, rec.state_reason)
+        assert rec.failure_kind == "not_back", (rec.failure_kind, rec.state_reason)
+        assert "not back after update" in rec.state_reason
+        assert dev.reboots == 0 and not [e for e in dev.events if e["event"] == "restarted"]
+    finally:
+        await stop_gateway(gw)

@@ -116,6 +116,8 @@ class MatterJsDevice:
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self.reboots = 0
+        # False: after installing, the device never powers on again (a bricked device: "not back after update")
+        self.comes_back = True
         self.watch: tuple[str, ...] = ("Starting BDX session",)  # log lines whose arrival time is recorded
         self.marks: list[tuple[float, str]] = []
 
@@ -164,7 +166,7 @@ class MatterJsDevice:
         while True:
             await self._read()
             proc = self.proc
-            if proc is None or await proc.wait() != REBOOT_EXIT:
+            if proc is None or await proc.wait() != REBOOT_EXIT or not self.comes_back:
                 break
             self.reboots += 1
             await self._launch()
