@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0  # how often subscription reports are drained from the worker
 ANNOUNCE_REPEAT_S = 3600.0  # re-announce the same image to a silent node after this long
 RETRY_S = 60.0  # a node that could not be reached is retried after this long
+POWER_REFRESH_S = 600.0  # a battery node's charge is read again this often (a read wakes a sleepy device)
 VERIFY_BACKOFF_S = (
     2.0,
     2.0,
@@ -115,6 +116,28 @@ def ipv6_unavailable_reason() -> str | None:
     return None
 
 
+POWER_FEATURE_WIRED, POWER_FEATURE_BATTERY = 0x1, 0x2  # Power Source FeatureMap bits (WIRED, BAT)
+
+
+def power_from(sources: list[dict[str, Any]]) -> tuple[str | None, int | None]:
+    """(power_source, battery_percent) from the node's Power Source clusters (node_info's "power": one dict per
+    endpoint). No cluster: (None, None), never guessed. A wired source wins (a device on mains does not die
+    mid-flash even with a backup battery); otherwise a battery source gives "battery" and the lowest charge
+    (BatPercentRemaining is in half-percent and nullable: null means unknown, not empty)."""
+    features = [int(s["FeatureMap"]) for s in sources if isinstance(s.get("FeatureMap"), int)]
+    if any(f & POWER_FEATURE_WIRED for f in features):
+        return "mains", None
+    batteries = [s for s in sources if int(s.get("FeatureMap") or 0) & POWER_FEATURE_BATTERY]
+    if not batteries:
+        return None, None
+    halves = [
+        s["BatPercentRemaining"]
+        for s in batteries
+        if isinstance(s.get("BatPercentRemaining"), int) and not isinstance(s["BatPercentRemaining"], bool)
+    ]
+    return "battery", (min(200, min(halves)) // 2 if halves else None)
+
+
 class MatterAdapter:
     """See the module docstring."""
 
@@ -148,6 +171,8 @@ class MatterAdapter:
         self._versions: dict[int, tuple[int | None, str | None]] = {}
         self._states: dict[int, int] = {}
         self._verify_at: dict[int, tuple[float, int]] = {}
+        self._battery_nodes: set[int] = set()  # nodes whose Power Source says battery (charge re-read)
+        self._power_read_at: dict[int, float] = {}
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -262,31 +287,61 @@ class MatterAdapter:
         assert self.admin is not None
         info = await self.admin.node_info(node_id)
         b = info.get("basic", {})
-        await self.core.observe(
-            DeviceInfo(
-                self.key(node_id),
-                vendor_id=b.get("VendorID"),
-                product_id=b.get("ProductID"),
-                vendor_name=b.get("VendorName"),
-                model=b.get("ProductName"),
-                hardware_version=b.get("HardwareVersion"),
-                current_version=b.get("SoftwareVersion"),
-                current_version_string=b.get("SoftwareVersionString"),
-                sleepy=False,
-                # NodeLabel: the name the owner gave the node in its commissioner (shown by the dashboard)
-                extra={
-                    k: b[a]
-                    for a, k in (("SerialNumber", "serial_number"), ("NodeLabel", "node_label"))
-                    if b.get(a)
-                },
-            )
-        )
+        await self.core.observe(self._device_info(node_id, info))
         self._versions[node_id] = (b.get("SoftwareVersion"), b.get("SoftwareVersionString"))
         if info.get("has_requestor"):
             await self.admin.set_provider(node_id)
             await self.admin.subscribe(node_id, min_s=0, max_s=SUBSCRIBE_MAX_S)
         self._adopted.add(node_id)
         self._retry_at.pop(node_id, None)
+
+    def _device_info(self, node_id: int, info: dict[str, Any]) -> DeviceInfo:
+        """The core's DeviceInfo from one node_info read (BasicInformation + Power Source)."""
+        b = info.get("basic", {})
+        power_source, battery = power_from(info.get("power", []))
+        self._power_read_at[node_id] = self.clock.monotonic()
+        if power_source == "battery":
+            self._battery_nodes.add(node_id)
+        else:
+            self._battery_nodes.discard(node_id)
+        return DeviceInfo(
+            self.key(node_id),
+            vendor_id=b.get("VendorID"),
+            product_id=b.get("ProductID"),
+            vendor_name=b.get("VendorName"),
+            model=b.get("ProductName"),
+            hardware_version=b.get("HardwareVersion"),
+            current_version=b.get("SoftwareVersion"),
+            current_version_string=b.get("SoftwareVersionString"),
+            sleepy=False,
+            power_source=power_source,
+            battery_percent=battery,
+            # NodeLabel: the name the owner gave the node in its commissioner (shown by the dashboard)
+            extra={
+                k: b[a]
+                for a, k in (("SerialNumber", "serial_number"), ("NodeLabel", "node_label"))
+                if b.get(a)
+            },
+        )
+
+    async def refresh_power(self, node_id: int) -> None:
+        """Read the node again and give the core its current battery charge (a deferred low-battery device is
+        offered its update once the charge is back above the policy's minimum)."""
+        assert self.admin is not None
+        info = await self.admin.node_info(node_id, timeout_ms=VERIFY_TIMEOUT_MS)
+        await self.core.observe(self._device_info(node_id, info))
+
+    async def _refresh_batteries(self, now: float) -> None:
+        """Battery nodes whose charge was read more than POWER_REFRESH_S ago: read it again (bounded cadence:
+        a read wakes a sleepy device)."""
+        for nid in sorted(self._battery_nodes & self._adopted):
+            if now - self._power_read_at.get(nid, 0.0) < POWER_REFRESH_S:
+                continue
+            try:
+                await self.refresh_power(nid)
+            except ControllerError as exc:
+                self._power_read_at[nid] = now  # unreachable: try again at the next interval, not every loop
+                log.info("matter adapter: node 0x%016X battery not readable (%s)", nid, exc)
 
     async def query_now(self, node_id: int) -> None:
         """Make one node query now (`otagw matter announce`, the API's notify): AnnounceOTAProvider with
@@ -395,6 +450,7 @@ class MatterAdapter:
 
     async def _announce_due(self) -> None:
         assert self.fabric is not None
+        await self._refresh_batteries(self.clock.monotonic())
         mine = {self.key(n).device_id: n for n in self._adopted}
         due: dict[str, str | None] = {}
         for key in self.core.devices_to_notify():

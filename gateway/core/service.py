@@ -125,6 +125,10 @@ class ImageSource(Protocol):
         """Persist that the entry must never be offered again (its blob is corrupt)."""
         ...
 
+    async def catalog_version(self) -> int:
+        """A number that changes when another process changed the catalog (an image added or approved)."""
+        ...
+
 
 class UpdateCore:
     """The update core façade (see module docstring)."""
@@ -177,6 +181,7 @@ class UpdateCore:
         self._background: set[asyncio.Task[None]] = set()
         self._progress_event_at: dict[str, float] = {}
         self._data_version: int | None = None
+        self._catalog_version: int | None = None
         self._dv_checked_at = -math.inf
         self._catalog_at = -math.inf
         self._pruned_at = -math.inf
@@ -208,6 +213,7 @@ class UpdateCore:
         await self._engine.reload()
         self._data_version = await self._repo.data_version()
         self._dv_checked_at = self.clock.monotonic()
+        self._catalog_version = await self.store.catalog_version()
         await self._refresh_catalog()
         self._started = True
         if self.role == "gateway":
@@ -273,6 +279,12 @@ class UpdateCore:
         if not force and mono - self._dv_checked_at < CHANGE_POLL_S:
             return
         self._dv_checked_at = mono
+        # images added or approved by another process (`otagw image add/approve`) count within CHANGE_POLL_S,
+        # not at the next CATALOG_REFRESH_S
+        cv = await self.store.catalog_version()
+        if cv != self._catalog_version:
+            self._catalog_version = cv
+            await self._refresh_catalog()
         dv = await self._repo.data_version()
         if dv == self._data_version:
             return

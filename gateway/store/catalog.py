@@ -241,6 +241,12 @@ class Catalog:
             db, self._db = self._db, None
             await db.close()
 
+    async def data_version(self) -> int:
+        """Changes whenever another connection (the CLI, another process) commits to catalog.db."""
+        async with self.db.execute("PRAGMA data_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
     async def schema_version(self) -> int:
         async with self.db.execute("SELECT MAX(version) FROM schema_migrations") as cur:
             row = await cur.fetchone()

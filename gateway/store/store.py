@@ -512,6 +512,10 @@ class ImageStore:
         """Candidates for a device with this identity (Zigbee: 0xFFFF wildcard images included)."""
         return await self.catalog.candidates(protocol, vendor_id, product_id)
 
+    async def catalog_version(self) -> int:
+        """Changes when another process (`otagw image add/approve` from the CLI) committed to the catalog."""
+        return await self.catalog.data_version()
+
     def open_reader(self, entry: CatalogEntry) -> BlobReader:
         """A shared, verified reader of the entry's file; raises CorruptBlobError rather than serve bad bytes.
 

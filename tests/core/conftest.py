@@ -100,6 +100,9 @@ class FakeStore:
         if image_id in self.entries:
             self.entries[image_id] = replace(self.entries[image_id], valid=False)
 
+    async def catalog_version(self) -> int:
+        return 0  # the tests change entries in this process and call core.catalog_changed()
+
 
 def matter_dev(
     node: int,

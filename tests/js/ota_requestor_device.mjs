@@ -3,6 +3,9 @@
 // Usage: node ota_requestor_device.mjs --dir DIR [--port 5540] [--vendor-id 0xFFF1] [--product-id 0x8000]
 //        [--version 1] [--version-string 1.0] [--passcode 20202021] [--discriminator 3840] [--reboot-exit]
 //        [--idle-interval-ms N]   (a sleepy device: MRP idle interval N ms in its session parameters)
+//        [--battery-percent N]    (a battery device: Power Source cluster with the BAT feature on endpoint 1, charge
+//                                  N %; writing a number to DIR/battery-percent changes the charge at runtime and
+//                                  across restarts)
 //
 // Prints one JSON object per line on stdout, prefixed "OTAGW-EVENT ", for the test driving it:
 //   {"event":"ready","version":N,"manualPairingCode":"...","qrPairingCode":"...","port":P,"commissioned":bool}
@@ -24,6 +27,7 @@ import { parseArgs } from "node:util";
 
 import { Environment, ServerNode, VendorId } from "@matter/main";
 import { OtaSoftwareUpdateRequestorServer } from "@matter/main/behaviors/ota-software-update-requestor";
+import { PowerSourceServer } from "@matter/main/behaviors/power-source";
 import { OnOffLightDevice } from "@matter/main/devices/on-off-light";
 
 const { values: args } = parseArgs({
@@ -39,6 +43,8 @@ const { values: args } = parseArgs({
         "reboot-exit": { type: "boolean", default: false },
         // a sleepy (Thread-like) device: its session idle interval in ms (MRP SII), e.g. 5000; 0 = matter.js default
         "idle-interval-ms": { type: "string", default: "0" },
+        // a battery-powered device at this charge (%); empty: no Power Source cluster at all
+        "battery-percent": { type: "string", default: "" },
     },
 });
 if (!args.dir) {
@@ -131,11 +137,50 @@ async function startNode() {
               }
             : {}),
     });
-    await node.add(OnOffLightDevice);
+    let light;
+    if (args["battery-percent"] !== "") {
+        light = await node.add(OnOffLightDevice.with(PowerSourceServer.with("Battery")), {
+            powerSource: {
+                status: 1, // Active
+                order: 0,
+                description: "Battery",
+                batPercentRemaining: 2 * batteryPercent(), // half-percent units
+                batChargeLevel: 0, // Ok
+                batReplaceability: 0,
+                batReplacementNeeded: false,
+                endpointList: [],
+            },
+        });
+    } else {
+        light = await node.add(OnOffLightDevice);
+    }
+    batteryEndpoint = args["battery-percent"] !== "" ? light : null;
     node.events.otaSoftwareUpdateRequestor?.updateState$Changed?.on(state => {
         emit({ event: "update-state", state, progress: node.state.otaSoftwareUpdateRequestor.updateStateProgress });
     });
     return { node, version };
+}
+
+const batteryFile = join(dir, "battery-percent");
+let batteryEndpoint = null;
+function batteryPercent() {
+    if (existsSync(batteryFile)) return Number(readFileSync(batteryFile, "utf8").trim());
+    return Number(args["battery-percent"]);
+}
+if (args["battery-percent"] !== "") {
+    // the driver changes the charge by writing DIR/battery-percent; pushed to the cluster within 200 ms
+    let shown = null;
+    setInterval(async () => {
+        const percent = batteryPercent();
+        if (batteryEndpoint === null || percent === shown || !Number.isFinite(percent)) return;
+        try {
+            await batteryEndpoint.set({ powerSource: { batPercentRemaining: 2 * percent } });
+            shown = percent;
+            emit({ event: "battery", percent });
+        } catch (error) {
+            console.error("battery update failed:", error);
+        }
+    }, 200).unref();
 }
 
 const rebootMarker = join(dir, "reboot-pending");

@@ -8,6 +8,8 @@ Runs *inside* the worker process (the chip SDK is imported lazily, per op). Ever
                                                               network by mDNS, or at `ip` [`port`, 5540] directly)
   node_info       {node_id, timeout_ms?, fresh_session?}  -> BasicInformation + OTA requestor attributes (by name;
                                                               fresh_session: a new CASE session, after a reboot)
+                                                              + "power": Power Source clusters on any endpoint
+                                                              ({endpoint, FeatureMap, BatPercentRemaining, ..})
   set_provider    {node_id, provider_node_id, endpoint?}  -> DefaultOTAProviders after the write (our fabric's entry
                                                               replaced, other fabrics' entries untouched)
   announce        {node_id, provider_node_id, vendor_id, reason?, endpoint?}  -> AnnounceOTAProvider sent
@@ -51,6 +53,8 @@ _BASIC = (
     "UniqueID",
 )
 _REQUESTOR = ("DefaultOTAProviders", "UpdatePossible", "UpdateState", "UpdateStateProgress")
+# Power Source (0x002F): FeatureMap says wired (bit 0) / battery (bit 1); BatPercentRemaining in half-percent (nullable)
+_POWER = ("FeatureMap", "Status", "Order", "BatPercentRemaining", "BatChargeLevel")
 
 
 class _AdminState:
@@ -163,11 +167,20 @@ async def _op_node_info(st: WorkerState, a: dict[str, Any]) -> Any:
     paths = [(0, getattr(basic.Attributes, n)) for n in _BASIC] + [
         (0, getattr(req.Attributes, n)) for n in _REQUESTOR
     ]
+    power = Clusters.PowerSource
+    # wildcard endpoint, same read: a node without the cluster just returns no data for these paths (no extra
+    # round trip, nothing that can block the BasicInformation answer)
+    paths += [getattr(power.Attributes, n) for n in _POWER]
     res = await ctrl.ReadAttribute(node_id, paths)
     out = {
         "node_id": node_id,
         "basic": _attrs_by_name(res, 0, basic),
         "requestor": _attrs_by_name(res, 0, req),
+        "power": [
+            {"endpoint": int(ep), **attrs}
+            for ep in (sorted(res) if hasattr(res, "keys") else [])
+            if (attrs := _attrs_by_name(res, ep, power))
+        ],
     }
     out["has_requestor"] = bool(out["requestor"])
     return out

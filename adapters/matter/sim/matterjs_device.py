@@ -86,6 +86,7 @@ class MatterJsDevice:
         discriminator: int = 3840,
         passcode: int = 20202021,
         fast: bool = True,
+        battery_percent: int | None = None,
     ) -> None:
         self.netns = netns
         self.dir = workdir
@@ -107,14 +108,24 @@ class MatterJsDevice:
             str(passcode),
             "--reboot-exit",
         ]
+        if battery_percent is not None:  # a battery device (Power Source cluster, BAT feature)
+            self.args += ["--battery-percent", str(battery_percent)]
         self.fast = fast
         self.events: list[dict[str, Any]] = []
         self.proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self.reboots = 0
+        # False: after installing, the device never powers on again (a bricked device: "not back after update")
+        self.comes_back = True
         self.watch: tuple[str, ...] = ("Starting BDX session",)  # log lines whose arrival time is recorded
         self.marks: list[tuple[float, str]] = []
+
+    def set_battery(self, percent: int) -> None:
+        """Change a battery device's charge (the script pushes it to its Power Source cluster, and keeps it over
+        restarts)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "battery-percent").write_text(f"{int(percent)}\n")
 
     @property
     def log_path(self) -> Path:
@@ -155,7 +166,7 @@ class MatterJsDevice:
         while True:
             await self._read()
             proc = self.proc
-            if proc is None or await proc.wait() != REBOOT_EXIT:
+            if proc is None or await proc.wait() != REBOOT_EXIT or not self.comes_back:
                 break
             self.reboots += 1
             await self._launch()
