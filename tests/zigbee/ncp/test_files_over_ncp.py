@@ -9,25 +9,16 @@ version read back from the device after it rebooted.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from adapters.zigbee.adapter import ZigbeeAdapter
 from adapters.zigbee.sim.device import Behaviour, SimOtaDevice
-from adapters.zigbee.sim.ncp.ncp import SimNcp
-from adapters.zigbee.sim.ncp.network import RadioAir
-from adapters.zigbee.sim.ncp.server import NcpServer
-from gateway.clock import ManualClock
-from gateway.config import parse_config
-from gateway.core.service import UpdateCore
 from gateway.formats import parse_ota_image
-from gateway.store.store import ImageStore
 from tests.fixtures_gen import BY_NAME, ebl_file, filler, gbl_signed_file
-from tests.zigbee.ncp.test_ota_over_ncp import OtaRig
+from tests.zigbee.ncp.test_ota_over_ncp import OtaRig, ota_rig
 
 FIXTURES = Path(__file__).resolve().parents[3] / ".." / "shared" / "fixtures" / "zigbee"
 VENDOR_FILES = [
@@ -54,42 +45,9 @@ ODD = {
 
 @pytest.fixture
 async def ota(tmp_path: Path) -> AsyncIterator[OtaRig]:
-    clock = ManualClock()
-    loop = asyncio.get_running_loop()
-    air = RadioAir(clock)
-    ncp = SimNcp("00:0b:57:ff:fe:00:cc:07", loop.time)
-    air.attach(ncp)
-    server = NcpServer(ncp)
-    path = await server.start_tcp()
-    air.start()
-    cfg = parse_config(
-        {
-            "data_dir": str(tmp_path),
-            "policy": {"auto_approve": True},  # about the radio path and the files, not approval
-            "zigbee": {
-                "enabled": True,
-                "default_max_block_bytes": BLOCK,
-                "radio": {"type": "ezsp", "device": path, "startup_timeout_s": 20},
-            },
-        }
-    )
-    store = ImageStore(tmp_path, clock=clock)
-    await store.open()
-    core = UpdateCore(cfg, store, clock, auto_sweep=False)
-    await core.start()
-    adapter = ZigbeeAdapter(cfg.zigbee, core, clock, tmp_path)
-    rig = OtaRig(clock, air, ncp, server, core, store, adapter)
-    try:
-        await adapter.start()
-        assert ncp.network_up
+    async with ota_rig(tmp_path, "00:0b:57:ff:fe:00:cc:07", default_max_block_bytes=BLOCK) as rig:
         yield rig
-    finally:
-        await adapter.stop()
-        await air.stop()
-        await server.close()
-        await core.stop()
-        await store.close()
-    assert ncp.errors == [] and ncp.unmodelled == []
+    assert rig.ncp.errors == [] and rig.ncp.unmodelled == []
 
 
 async def update_with(ota: OtaRig, data: bytes, name: str, n: int, behaviour: Behaviour) -> SimOtaDevice:

@@ -15,6 +15,7 @@ request in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ def ota_sha(image: bytes) -> str:
     return hashlib.sha256(image).hexdigest()
 
 
+SETTLE_GUARD_S = 2.0  # real seconds run_until waits for the radio to go quiet before advancing the clock
+
+
 @dataclass
 class OtaRig:
     clock: ManualClock
@@ -58,9 +62,11 @@ class OtaRig:
         while not cond():
             if used > max_s:
                 raise AssertionError(f"condition not met within {max_s} s of clock time")
-            quiet_since = loop.time()
+            quiet_since = started = loop.time()
             # let real I/O (bellows <-> NCP) run until no device has a request in flight for a moment
-            while loop.time() - quiet_since < 0.02:
+            # bounded: an answer lost on the radio (the device dozed off) leaves a device awaiting it until its
+            # response timeout, which runs on the injected clock - so advance the clock after SETTLE_GUARD_S anyway
+            while loop.time() - quiet_since < 0.02 and loop.time() - started < SETTLE_GUARD_S:
                 await asyncio.sleep(0.005)
                 if any(d.awaiting_response for d in self.air.waiting):
                     quiet_since = loop.time()
@@ -99,12 +105,13 @@ class OtaRig:
         return f"zigbee:epid:{epid}:{dev.ieee}:1"
 
 
-@pytest.fixture
-async def ota(tmp_path: Path) -> AsyncIterator[OtaRig]:
+@contextlib.asynccontextmanager
+async def ota_rig(tmp_path: Path, eui64: str, **zigbee: object) -> AsyncIterator[OtaRig]:
+    """otagw's Zigbee adapter on bellows against a fresh NCP simulator (`zigbee` adds adapter settings)."""
     clock = ManualClock()
     loop = asyncio.get_running_loop()
     air = RadioAir(clock)
-    ncp = SimNcp("00:0b:57:ff:fe:00:cc:03", loop.time)
+    ncp = SimNcp(eui64, loop.time)
     air.attach(ncp)
     server = NcpServer(ncp)
     path = await server.start_tcp()
@@ -113,7 +120,11 @@ async def ota(tmp_path: Path) -> AsyncIterator[OtaRig]:
         {
             "data_dir": str(tmp_path),
             "policy": {"auto_approve": True},  # these tests are about the radio path, not approval
-            "zigbee": {"enabled": True, "radio": {"type": "ezsp", "device": path, "startup_timeout_s": 20}},
+            "zigbee": {
+                "enabled": True,
+                **zigbee,
+                "radio": {"type": "ezsp", "device": path, "startup_timeout_s": 20},
+            },
         }
     )
     store = ImageStore(tmp_path, clock=clock)
@@ -132,6 +143,12 @@ async def ota(tmp_path: Path) -> AsyncIterator[OtaRig]:
         await server.close()
         await core.stop()
         await store.close()
+
+
+@pytest.fixture
+async def ota(tmp_path: Path) -> AsyncIterator[OtaRig]:
+    async with ota_rig(tmp_path, "00:0b:57:ff:fe:00:cc:03") as rig:
+        yield rig
 
 
 @pytest.mark.parametrize(

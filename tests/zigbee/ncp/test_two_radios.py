@@ -25,6 +25,8 @@ from gateway.store.store import ImageStore
 from tests.store_helpers import zigbee_image
 from tests.zigbee.ncp.test_ota_over_ncp import ITYPE, MFR, NEW
 
+SETTLE_GUARD_S = 2.0  # real seconds run_until waits for the radio to go quiet before advancing the clock
+
 
 class TwoRadios:
     def __init__(self, clock: ManualClock, tmp_path: Path) -> None:
@@ -64,8 +66,10 @@ class TwoRadios:
         while not cond():
             if used > max_s:
                 raise AssertionError(f"condition not met within {max_s} s of clock time")
-            quiet_since = loop.time()
-            while loop.time() - quiet_since < 0.02:
+            quiet_since = started = loop.time()
+            # bounded: an answer lost on the radio (the device dozed off) leaves a device awaiting it until its
+            # response timeout, which runs on the injected clock - so advance the clock after SETTLE_GUARD_S anyway
+            while loop.time() - quiet_since < 0.02 and loop.time() - started < SETTLE_GUARD_S:
                 await asyncio.sleep(0.005)
                 if any(d.awaiting_response for air in self.airs for d in air.waiting):
                     quiet_since = loop.time()
