@@ -296,6 +296,20 @@ class Catalog:
             raise
         return not exists
 
+    async def _update_one(self, sql: str, params: tuple[Any, ...]) -> int:
+        """Run one UPDATE/DELETE in its own write transaction (rolled back on any failure); rows changed."""
+        db = self.db
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = await db.execute(sql, params)
+            changed = cur.rowcount
+            await cur.close()
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+        return changed
+
     async def set_approval(
         self,
         image_id: str,
@@ -306,38 +320,18 @@ class Catalog:
         approved_at: float | None = None,
     ) -> bool:
         """Set one entry's approval state in one transaction; False when there is no such entry."""
-        db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            cur = await db.execute(
-                "UPDATE images SET approval = ?, approved_for = ?, approved_by = ?, approved_at = ?"
-                " WHERE image_id = ?",
-                (approval, approved_for, approved_by, approved_at, image_id),
-            )
-            changed = cur.rowcount > 0
-            await cur.close()
-            await db.commit()
-        except BaseException:
-            await db.rollback()
-            raise
-        return changed
+        changed = await self._update_one(
+            "UPDATE images SET approval = ?, approved_for = ?, approved_by = ?, approved_at = ? WHERE image_id = ?",
+            (approval, approved_for, approved_by, approved_at, image_id),
+        )
+        return changed > 0
 
     async def set_payload_check(self, sha256: str, status: str, reason: str | None) -> int:
         """Record the payload verdict of every entry of blob `sha256` in one transaction; returns rows changed."""
-        db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            cur = await db.execute(
-                "UPDATE images SET payload_check = ?, payload_reason = ? WHERE sha256 = ?",
-                (status, reason, sha256),
-            )
-            changed = cur.rowcount
-            await cur.close()
-            await db.commit()
-        except BaseException:
-            await db.rollback()
-            raise
-        return changed
+        return await self._update_one(
+            "UPDATE images SET payload_check = ?, payload_reason = ? WHERE sha256 = ?",
+            (status, reason, sha256),
+        )
 
     async def unchecked_shas(self) -> list[str]:
         """Blobs with entries whose payload was never checked (imported before the check existed)."""
@@ -348,31 +342,11 @@ class Catalog:
         return [r[0] for r in rows]
 
     async def delete(self, image_id: str) -> bool:
-        db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            cur = await db.execute("DELETE FROM images WHERE image_id = ?", (image_id,))
-            deleted = cur.rowcount > 0
-            await cur.close()
-            await db.commit()
-        except BaseException:
-            await db.rollback()
-            raise
-        return deleted
+        return await self._update_one("DELETE FROM images WHERE image_id = ?", (image_id,)) > 0
 
     async def mark_invalid(self, image_id: str) -> bool:
         """Set the entry's `valid` flag to false (its blob is corrupt); False when there is no such entry."""
-        db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            cur = await db.execute("UPDATE images SET valid = 0 WHERE image_id = ?", (image_id,))
-            changed = cur.rowcount > 0
-            await cur.close()
-            await db.commit()
-        except BaseException:
-            await db.rollback()
-            raise
-        return changed
+        return await self._update_one("UPDATE images SET valid = 0 WHERE image_id = ?", (image_id,)) > 0
 
     # ---------------------------------------------------------------------------------------- reads
     async def _query(self, sql: str, params: Iterable[Any] = ()) -> list[CatalogEntry]:
